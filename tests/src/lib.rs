@@ -1,1 +1,6 @@
-//! placeholder
+//! Helpers for whole-system tests: real nodes (anvil, IPFS) started on free loopback
+//! ports and stopped on drop, temporary folders, and paths to the project's binaries.
+
+pub mod anvil;
+pub mod ipfs_node;
+pub mod util;

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Everything `make test` runs, in order. Real nodes are started by the tests themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Binaries first: the whole-system tests run fl-agent and fl-aggregator as processes.
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast

@@ -1,0 +1,50 @@
+# The two commands a new user needs:
+#   make demo   runs the federation (local chain + private IPFS network + aggregator + learners)
+#   make test   runs every test
+# Both install what they need first (pinned npm packages, MNIST, cross toolchains).
+
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all setup build test demo paper bench bench-vs-keras cross bench-cross clean
+
+all: build
+
+## Pinned npm parts (anvil, solc, js-ipfs) and MNIST in data/mnist.
+setup:
+	bash devnet/setup.sh
+
+build:
+	$(CARGO) build --workspace --release
+
+## Every test: unit tests, real-node tests (anvil, IPFS), emulated ARM agents.
+test: setup
+	bash .ci/test.sh
+
+## The main job: the paper's experiment on a local chain and private IPFS network.
+demo: setup
+	bash devnet/demo.sh $(ARGS)
+
+## The full paper experiment (long): 2 learners, 5 rounds x 5 local epochs, plus 25-epoch single node.
+paper: setup
+	bash devnet/paper.sh $(ARGS)
+
+## Training / evaluation throughput and peak memory of the agent.
+bench: setup
+	bash agent/bench/bench.sh
+
+## The agent against Keras (tensorflow-cpu) on the same CPU, same run.
+bench-vs-keras: setup
+	bash agent/bench/vs-keras.sh
+
+## Raspberry Pi builds (aarch64, armv7) and their .deb and tarball packages in target/cross/.
+cross:
+	bash cross/build.sh
+
+## Binary sizes, memory and start-up time of the cross builds.
+bench-cross: cross setup
+	bash cross/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf demo-out

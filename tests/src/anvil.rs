@@ -1,0 +1,1 @@
+//! anvil: a real local chain for tests (owned by the contracts work).

@@ -1,0 +1,1 @@
+//! A real IPFS node for tests (owned by the IPFS work).

@@ -1,0 +1,1 @@
+//! Registry contract and JSON-RPC client against a real anvil.

@@ -1,0 +1,1 @@
+//! IPFS client against real js-ipfs nodes.
