@@ -1,0 +1,416 @@
+//! 3x3 convolution with "same" padding (zero padding 1, stride 1), bias and optional ReLU
+//! fused, as a candle custom op with a custom backward pass.
+//!
+//! Forward, per image: im2col (Cin*9 x H*W) then one GEMM with the weights viewed as a
+//! Cout x Cin*9 matrix, which writes the NCHW output directly. Backward: the input
+//! gradient is W^T x dY followed by col2im; the weight gradient is dY x col^T summed over
+//! images in fixed groups; the bias gradient is a per-channel sum.
+
+use super::linalg::{add_assign, sgemm, sum};
+use super::{f32_slice, ELEMENTS_PER_TASK, IMAGES_PER_PARTIAL};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `relu?(conv2d(xs, weight, padding 1) + bias)` for a 3x3 kernel: `xs` is (N, Cin, H, W),
+/// `weight` (Cout, Cin, 3, 3), `bias` (Cout); the result is (N, Cout, H, W). Same
+/// values as candle's `conv2d(.., padding 1, stride 1, dilation 1, groups 1)` followed by
+/// a broadcast bias add (and `relu`), with gradients for all three inputs.
+pub fn conv3x3_same(xs: &Tensor, weight: &Tensor, bias: &Tensor, relu: bool) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Conv3x3 { relu })
+}
+
+/// Shapes of a convolution, checked once.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Dims {
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    /// Rows of the im2col matrix (the GEMM's inner dimension).
+    fn k(&self) -> usize {
+        self.c_in * 9
+    }
+}
+
+fn dims(op: &str, xs: &Layout, weight: &Layout) -> Result<Dims> {
+    let (n, c_in, h, w) = xs.shape().dims4()?;
+    let (c_out, w_in, kh, kw) = weight.shape().dims4()?;
+    if w_in != c_in || kh != 3 || kw != 3 {
+        bail!("{op}: weight shape {:?} does not fit input shape {:?}", weight.shape(), xs.shape())
+    }
+    if n == 0 || c_in == 0 || c_out == 0 || h == 0 || w == 0 {
+        bail!("{op}: empty tensor (input {:?}, weight {:?})", xs.shape(), weight.shape())
+    }
+    Ok(Dims { n, c_in, c_out, h, w })
+}
+
+/// Fills `col` (Cin*9 rows of H*W) with the zero-padded 3x3 neighbourhoods of one image:
+/// `col[(c*9 + ky*3 + kx), y*W + x] = image[c, y+ky-1, x+kx-1]` (0 outside).
+fn im2col(image: &[f32], c_in: usize, h: usize, w: usize, col: &mut [f32]) {
+    let hw = h * w;
+    for c in 0..c_in {
+        let plane = &image[c * hw..(c + 1) * hw];
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = &mut col[(c * 9 + ky * 3 + kx) * hw..][..hw];
+                for (oy, dst) in row.chunks_exact_mut(w).enumerate() {
+                    let iy = oy + ky;
+                    if iy == 0 || iy > h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(iy - 1) * w..][..w];
+                    match kx {
+                        0 => {
+                            dst[0] = 0.0;
+                            dst[1..].copy_from_slice(&src[..w - 1]);
+                        }
+                        1 => dst.copy_from_slice(src),
+                        _ => {
+                            dst[..w - 1].copy_from_slice(&src[1..]);
+                            dst[w - 1] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: scatters-and-adds the column gradients into one image's
+/// input gradient (overwritten).
+fn col2im(col: &[f32], c_in: usize, h: usize, w: usize, image: &mut [f32]) {
+    let hw = h * w;
+    image.fill(0.0);
+    for c in 0..c_in {
+        let plane = &mut image[c * hw..(c + 1) * hw];
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = &col[(c * 9 + ky * 3 + kx) * hw..][..hw];
+                for (oy, src) in row.chunks_exact(w).enumerate() {
+                    let iy = oy + ky;
+                    if iy == 0 || iy > h {
+                        continue;
+                    }
+                    let dst = &mut plane[(iy - 1) * w..][..w];
+                    match kx {
+                        0 => add_assign(&mut dst[..w - 1], &src[1..]),
+                        1 => add_assign(dst, src),
+                        _ => add_assign(&mut dst[1..], &src[..w - 1]),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The forward op; `relu` says whether the ReLU is fused in.
+struct Conv3x3 {
+    relu: bool,
+}
+
+impl CustomOp3 for Conv3x3 {
+    fn name(&self) -> &'static str {
+        "conv3x3-same"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = dims(self.name(), l1, l2)?;
+        if l3.shape().dims() != [d.c_out] {
+            bail!("{}: bias shape {:?}, expected ({},)", self.name(), l3.shape(), d.c_out)
+        }
+        let xs = f32_slice(s1, l1, self.name())?;
+        let weight = f32_slice(s2, l2, self.name())?;
+        let bias = f32_slice(s3, l3, self.name())?;
+        let (hw, k, relu) = (d.hw(), d.k(), self.relu);
+        let mut ys = vec![0f32; d.n * d.c_out * hw];
+        ys.par_chunks_mut(d.c_out * hw)
+            .zip(xs.par_chunks(d.c_in * hw))
+            .for_each_init(
+                || vec![0f32; k * hw],
+                |col, (y, x)| {
+                    im2col(x, d.c_in, d.h, d.w, col);
+                    sgemm(d.c_out, hw, k, y, false, weight, k, 1, col, hw, 1);
+                    for (plane, b) in y.chunks_exact_mut(hw).zip(bias) {
+                        if relu {
+                            plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+                        } else {
+                            plane.iter_mut().for_each(|v| *v += b);
+                        }
+                    }
+                },
+            );
+        Ok((CpuStorage::F32(ys), Shape::from((d.n, d.c_out, d.h, d.w))))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad_res = grad_res.contiguous()?;
+        // Gradient at the pre-activation: ReLU passes it where its output was positive.
+        let grad = if self.relu {
+            grad_res.apply_op2_no_bwd(res, &ReluMask)?
+        } else {
+            grad_res
+        };
+        // The network's input (the images) needs no gradient: skip the costliest pass.
+        let grad_xs = if xs.track_op() {
+            Some(grad.apply_op2_no_bwd(weight, &Conv3x3BwdInput)?)
+        } else {
+            None
+        };
+        let grad_weight = xs.apply_op2_no_bwd(&grad, &Conv3x3BwdWeight)?;
+        let grad_bias = grad.apply_op1_no_bwd(&ChannelSum)?;
+        Ok((grad_xs, Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// `grad * (res > 0)`: the ReLU backward, given the ReLU's output.
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.shape(), l2.shape())
+        }
+        let grad = f32_slice(s1, l1, self.name())?;
+        let res = f32_slice(s2, l2, self.name())?;
+        let mut out = vec![0f32; grad.len()];
+        out.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(grad.par_chunks(ELEMENTS_PER_TASK).zip(res.par_chunks(ELEMENTS_PER_TASK)))
+            .for_each(|(o, (g, r))| {
+                for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
+                    *o = if *r > 0.0 { *g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Input gradient: `(grad (N, Cout, H, W), weight) -> (N, Cin, H, W)`.
+struct Conv3x3BwdInput;
+
+impl CustomOp2 for Conv3x3BwdInput {
+    fn name(&self) -> &'static str {
+        "conv3x3-same-bwd-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c_out, h, w) = l1.shape().dims4()?;
+        let (w_out, c_in, _, _) = l2.shape().dims4()?;
+        if w_out != c_out {
+            bail!("{}: weight {:?} does not fit gradient {:?}", self.name(), l2.shape(), l1.shape())
+        }
+        let d = Dims { n, c_in, c_out, h, w };
+        let grad = f32_slice(s1, l1, self.name())?;
+        let weight = f32_slice(s2, l2, self.name())?;
+        let (hw, k) = (d.hw(), d.k());
+        let mut grad_xs = vec![0f32; n * c_in * hw];
+        grad_xs
+            .par_chunks_mut(c_in * hw)
+            .zip(grad.par_chunks(c_out * hw))
+            .for_each_init(
+                || vec![0f32; k * hw],
+                |col, (gx, g)| {
+                    // col (K x HW) = W^T (K x Cout) * g (Cout x HW)
+                    sgemm(k, hw, c_out, col, false, weight, 1, k, g, hw, 1);
+                    col2im(col, c_in, h, w, gx);
+                },
+            );
+        Ok((CpuStorage::F32(grad_xs), Shape::from((n, c_in, h, w))))
+    }
+}
+
+/// Weight gradient: `(xs (N, Cin, H, W), grad (N, Cout, H, W)) -> (Cout, Cin, 3, 3)`.
+struct Conv3x3BwdWeight;
+
+impl CustomOp2 for Conv3x3BwdWeight {
+    fn name(&self) -> &'static str {
+        "conv3x3-same-bwd-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c_in, h, w) = l1.shape().dims4()?;
+        let (g_n, c_out, g_h, g_w) = l2.shape().dims4()?;
+        if (g_n, g_h, g_w) != (n, h, w) {
+            bail!("{}: gradient {:?} does not fit input {:?}", self.name(), l2.shape(), l1.shape())
+        }
+        let xs = f32_slice(s1, l1, self.name())?;
+        let grad = f32_slice(s2, l2, self.name())?;
+        let (hw, k) = (h * w, c_in * 9);
+        // One partial sum per fixed group of images, computed in parallel, then added in
+        // group order: deterministic whatever the thread count.
+        let partials: Vec<Vec<f32>> = xs
+            .par_chunks(IMAGES_PER_PARTIAL * c_in * hw)
+            .zip(grad.par_chunks(IMAGES_PER_PARTIAL * c_out * hw))
+            .map_init(
+                || vec![0f32; k * hw],
+                |col, (x_group, g_group)| {
+                    let mut partial = vec![0f32; c_out * k];
+                    for (i, (x, g)) in
+                        x_group.chunks_exact(c_in * hw).zip(g_group.chunks_exact(c_out * hw)).enumerate()
+                    {
+                        im2col(x, c_in, h, w, col);
+                        // partial (Cout x K) += g (Cout x HW) * col^T (HW x K)
+                        sgemm(c_out, k, hw, &mut partial, i > 0, g, hw, 1, col, 1, hw);
+                    }
+                    partial
+                },
+            )
+            .collect();
+        let mut total = partials.first().cloned().unwrap_or_else(|| vec![0f32; c_out * k]);
+        for partial in partials.iter().skip(1) {
+            add_assign(&mut total, partial);
+        }
+        Ok((CpuStorage::F32(total), Shape::from((c_out, c_in, 3, 3))))
+    }
+}
+
+/// Bias gradient: `(N, C, H, W) -> (C)`, summed image by image in order.
+struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "channel-sum"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let grad = f32_slice(storage, layout, self.name())?;
+        let hw = h * w;
+        let mut sums = vec![0f32; c];
+        for image in grad.chunks_exact(c * hw).take(n) {
+            for (s, plane) in sums.iter_mut().zip(image.chunks_exact(hw)) {
+                *s += sum(plane);
+            }
+        }
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    /// Largest absolute difference between two tensors of the same shape.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.shape(), b.shape());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// candle's reference: stock conv2d, broadcast bias, relu.
+    fn reference(xs: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Tensor {
+        let ys = xs.conv2d(w, 1, 1, 1, 1).unwrap();
+        let ys = ys.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap()).unwrap();
+        if relu {
+            ys.relu().unwrap()
+        } else {
+            ys
+        }
+    }
+
+    /// Values and all three gradients against candle's conv2d on random shapes, with and
+    /// without ReLU, odd and even sizes. Tolerance 1e-4 absolute: both sides are f32 sums
+    /// of at most a few hundred products of O(1) values in different orders.
+    #[test]
+    fn matches_candle_conv2d_values_and_gradients() {
+        let dev = Device::Cpu;
+        for &(n, c_in, c_out, h, w, relu) in &[
+            (2, 1, 4, 5, 5, true),
+            (3, 3, 5, 7, 6, true),
+            (5, 4, 2, 4, 9, false),
+            (9, 2, 3, 3, 3, true),
+            (1, 6, 8, 1, 2, false),
+        ] {
+            let xs = Var::randn(0f32, 1.0, (n, c_in, h, w), &dev).unwrap();
+            let wt = Var::randn(0f32, 0.5, (c_out, c_in, 3, 3), &dev).unwrap();
+            let b = Var::randn(0f32, 0.5, c_out, &dev).unwrap();
+            // A random linear functional of the output makes every gradient entry count.
+            let probe = Tensor::randn(0f32, 1.0, (n, c_out, h, w), &dev).unwrap();
+
+            let ours = conv3x3_same(&xs, &wt, &b, relu).unwrap();
+            let theirs = reference(&xs, &wt, &b, relu);
+            assert!(max_diff(&ours, &theirs) < 1e-4, "forward {n} {c_in} {c_out} {h} {w}");
+
+            let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("xs", &xs), ("weight", &wt), ("bias", &b)] {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-4, "grad {name} differs by {d} for {n} {c_in} {c_out} {h} {w}");
+            }
+        }
+    }
+
+    /// The weight gradient does not depend on the number of threads (fixed groups).
+    #[test]
+    fn weight_gradient_is_deterministic_across_thread_counts() {
+        let dev = Device::Cpu;
+        let xs = Tensor::randn(0f32, 1.0, (13, 3, 6, 6), &dev).unwrap();
+        let grad = Tensor::randn(0f32, 1.0, (13, 5, 6, 6), &dev).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| xs.apply_op2_no_bwd(&grad, &Conv3x3BwdWeight).unwrap())
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
+
+    #[test]
+    fn rejects_wrong_shapes() {
+        let dev = Device::Cpu;
+        let xs = Tensor::zeros((1, 2, 4, 4), candle_core::DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 1, 3, 3), candle_core::DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap();
+        let err = conv3x3_same(&xs, &w, &b, true).unwrap_err().to_string();
+        assert!(err.contains("does not fit"), "{err}");
+    }
+}

@@ -1,0 +1,85 @@
+//! Safe wrappers over the `gemm` crate's single-threaded f32 matrix product, plus small
+//! vector helpers whose loops the compiler vectorises on x86 and ARM alike.
+
+/// `dst (m x n, row-major, contiguous) = [dst +] a (m x k) * b (k x n)`, where `a` and `b`
+/// are given by their row and column strides (so transposes cost nothing). Runs on the
+/// calling thread: the kernels parallelise over images instead, which keeps results
+/// independent of the thread count.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_row_stride: usize,
+    a_col_stride: usize,
+    b: &[f32],
+    b_row_stride: usize,
+    b_col_stride: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // The largest element each operand is read at must be inside its slice: this is
+    // what makes the raw-pointer call below sound.
+    assert!((m - 1) * a_row_stride + (k - 1) * a_col_stride < a.len(), "gemm lhs out of bounds");
+    assert!((k - 1) * b_row_stride + (n - 1) * b_col_stride < b.len(), "gemm rhs out of bounds");
+    // SAFETY: the bounds were checked above; dst does not alias a or b (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_col_stride as isize,
+            a_row_stride as isize,
+            b.as_ptr(),
+            b_col_stride as isize,
+            b_row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Sum of a slice with eight independent accumulators, so that the loop vectorises
+/// (a single f32 accumulator cannot be reordered by the compiler). The order is fixed,
+/// so the result is deterministic.
+pub(super) fn sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane += x;
+        }
+    }
+    let mut total = lanes.iter().sum::<f32>();
+    for x in chunks.remainder() {
+        total += x;
+    }
+    total
+}
+
+/// `dst += src`, element-wise.
+pub(super) fn add_assign(dst: &mut [f32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
