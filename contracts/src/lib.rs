@@ -1,1 +1,20 @@
-//! placeholder
+//! The model registry on Ethereum: the contract's embedded artifacts and ABI, CIDs in the
+//! contract's binary form, keys, a blocking JSON-RPC client, signed transactions and the
+//! [`Registry`] API that learners and the aggregator use.
+//!
+//! Only this crate knows the ABI, the selectors and JSON-RPC.
+
+pub mod abi;
+pub mod cid;
+pub mod client;
+pub mod error;
+pub mod registry;
+pub mod rpc;
+pub mod signer;
+
+pub use client::{Client, FeeMode, PendingTx};
+pub use error::{Error, Result};
+pub use ethers_core::types::{Address, TransactionReceipt, H256, U256};
+pub use registry::{commitment, Event, GlobalUpdate, LearnerState, LocalUpdate, Logged, Registry};
+pub use rpc::Rpc;
+pub use signer::{KeySource, Signer};

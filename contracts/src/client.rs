@@ -1,0 +1,232 @@
+//! Signed transactions over [`Rpc`]: fees (EIP-1559 when the node reports a base fee, legacy
+//! otherwise), gas estimates, a nonce manager for several transactions in flight, receipt
+//! waits with a deadline, and reverts decoded into the contract's custom errors.
+
+use crate::abi::decode_revert;
+use crate::error::{Error, Result};
+use crate::rpc::Rpc;
+use crate::signer::Signer;
+use ethers_core::types::transaction::eip2718::TypedTransaction;
+use ethers_core::types::{
+    Address, BlockNumber, Bytes, Eip1559TransactionRequest, NameOrAddress, TransactionReceipt, TransactionRequest, H256, U256,
+};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long [`Client::wait`] waits for a receipt unless told otherwise.
+pub const DEFAULT_RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Fee style chosen once per client from what the node reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeeMode {
+    /// EIP-1559 (type 2) transactions: the node's blocks carry a base fee.
+    Eip1559,
+    /// Legacy transactions with `eth_gasPrice` (EIP-155 signed).
+    Legacy,
+}
+
+/// A transaction that was accepted by the node's pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingTx {
+    pub hash: H256,
+    pub nonce: U256,
+}
+
+/// A signer bound to one node: builds, signs, sends and waits for transactions.
+#[derive(Debug)]
+pub struct Client {
+    rpc: Rpc,
+    signer: Signer,
+    chain_id: u64,
+    fee_mode: FeeMode,
+    /// The next nonce to use; `None` means "ask the node" (at start and after a failed send).
+    next_nonce: Mutex<Option<U256>>,
+    receipt_timeout: Duration,
+    poll_interval: Duration,
+}
+
+impl Client {
+    /// Connects `signer` to the node behind `rpc`: reads the chain id (checked against
+    /// `expected_chain_id` when given) and whether the node supports EIP-1559.
+    pub fn new(rpc: Rpc, signer: Signer, expected_chain_id: Option<u64>) -> Result<Client> {
+        let chain_id = rpc.chain_id()?;
+        if let Some(expected) = expected_chain_id {
+            if expected != chain_id {
+                return Err(Error::Invalid(format!(
+                    "node at {} is on chain id {chain_id}, expected chain id {expected}",
+                    rpc.url()
+                )));
+            }
+        }
+        let fee_mode = match rpc.fee_history(1, &[50.0]) {
+            Ok(history) if history.base_fee_per_gas.iter().any(|fee| !fee.is_zero()) => FeeMode::Eip1559,
+            Ok(_) => FeeMode::Legacy,
+            // Nodes without eth_feeHistory answer "method not found"; they get legacy transactions.
+            Err(Error::Rpc { .. }) => FeeMode::Legacy,
+            Err(other) => return Err(other),
+        };
+        Ok(Client {
+            rpc,
+            signer,
+            chain_id,
+            fee_mode,
+            next_nonce: Mutex::new(None),
+            receipt_timeout: DEFAULT_RECEIPT_TIMEOUT,
+            poll_interval: Duration::from_millis(100),
+        })
+    }
+
+    /// Changes how long [`Client::wait`] waits for a receipt.
+    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Client {
+        self.receipt_timeout = timeout;
+        self
+    }
+
+    /// Forces legacy transactions even on an EIP-1559 chain.
+    pub fn with_fee_mode(mut self, mode: FeeMode) -> Client {
+        self.fee_mode = mode;
+        self
+    }
+
+    pub fn rpc(&self) -> &Rpc {
+        &self.rpc
+    }
+    pub fn address(&self) -> Address {
+        self.signer.address()
+    }
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+    pub fn fee_mode(&self) -> FeeMode {
+        self.fee_mode
+    }
+
+    /// An unsigned transaction from this account (no nonce, gas or fees yet).
+    fn request(&self, to: Option<Address>, data: Bytes) -> TypedTransaction {
+        match self.fee_mode {
+            FeeMode::Eip1559 => {
+                let mut tx = Eip1559TransactionRequest::new().from(self.address()).data(data).chain_id(self.chain_id);
+                if let Some(to) = to {
+                    tx = tx.to(NameOrAddress::Address(to));
+                }
+                TypedTransaction::Eip1559(tx)
+            }
+            FeeMode::Legacy => {
+                let mut tx = TransactionRequest::new().from(self.address()).data(data).chain_id(self.chain_id);
+                if let Some(to) = to {
+                    tx = tx.to(NameOrAddress::Address(to));
+                }
+                TypedTransaction::Legacy(tx)
+            }
+        }
+    }
+
+    /// `eth_call` from this account; a revert becomes [`Error::Revert`] named `what`.
+    pub fn call(&self, what: &str, to: Address, data: Bytes) -> Result<Bytes> {
+        let tx = self.request(Some(to), data);
+        self.rpc.call(&tx, BlockNumber::Latest).map_err(|e| revert_or(what, e))
+    }
+
+    /// Signs and sends a call (or a deployment when `to` is `None`) without waiting for it to
+    /// be mined. Gas is estimated (so a revert is reported before anything is sent) with a 20%
+    /// margin; nonces count up locally, so several transactions can be in flight at once.
+    pub fn send(&self, what: &str, to: Option<Address>, data: Bytes) -> Result<PendingTx> {
+        let mut tx = self.request(to, data);
+        let estimate = self.rpc.estimate_gas(&tx).map_err(|e| revert_or(what, e))?;
+        tx.set_gas(estimate + estimate / 5);
+        self.set_fees(&mut tx)?;
+        let mut next = self.next_nonce.lock().map_err(|_| Error::Invalid("nonce manager lock poisoned".into()))?;
+        let nonce = match *next {
+            Some(nonce) => nonce,
+            None => self.rpc.transaction_count(self.address(), "pending")?,
+        };
+        tx.set_nonce(nonce);
+        let raw = self.signer.sign_transaction(&tx, self.chain_id)?;
+        match self.rpc.send_raw_transaction(&raw) {
+            Ok(hash) => {
+                *next = Some(nonce + 1);
+                Ok(PendingTx { hash, nonce })
+            }
+            Err(err) => {
+                // The pool may or may not hold this nonce now; ask the node next time.
+                *next = None;
+                Err(revert_or(what, err))
+            }
+        }
+    }
+
+    fn set_fees(&self, tx: &mut TypedTransaction) -> Result<()> {
+        match tx {
+            TypedTransaction::Eip1559(inner) => {
+                let history = self.rpc.fee_history(5, &[50.0])?;
+                let base_fee = history.base_fee_per_gas.last().copied().unwrap_or_default();
+                let tips: Vec<U256> = history.reward.iter().filter_map(|r| r.first().copied()).filter(|t| !t.is_zero()).collect();
+                // Median tip of recent blocks; 1 gwei (geth's default suggestion) when blocks are empty.
+                let tip = if tips.is_empty() { U256::from(1_000_000_000u64) } else { tips[tips.len() / 2] };
+                // Twice the base fee survives six full blocks of +12.5% each before the tx stalls.
+                inner.max_priority_fee_per_gas = Some(tip);
+                inner.max_fee_per_gas = Some(base_fee * 2 + tip);
+            }
+            other => {
+                let price = self.rpc.gas_price()?;
+                other.set_gas_price(price);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `tx` is mined (or the receipt timeout passes); a reverted transaction is
+    /// replayed with `eth_call` at its block to report the contract's error.
+    pub fn wait(&self, what: &str, tx: PendingTx) -> Result<TransactionReceipt> {
+        let deadline = Instant::now() + self.receipt_timeout;
+        loop {
+            if let Some(receipt) = self.rpc.transaction_receipt(tx.hash)? {
+                if receipt.status.map(|s| s.as_u64()) == Some(1) {
+                    return Ok(receipt);
+                }
+                return Err(self.explain_failure(what, tx.hash, &receipt));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout { what: format!("{what}: waiting for receipt of {:?}", tx.hash), after: self.receipt_timeout });
+            }
+            std::thread::sleep(self.poll_interval);
+        }
+    }
+
+    /// [`Client::send`] then [`Client::wait`].
+    pub fn send_and_wait(&self, what: &str, to: Option<Address>, data: Bytes) -> Result<TransactionReceipt> {
+        let pending = self.send(what, to, data)?;
+        self.wait(what, pending)
+    }
+
+    fn explain_failure(&self, what: &str, hash: H256, receipt: &TransactionReceipt) -> Error {
+        let failed = || Error::Invalid(format!("{what}: transaction {hash:?} failed (status 0, gas used {:?})", receipt.gas_used));
+        let (Some(to), Some(block)) = (receipt.to, receipt.block_number) else { return failed() };
+        let sent = self.rpc.request::<Option<ethers_core::types::Transaction>>("eth_getTransactionByHash", serde_json::json!([hash]));
+        let Ok(Some(sent)) = sent else { return failed() };
+        // Replayed on the state before its block: close enough to name the custom error.
+        let replay = self.request(Some(to), sent.input);
+        let before = BlockNumber::Number(block.saturating_sub(1.into()));
+        match self.rpc.request::<Bytes>("eth_call", serde_json::json!([replay, before])) {
+            Err(err @ Error::Rpc { .. }) => match revert_or(what, err) {
+                revert @ Error::Revert { .. } => revert,
+                _ => failed(),
+            },
+            _ => failed(),
+        }
+    }
+}
+
+/// Maps an RPC error that carries revert data to [`Error::Revert`]; other errors pass through.
+pub(crate) fn revert_or(what: &str, err: Error) -> Error {
+    if let Error::Rpc { data: Some(data), .. } = &err {
+        // Nodes put revert data either directly in `data` or in `data.data`.
+        let hex = data.as_str().or_else(|| data.get("data").and_then(|d| d.as_str()));
+        if let Some(hex) = hex {
+            if let Ok(bytes) = ethers_core::utils::hex::decode(hex.trim_start_matches("0x")) {
+                return decode_revert(what, &bytes);
+            }
+        }
+    }
+    err
+}

@@ -1,0 +1,422 @@
+//! The model registry contract from Rust: deployment, the learner registry, local and global
+//! updates, the paper's getters, the inputs commitment, and event readers over bounded
+//! `eth_getLogs` ranges.
+
+use crate::abi::{decode_output, encode_call, registry_abi, registry_bytecode};
+use crate::cid::{cid_from_bytes, cid_to_bytes};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use ethers_core::abi::{RawLog, Token};
+use ethers_core::types::{Address, BlockNumber, Filter, TransactionReceipt, H256, U256};
+
+/// Default largest block range of one `eth_getLogs` request (many public nodes cap it).
+pub const DEFAULT_LOG_RANGE: u64 = 1_000;
+
+/// One learner's update for one round, as written by `setLocalWeight`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUpdate {
+    pub node_id: u64,
+    pub round: u64,
+    /// Base32 CIDv1 text of the model file on IPFS.
+    pub cid: String,
+    /// SHA-256 of the model file.
+    pub digest: [u8; 32],
+    /// Number of training samples behind the update (FedAvg weight).
+    pub samples: u64,
+}
+
+/// A learner's binding and its latest update, as the `localUpdate` view returns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnerState {
+    pub node_id: u64,
+    /// The address allowed to write this node id (zero once removed).
+    pub account: Address,
+    /// The latest update, `None` before the first one.
+    pub latest: Option<LocalUpdate>,
+}
+
+/// A global model as written by `setGlobalWeight`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalUpdate {
+    pub round: u64,
+    pub cid: String,
+    pub digest: [u8; 32],
+    /// [`commitment`] of the local updates it averages (zero for the seed, round 0).
+    pub inputs_commitment: [u8; 32],
+    /// The node ids it averages, ascending; only known from the event, empty from the view.
+    pub node_ids: Vec<u64>,
+}
+
+/// A registry event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    LearnerAdded { node_id: u64, account: Address },
+    LearnerRemoved { node_id: u64, account: Address },
+    LocalWeightSet(LocalUpdate),
+    GlobalWeightSet(GlobalUpdate),
+}
+
+/// An event with where it was logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub block_number: u64,
+    pub transaction_hash: H256,
+    pub log_index: u64,
+    pub event: Event,
+}
+
+/// The commitment a global model records to its inputs: keccak256 of the Solidity ABI
+/// encoding `abi.encode(Input[])` with `Input = (uint256 nodeId, uint256 round, string cid,
+/// bytes32 digest, uint256 samples)`, `cid` as base32 text, inputs in strictly ascending
+/// node id order. Anyone can recompute it from the `LocalWeightSet` events of the node ids
+/// listed in `GlobalWeightSet`.
+pub fn commitment(inputs: &[LocalUpdate]) -> Result<[u8; 32]> {
+    if let Some(pair) = inputs.windows(2).find(|w| w[0].node_id >= w[1].node_id) {
+        return Err(Error::Invalid(format!(
+            "commitment inputs must be in strictly ascending node id order, found {} before {}",
+            pair[0].node_id, pair[1].node_id
+        )));
+    }
+    let items = inputs
+        .iter()
+        .map(|u| {
+            Token::Tuple(vec![
+                Token::Uint(u.node_id.into()),
+                Token::Uint(u.round.into()),
+                Token::String(u.cid.clone()),
+                Token::FixedBytes(u.digest.to_vec()),
+                Token::Uint(u.samples.into()),
+            ])
+        })
+        .collect();
+    Ok(ethers_core::utils::keccak256(ethers_core::abi::encode(&[Token::Array(items)])))
+}
+
+/// A deployed registry, used through a [`Client`].
+#[derive(Debug)]
+pub struct Registry<'a> {
+    client: &'a Client,
+    address: Address,
+    log_range: u64,
+}
+
+impl<'a> Registry<'a> {
+    /// Deploys a new registry owned by the client's account; returns it and the receipt.
+    pub fn deploy(client: &'a Client) -> Result<(Registry<'a>, TransactionReceipt)> {
+        let receipt = client.send_and_wait("deploy", None, registry_bytecode())?;
+        let address = receipt
+            .contract_address
+            .ok_or_else(|| Error::Invalid(format!("deploy: receipt {:?} has no contract address", receipt.transaction_hash)))?;
+        Ok((Registry::at(client, address), receipt))
+    }
+
+    /// The registry at `address` (not checked until the first call).
+    pub fn at(client: &'a Client, address: Address) -> Registry<'a> {
+        Registry { client, address, log_range: DEFAULT_LOG_RANGE }
+    }
+
+    /// Sets the largest block range of one `eth_getLogs` request.
+    pub fn with_log_range(mut self, blocks: u64) -> Registry<'a> {
+        self.log_range = blocks.max(1);
+        self
+    }
+
+    pub fn address(&self) -> Address {
+        self.address
+    }
+    pub fn client(&self) -> &Client {
+        self.client
+    }
+
+    fn view(&self, name: &str, args: &[Token]) -> Result<Vec<Token>> {
+        let data = self.client.call(name, self.address, encode_call(name, args)?)?;
+        if data.is_empty() {
+            return Err(Error::Invalid(format!("{name}: empty reply: no registry contract at {:?}", self.address)));
+        }
+        decode_output(name, &data)
+    }
+
+    fn write(&self, name: &str, args: &[Token]) -> Result<TransactionReceipt> {
+        self.client.send_and_wait(name, Some(self.address), encode_call(name, args)?)
+    }
+
+    /// The owner (the aggregator's address).
+    pub fn owner(&self) -> Result<Address> {
+        address(&self.view("owner", &[])?[0], "owner")
+    }
+
+    /// The round the next writes belong to.
+    pub fn current_round(&self) -> Result<u64> {
+        uint(&self.view("currentRound", &[])?[0], "currentRound")
+    }
+
+    /// Binds `node_id` to `account` (owner only).
+    pub fn add_learner(&self, node_id: u64, account: Address) -> Result<TransactionReceipt> {
+        self.write("addLearner", &[Token::Uint(node_id.into()), Token::Address(account)])
+    }
+
+    /// Unbinds `node_id` (owner only).
+    pub fn remove_learner(&self, node_id: u64) -> Result<TransactionReceipt> {
+        self.write("removeLearner", &[Token::Uint(node_id.into())])
+    }
+
+    /// The registered node ids, ascending.
+    pub fn learner_ids(&self) -> Result<Vec<u64>> {
+        let Token::Array(items) = &self.view("learnerIds", &[])?[0] else {
+            return Err(Error::Invalid("learnerIds: expected an array".into()));
+        };
+        let mut ids = items.iter().map(|t| uint(t, "learnerIds")).collect::<Result<Vec<u64>>>()?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Every registered learner with its latest update, by ascending node id.
+    pub fn learners(&self) -> Result<Vec<LearnerState>> {
+        self.learner_ids()?.into_iter().map(|id| self.local_update(id)).collect()
+    }
+
+    /// Records this account's update for `node_id` in `round` (must be the current round).
+    pub fn set_local_weight(&self, node_id: u64, round: u64, cid: &str, digest: [u8; 32], samples: u64) -> Result<TransactionReceipt> {
+        self.write("setLocalWeight", &local_args(node_id, round, cid, digest, samples)?)
+    }
+
+    /// Calldata of [`Registry::set_local_weight`], for callers that batch transactions.
+    pub fn set_local_weight_calldata(node_id: u64, round: u64, cid: &str, digest: [u8; 32], samples: u64) -> Result<ethers_core::types::Bytes> {
+        encode_call("setLocalWeight", &local_args(node_id, round, cid, digest, samples)?)
+    }
+
+    /// The node's binding and latest update (the `localUpdate` view).
+    pub fn local_update(&self, node_id: u64) -> Result<LearnerState> {
+        let out = self.view("localUpdate", &[Token::Uint(node_id.into())])?;
+        let round = uint(&out[1], "localUpdate.round")?;
+        let latest = if round == 0 {
+            None
+        } else {
+            Some(LocalUpdate {
+                node_id,
+                round,
+                cid: cid_from_bytes(&bytes(&out[2], "localUpdate.cid")?)?,
+                digest: bytes32(&out[3], "localUpdate.digest")?,
+                samples: uint(&out[4], "localUpdate.samples")?,
+            })
+        };
+        Ok(LearnerState { node_id, account: address(&out[0], "localUpdate.account")?, latest })
+    }
+
+    /// Publishes the global model of `round` (owner only; must be the current round).
+    pub fn set_global_weight(
+        &self,
+        round: u64,
+        cid: &str,
+        digest: [u8; 32],
+        inputs_commitment: [u8; 32],
+        node_ids: &[u64],
+    ) -> Result<TransactionReceipt> {
+        let ids = node_ids.iter().map(|&id| Token::Uint(id.into())).collect();
+        self.write(
+            "setGlobalWeight",
+            &[
+                Token::Uint(round.into()),
+                Token::Bytes(cid_to_bytes(cid)?.to_vec()),
+                Token::FixedBytes(digest.to_vec()),
+                Token::FixedBytes(inputs_commitment.to_vec()),
+                Token::Array(ids),
+            ],
+        )
+    }
+
+    /// The latest global model, `None` before round 0 is published (`node_ids` empty: they
+    /// are only in the event).
+    pub fn global_update(&self) -> Result<Option<GlobalUpdate>> {
+        if self.current_round()? == 0 {
+            return Ok(None);
+        }
+        let out = self.view("globalUpdate", &[])?;
+        Ok(Some(GlobalUpdate {
+            round: uint(&out[0], "globalUpdate.round")?,
+            cid: cid_from_bytes(&bytes(&out[1], "globalUpdate.cid")?)?,
+            digest: bytes32(&out[2], "globalUpdate.digest")?,
+            inputs_commitment: bytes32(&out[3], "globalUpdate.inputsCommitment")?,
+            node_ids: Vec::new(),
+        }))
+    }
+
+    /// The paper's getter: CID of the node's latest local model ("" when none).
+    pub fn get_local_weight(&self, node_id: u64) -> Result<String> {
+        string(&self.view("getLocalWeight", &[Token::Uint(node_id.into())])?[0], "getLocalWeight")
+    }
+
+    /// The paper's getter: CID of the latest global model ("" when none).
+    pub fn get_global_weight(&self) -> Result<String> {
+        string(&self.view("getGlobalWeight", &[])?[0], "getGlobalWeight")
+    }
+
+    /// Every registry event in blocks `from..=to`, in log order, read with `eth_getLogs`
+    /// requests of at most the configured number of blocks each.
+    pub fn events(&self, from: u64, to: u64) -> Result<Vec<Logged>> {
+        self.events_matching(from, to, None, None)
+    }
+
+    /// The `LocalWeightSet` events of `round` in blocks `from..=to`.
+    pub fn local_updates_of_round(&self, round: u64, from: u64, to: u64) -> Result<Vec<LocalUpdate>> {
+        let topic = registry_abi().event("LocalWeightSet").map_err(|e| Error::Invalid(e.to_string()))?.signature();
+        let logged = self.events_matching(from, to, Some(topic), Some(H256::from_low_u64_be(round)))?;
+        Ok(logged
+            .into_iter()
+            .filter_map(|l| match l.event {
+                Event::LocalWeightSet(update) => Some(update),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The `GlobalWeightSet` events in blocks `from..=to`.
+    pub fn global_updates(&self, from: u64, to: u64) -> Result<Vec<GlobalUpdate>> {
+        let topic = registry_abi().event("GlobalWeightSet").map_err(|e| Error::Invalid(e.to_string()))?.signature();
+        let logged = self.events_matching(from, to, Some(topic), None)?;
+        Ok(logged
+            .into_iter()
+            .filter_map(|l| match l.event {
+                Event::GlobalWeightSet(update) => Some(update),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn events_matching(&self, from: u64, to: u64, topic0: Option<H256>, topic2: Option<H256>) -> Result<Vec<Logged>> {
+        let mut out = Vec::new();
+        let mut start = from;
+        while start <= to {
+            let end = to.min(start.saturating_add(self.log_range - 1));
+            let mut filter = Filter::new().address(self.address).from_block(BlockNumber::Number(start.into())).to_block(BlockNumber::Number(end.into()));
+            if let Some(t) = topic0 {
+                filter = filter.topic0(t);
+            }
+            if let Some(t) = topic2 {
+                filter = filter.topic2(t);
+            }
+            for log in self.client.rpc().logs(&filter)? {
+                out.push(decode_log(&log)?);
+            }
+            if end == u64::MAX {
+                break;
+            }
+            start = end + 1;
+        }
+        Ok(out)
+    }
+}
+
+fn local_args(node_id: u64, round: u64, cid: &str, digest: [u8; 32], samples: u64) -> Result<Vec<Token>> {
+    Ok(vec![
+        Token::Uint(node_id.into()),
+        Token::Uint(round.into()),
+        Token::Bytes(cid_to_bytes(cid)?.to_vec()),
+        Token::FixedBytes(digest.to_vec()),
+        Token::Uint(samples.into()),
+    ])
+}
+
+/// Decodes one registry log.
+pub fn decode_log(log: &ethers_core::types::Log) -> Result<Logged> {
+    let topic0 = log.topics.first().ok_or_else(|| Error::Invalid("log without topics".into()))?;
+    let event = registry_abi()
+        .events()
+        .find(|e| e.signature() == *topic0)
+        .ok_or_else(|| Error::Invalid(format!("log with unknown topic {topic0:?}")))?;
+    let parsed = event
+        .parse_log(RawLog { topics: log.topics.clone(), data: log.data.to_vec() })
+        .map_err(|e| Error::Invalid(format!("decoding {} log: {e}", event.name)))?;
+    let param = |name: &str| -> Result<&Token> {
+        parsed.params.iter().find(|p| p.name == name).map(|p| &p.value).ok_or_else(|| Error::Invalid(format!("{} log has no {name}", event.name)))
+    };
+    let decoded = match event.name.as_str() {
+        "LearnerAdded" => Event::LearnerAdded { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? },
+        "LearnerRemoved" => Event::LearnerRemoved { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? },
+        "LocalWeightSet" => Event::LocalWeightSet(LocalUpdate {
+            node_id: uint(param("nodeId")?, "nodeId")?,
+            round: uint(param("round")?, "round")?,
+            cid: cid_from_bytes(&bytes(param("cid")?, "cid")?)?,
+            digest: bytes32(param("digest")?, "digest")?,
+            samples: uint(param("samples")?, "samples")?,
+        }),
+        "GlobalWeightSet" => {
+            let Token::Array(ids) = param("nodeIds")? else { return Err(Error::Invalid("GlobalWeightSet.nodeIds: expected an array".into())) };
+            Event::GlobalWeightSet(GlobalUpdate {
+                round: uint(param("round")?, "round")?,
+                cid: cid_from_bytes(&bytes(param("cid")?, "cid")?)?,
+                digest: bytes32(param("digest")?, "digest")?,
+                inputs_commitment: bytes32(param("inputsCommitment")?, "inputsCommitment")?,
+                node_ids: ids.iter().map(|t| uint(t, "nodeIds")).collect::<Result<_>>()?,
+            })
+        }
+        other => return Err(Error::Invalid(format!("unexpected event {other}"))),
+    };
+    Ok(Logged {
+        block_number: log.block_number.map(|b| b.as_u64()).unwrap_or_default(),
+        transaction_hash: log.transaction_hash.unwrap_or_default(),
+        log_index: log.log_index.map(|i| i.low_u64()).unwrap_or_default(),
+        event: decoded,
+    })
+}
+
+fn uint(token: &Token, what: &str) -> Result<u64> {
+    match token {
+        Token::Uint(v) if *v <= U256::from(u64::MAX) => Ok(v.as_u64()),
+        Token::Uint(v) => Err(Error::Invalid(format!("{what}: {v} does not fit in 64 bits"))),
+        other => Err(Error::Invalid(format!("{what}: expected a uint, found {other:?}"))),
+    }
+}
+
+fn address(token: &Token, what: &str) -> Result<Address> {
+    token.clone().into_address().ok_or_else(|| Error::Invalid(format!("{what}: expected an address")))
+}
+
+fn bytes(token: &Token, what: &str) -> Result<Vec<u8>> {
+    token.clone().into_bytes().ok_or_else(|| Error::Invalid(format!("{what}: expected bytes")))
+}
+
+fn bytes32(token: &Token, what: &str) -> Result<[u8; 32]> {
+    let raw = token.clone().into_fixed_bytes().ok_or_else(|| Error::Invalid(format!("{what}: expected bytes32")))?;
+    raw.try_into().map_err(|_| Error::Invalid(format!("{what}: expected 32 bytes")))
+}
+
+fn string(token: &Token, what: &str) -> Result<String> {
+    token.clone().into_string().ok_or_else(|| Error::Invalid(format!("{what}: expected a string")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Solidity ABI layout of `abi.encode(Input[])` for one input, word by word from the
+    /// ABI specification (docs.soliditylang.org, "Formal Specification of the Encoding"),
+    /// built without ethers' encoder, then hashed.
+    #[test]
+    fn commitment_matches_hand_built_abi_encoding() {
+        let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+        let update = LocalUpdate { node_id: 7, round: 3, cid: cid.into(), digest: [0xab; 32], samples: 30_000 };
+        let word = |v: u64| {
+            let mut w = [0u8; 32];
+            w[24..].copy_from_slice(&v.to_be_bytes());
+            w
+        };
+        let mut expected = Vec::new();
+        expected.extend(word(0x20)); // offset of the array
+        expected.extend(word(1)); // array length
+        expected.extend(word(0x20)); // offset of element 0 (dynamic tuple) after the length
+        expected.extend(word(7)); // nodeId
+        expected.extend(word(3)); // round
+        expected.extend(word(5 * 32)); // offset of cid inside the tuple
+        expected.extend([0xab; 32]); // digest
+        expected.extend(word(30_000)); // samples
+        expected.extend(word(59)); // cid length
+        let mut text = cid.as_bytes().to_vec();
+        text.resize(64, 0);
+        expected.extend(text);
+        assert_eq!(commitment(&[update.clone()]).unwrap(), ethers_core::utils::keccak256(&expected));
+        let mut second = update.clone();
+        second.node_id = 2;
+        assert!(commitment(&[update, second]).is_err(), "descending node ids are refused");
+    }
+}
