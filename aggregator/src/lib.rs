@@ -2,6 +2,7 @@
 //! in one process, the operator's chain commands, and the aggregation loop.
 
 pub mod average;
+pub mod fedavg;
 pub mod operator;
 pub mod run;
 pub mod simulate;

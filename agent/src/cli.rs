@@ -1,0 +1,180 @@
+//! The `fl-agent` subcommands `summary`, `train` and `eval`: flags parsed with lexopt
+//! into a config, then run. `main.rs` only dispatches to these.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use lexopt::prelude::*;
+
+use crate::data::Mnist;
+use crate::train::{self, TrainConfig};
+use crate::weights::{hex, ModelFile};
+
+/// Parses a flag's value as a number, naming the flag in the error.
+fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let value = parser.value()?;
+    let text = value.to_str().with_context(|| format!("{flag}: value is not valid UTF-8"))?;
+    text.parse().map_err(|e| anyhow::anyhow!("{flag}: {text:?} is not a valid number: {e}"))
+}
+
+/// Rejects 0 where it makes no sense.
+fn positive(value: usize, flag: &str) -> Result<usize> {
+    if value == 0 {
+        bail!("{flag} must be at least 1");
+    }
+    Ok(value)
+}
+
+const SUMMARY_USAGE: &str = "usage: fl-agent summary\n\nprints the model's layers, output shapes and parameter counts\n";
+
+/// `fl-agent summary`.
+pub fn summary(args: Vec<OsString>) -> Result<()> {
+    let mut parser = lexopt::Parser::from_args(args);
+    if let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{SUMMARY_USAGE}");
+                return Ok(());
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    print!("{}", crate::model::summary());
+    Ok(())
+}
+
+const TRAIN_USAGE: &str = "\
+usage: fl-agent train --data DIR [--epochs N] [--batch-size N] [--train-limit N]
+                      [--test-limit N] [--seed N] [--out FILE]
+
+trains the model from a seeded initialisation and prints one line per epoch on stdout
+
+  --data DIR         folder with the four MNIST IDX files (raw or .gz)
+  --epochs N         passes over the training set (default 1; the paper's baseline is 25)
+  --batch-size N     examples per step (default 32)
+  --train-limit N    use only the first N training images
+  --test-limit N     evaluate on only the first N test images
+  --seed N           seeds initialisation, shuffling and dropout (default 1)
+  --out FILE         where to write the model (default model.bin)
+";
+
+/// Validated flags of `fl-agent train`.
+#[derive(Debug, Clone)]
+pub struct TrainArgs {
+    /// MNIST folder.
+    pub data: PathBuf,
+    /// Training settings.
+    pub config: TrainConfig,
+    /// Use only the first N training images.
+    pub train_limit: Option<usize>,
+    /// Evaluate on only the first N test images.
+    pub test_limit: Option<usize>,
+    /// Output model file.
+    pub out: PathBuf,
+}
+
+impl TrainArgs {
+    /// Parses the flags; `Ok(None)` means `--help` was printed.
+    pub fn parse(args: Vec<OsString>) -> Result<Option<TrainArgs>> {
+        let mut parser = lexopt::Parser::from_args(args);
+        let mut data = None;
+        let mut config = TrainConfig::default();
+        let (mut train_limit, mut test_limit) = (None, None);
+        let mut out = PathBuf::from("model.bin");
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Long("data") => data = Some(PathBuf::from(parser.value()?)),
+                Long("epochs") => config.epochs = positive(number(&mut parser, "--epochs")?, "--epochs")?,
+                Long("batch-size") => config.batch_size = positive(number(&mut parser, "--batch-size")?, "--batch-size")?,
+                Long("train-limit") => train_limit = Some(positive(number(&mut parser, "--train-limit")?, "--train-limit")?),
+                Long("test-limit") => test_limit = Some(positive(number(&mut parser, "--test-limit")?, "--test-limit")?),
+                Long("seed") => config.seed = number(&mut parser, "--seed")?,
+                Long("out") => out = PathBuf::from(parser.value()?),
+                Short('h') | Long("help") => {
+                    print!("{TRAIN_USAGE}");
+                    return Ok(None);
+                }
+                _ => return Err(arg.unexpected().into()),
+            }
+        }
+        let data = data.context("--data DIR is required (the MNIST folder, e.g. data/mnist)")?;
+        Ok(Some(TrainArgs { data, config, train_limit, test_limit, out }))
+    }
+}
+
+/// `fl-agent train`.
+pub fn train(args: Vec<OsString>) -> Result<()> {
+    let Some(args) = TrainArgs::parse(args)? else { return Ok(()) };
+    run_train(&args)
+}
+
+/// Runs `fl-agent train` with parsed flags.
+pub fn run_train(args: &TrainArgs) -> Result<()> {
+    let mnist = Mnist::load(&args.data)?;
+    let train_set = mnist.train.take(args.train_limit.unwrap_or(usize::MAX));
+    let test_set = mnist.test.take(args.test_limit.unwrap_or(usize::MAX));
+    eprintln!(
+        "training on {} images, testing on {}, {} epoch(s), batch {}, seed {}",
+        train_set.len(),
+        test_set.len(),
+        args.config.epochs,
+        args.config.batch_size,
+        args.config.seed
+    );
+    let start = ModelFile::initial(args.config.seed)?;
+    let trained = train::train(&start, &train_set, Some(&test_set), &args.config, &mut |report| {
+        if let Some(test) = report.test {
+            println!(
+                "epoch {:>3}  loss {:.4}  test loss {:.4}  test accuracy {:.2}%",
+                report.epoch,
+                report.train_loss,
+                test.loss,
+                100.0 * test.accuracy
+            );
+        }
+    })?;
+    trained.model.save(&args.out)?;
+    eprintln!("wrote {} (sha256 {})", args.out.display(), hex(&trained.model.sha256()));
+    Ok(())
+}
+
+const EVAL_USAGE: &str = "\
+usage: fl-agent eval --model FILE --data DIR [--test-limit N]
+
+prints the model's accuracy on the MNIST test set
+
+  --model FILE       model file written by `fl-agent train` or the aggregator
+  --data DIR         folder with the four MNIST IDX files (raw or .gz)
+  --test-limit N     evaluate on only the first N test images
+";
+
+/// `fl-agent eval`.
+pub fn eval(args: Vec<OsString>) -> Result<()> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let (mut model, mut data, mut test_limit) = (None, None, None);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("model") => model = Some(PathBuf::from(parser.value()?)),
+            Long("data") => data = Some(PathBuf::from(parser.value()?)),
+            Long("test-limit") => test_limit = Some(positive(number(&mut parser, "--test-limit")?, "--test-limit")?),
+            Short('h') | Long("help") => {
+                print!("{EVAL_USAGE}");
+                return Ok(());
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let model_path: PathBuf = model.context("--model FILE is required")?;
+    let data: PathBuf = data.context("--data DIR is required (the MNIST folder, e.g. data/mnist)")?;
+    let model = ModelFile::load(&model_path)?;
+    let mnist = Mnist::load(&data)?;
+    let test_set = mnist.test.take(test_limit.unwrap_or(usize::MAX));
+    let evaluation = train::evaluate(&model, &test_set)?;
+    eprintln!("evaluated {} on {} test images, loss {:.4}", model_path.display(), evaluation.n, evaluation.loss);
+    println!("accuracy: {:.2}%", 100.0 * evaluation.accuracy);
+    Ok(())
+}
