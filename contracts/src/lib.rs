@@ -12,6 +12,8 @@ pub mod registry;
 pub mod rpc;
 pub mod signer;
 
+/// The ethers-core this crate is built on, for callers that need its types.
+pub use ethers_core;
 pub use client::{Client, FeeMode, PendingTx};
 pub use error::{Error, Result};
 pub use ethers_core::types::{Address, TransactionReceipt, H256, U256};

@@ -1,1 +1,128 @@
-//! anvil: a real local chain for tests (owned by the contracts work).
+//! anvil: a real local chain for tests, from the pinned npm package
+//! `@foundry-rs/anvil-linux-amd64` that `make setup` installs. Started on a free loopback
+//! port, killed when the handle is dropped.
+
+use crate::util::{free_port, wait_for_line, workspace_root, ChildGuard};
+use anyhow::{bail, Context, Result};
+use fl_contracts::{Address, Signer};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// anvil's default chain id (Foundry's documented default, 31337).
+pub const DEFAULT_CHAIN_ID: u64 = 31337;
+
+/// Where `make setup` puts the anvil binary.
+pub fn anvil_path() -> PathBuf {
+    workspace_root().join("devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+}
+
+/// Options for [`Anvil::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct AnvilOptions {
+    /// Mine a block every N seconds instead of one per transaction.
+    pub block_time: Option<u64>,
+    /// Chain id (default 31337).
+    pub chain_id: Option<u64>,
+}
+
+/// A running anvil on 127.0.0.1.
+pub struct Anvil {
+    url: String,
+    chain_id: u64,
+    /// anvil's public development keys (hex), as it printed them.
+    keys: Vec<String>,
+    addresses: Vec<Address>,
+    _guard: ChildGuard,
+}
+
+impl Anvil {
+    /// Starts anvil with default options (a block per transaction, chain id 31337).
+    pub fn start() -> Result<Anvil> {
+        Anvil::start_with(AnvilOptions::default())
+    }
+
+    /// Starts anvil and waits until it listens.
+    pub fn start_with(options: AnvilOptions) -> Result<Anvil> {
+        let path = anvil_path();
+        if !path.exists() {
+            bail!("anvil not found at {}: run `make setup`", path.display());
+        }
+        let port = free_port()?;
+        let chain_id = options.chain_id.unwrap_or(DEFAULT_CHAIN_ID);
+        let mut command = Command::new(&path);
+        command
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", &chain_id.to_string(), "--accounts", "10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(seconds) = options.block_time {
+            command.args(["--block-time", &seconds.to_string()]);
+        }
+        let mut child = command.spawn().with_context(|| format!("starting {} (run `make setup`)", path.display()))?;
+        let stdout = child.stdout.take().context("anvil stdout was not captured")?;
+        let guard = ChildGuard::new("anvil", child);
+        let lines = wait_for_line(stdout, "Listening on", Duration::from_secs(30), "anvil did not start; run `make setup`")?;
+        let keys = section(&lines, "Private Keys");
+        if keys.len() < 4 {
+            bail!("anvil printed {} private keys, expected 10:\n{}", keys.len(), lines.join("\n"));
+        }
+        let addresses = keys
+            .iter()
+            .map(|k| Signer::from_hex(k).map(|s| s.address()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .context("anvil printed an invalid private key")?;
+        Ok(Anvil { url: format!("http://127.0.0.1:{port}"), chain_id, keys, addresses, _guard: guard })
+    }
+
+    /// The JSON-RPC URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The chain id anvil was started with.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// Public development key `i` (hex, `0x`-prefixed) as anvil printed it.
+    pub fn key(&self, i: usize) -> &str {
+        &self.keys[i]
+    }
+
+    /// A signer for development key `i`.
+    pub fn signer(&self, i: usize) -> Result<Signer> {
+        Ok(Signer::from_hex(&self.keys[i])?)
+    }
+
+    /// The address of development key `i`.
+    pub fn address(&self, i: usize) -> Address {
+        self.addresses[i]
+    }
+}
+
+/// The `(i) 0x…` entries printed under `title` (anvil's "Private Keys" block).
+fn section(lines: &[String], title: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in lines {
+        let line = line.trim();
+        if line == title {
+            inside = true;
+            continue;
+        }
+        if !inside || line.starts_with('=') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix('(') else {
+            if !out.is_empty() {
+                break;
+            }
+            continue;
+        };
+        if let Some((_, value)) = rest.split_once(") ") {
+            out.push(value.split_whitespace().next().unwrap_or_default().to_string());
+        }
+    }
+    out
+}

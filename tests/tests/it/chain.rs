@@ -1,1 +1,278 @@
 //! Registry contract and JSON-RPC client against a real anvil.
+
+use anyhow::{bail, Context, Result};
+use fl_contracts::cid::cid_from_bytes;
+use fl_contracts::{commitment, Client, Error, Event, FeeMode, LocalUpdate, Registry, Rpc};
+use fl_tests::anvil::{Anvil, AnvilOptions};
+use fl_tests::util::free_port;
+use fl_contracts::ethers_core::abi::Token;
+use fl_contracts::ethers_core::types::{transaction::eip2718::TypedTransaction, Eip1559TransactionRequest};
+use fl_contracts::ethers_core::utils::keccak256;
+use std::time::Duration;
+
+/// A well-formed CIDv1 (SHA-256 multihash) whose hash is keccak256(label); `dag_pb` picks the
+/// `bafy…` codec (0x70) instead of raw `bafk…` (0x55).
+fn cid(label: &str, dag_pb: bool) -> String {
+    let mut bytes = vec![0x01, if dag_pb { 0x70 } else { 0x55 }, 0x12, 0x20];
+    bytes.extend(ethers_keccak(label));
+    cid_from_bytes(&bytes).expect("test cid is well formed")
+}
+
+fn ethers_keccak(label: &str) -> [u8; 32] {
+    keccak256(label.as_bytes())
+}
+
+fn client(anvil: &Anvil, key: usize) -> Result<Client> {
+    Ok(Client::new(Rpc::new(anvil.url())?, anvil.signer(key)?, Some(anvil.chain_id()))?)
+}
+
+fn gas(receipt: &fl_contracts::TransactionReceipt) -> u64 {
+    receipt.gas_used.map(|g| g.as_u64()).unwrap_or(u64::MAX)
+}
+
+/// Expects `result` to be a revert with custom error `name`; returns its arguments.
+fn expect_revert<T: std::fmt::Debug>(result: fl_contracts::Result<T>, name: &str) -> Result<Vec<(String, String)>> {
+    match result {
+        Err(Error::Revert { name: got, args, .. }) if got == name => Ok(args),
+        other => bail!("expected a {name} revert, got {other:?}"),
+    }
+}
+
+fn arg<'a>(args: &'a [(String, String)], name: &str) -> &'a str {
+    args.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("(missing)")
+}
+
+#[test]
+fn deploy_and_the_papers_four_functions_over_two_rounds() -> Result<()> {
+    let anvil = Anvil::start()?;
+    let owner = client(&anvil, 0)?;
+    let (learner1, learner2) = (client(&anvil, 1)?, client(&anvil, 2)?);
+    let (registry, _) = Registry::deploy(&owner)?;
+    assert_eq!(registry.owner()?, anvil.address(0));
+    assert_eq!(registry.current_round()?, 0);
+    assert_eq!(registry.get_global_weight()?, "");
+    assert_eq!(registry.get_local_weight(1)?, "");
+    assert!(registry.global_update()?.is_none());
+
+    registry.add_learner(1, anvil.address(1))?;
+    registry.add_learner(2, anvil.address(2))?;
+    assert_eq!(registry.learner_ids()?, vec![1, 2]);
+
+    // Round 0: the seeded global model, no inputs.
+    let seed = cid("seed", true);
+    registry.set_global_weight(0, &seed, [0x11; 32], [0; 32], &[])?;
+    assert_eq!(registry.current_round()?, 1);
+    assert_eq!(registry.get_global_weight()?, seed);
+
+    // Round 1: both learners submit; each writes only its own node id.
+    let mut inputs = Vec::new();
+    for (node_id, client) in [(1u64, &learner1), (2u64, &learner2)] {
+        let update = LocalUpdate { node_id, round: 1, cid: cid(&format!("local {node_id} 1"), true), digest: [node_id as u8; 32], samples: 30_000 };
+        Registry::at(client, registry.address()).set_local_weight(node_id, 1, &update.cid, update.digest, update.samples)?;
+        assert_eq!(registry.get_local_weight(node_id)?, update.cid);
+        inputs.push(update);
+    }
+    // A restarted learner sees what it already sent for this round.
+    let state = registry.local_update(2)?;
+    assert_eq!(state.account, anvil.address(2));
+    assert_eq!(state.latest.as_ref(), Some(&inputs[1]));
+
+    let global1 = cid("global 1", true);
+    let inputs_commitment = commitment(&inputs)?;
+    registry.set_global_weight(1, &global1, [0x22; 32], inputs_commitment, &[1, 2])?;
+    assert_eq!(registry.get_global_weight()?, global1);
+    let global = registry.global_update()?.context("global model after round 1")?;
+    assert_eq!((global.round, global.digest, global.inputs_commitment), (1, [0x22; 32], inputs_commitment));
+    assert_eq!(registry.current_round()?, 2);
+
+    // The events tell the whole story, and the commitment can be recomputed from them.
+    let head = owner.rpc().block_number()?;
+    let events: Vec<Event> = Registry::at(&owner, registry.address()).with_log_range(2).events(0, head)?.into_iter().map(|l| l.event).collect();
+    assert_eq!(events.len(), 6, "{events:#?}");
+    assert_eq!(events[0], Event::LearnerAdded { node_id: 1, account: anvil.address(1) });
+    assert_eq!(events[1], Event::LearnerAdded { node_id: 2, account: anvil.address(2) });
+    assert!(matches!(&events[2], Event::GlobalWeightSet(g) if g.round == 0 && g.cid == seed && g.node_ids.is_empty()));
+    assert_eq!(events[3], Event::LocalWeightSet(inputs[0].clone()));
+    assert_eq!(events[4], Event::LocalWeightSet(inputs[1].clone()));
+    let Event::GlobalWeightSet(published) = &events[5] else { bail!("expected GlobalWeightSet, got {:?}", events[5]) };
+    assert_eq!(published.node_ids, vec![1, 2]);
+    let from_logs = registry.local_updates_of_round(1, 0, head)?;
+    let used: Vec<LocalUpdate> = from_logs.into_iter().filter(|u| published.node_ids.contains(&u.node_id)).collect();
+    assert_eq!(commitment(&used)?, published.inputs_commitment);
+    assert_eq!(registry.global_updates(0, head)?.len(), 2);
+
+    // Removing a learner keeps its history readable.
+    registry.remove_learner(1)?;
+    assert_eq!(registry.learner_ids()?, vec![2]);
+    assert_eq!(registry.get_local_weight(1)?, inputs[0].cid);
+    Ok(())
+}
+
+#[test]
+fn a_learner_cannot_write_another_nodes_update_and_only_the_owner_publishes() -> Result<()> {
+    let anvil = Anvil::start()?;
+    let owner = client(&anvil, 0)?;
+    let learner2 = client(&anvil, 2)?;
+    let (registry, _) = Registry::deploy(&owner)?;
+    registry.add_learner(1, anvil.address(1))?;
+    registry.add_learner(2, anvil.address(2))?;
+    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?;
+
+    let as_learner2 = Registry::at(&learner2, registry.address());
+    let args = expect_revert(as_learner2.set_local_weight(1, 1, &cid("forged", true), [9; 32], 10), "NotLearner")?;
+    assert_eq!(arg(&args, "nodeId"), "1");
+    assert_eq!(arg(&args, "caller"), format!("{:?}", anvil.address(2)));
+    let args = expect_revert(as_learner2.set_local_weight(7, 1, &cid("nobody", true), [9; 32], 10), "UnknownLearner")?;
+    assert_eq!(arg(&args, "nodeId"), "7");
+    assert_eq!(registry.get_local_weight(1)?, "", "node 1 untouched");
+
+    let args = expect_revert(as_learner2.set_global_weight(1, &cid("g", true), [1; 32], [0; 32], &[2]), "NotOwner")?;
+    assert_eq!(arg(&args, "caller"), format!("{:?}", anvil.address(2)));
+    expect_revert(as_learner2.add_learner(3, anvil.address(2)), "NotOwner")?;
+    expect_revert(as_learner2.remove_learner(1), "NotOwner")?;
+    let args = expect_revert(registry.add_learner(1, anvil.address(3)), "AlreadyRegistered")?;
+    assert_eq!(arg(&args, "account"), format!("{:?}", anvil.address(1)));
+    Ok(())
+}
+
+#[test]
+fn wrong_rounds_and_bad_inputs_are_rejected_with_decoded_custom_errors() -> Result<()> {
+    let anvil = Anvil::start()?;
+    let owner = client(&anvil, 0)?;
+    let learner1 = client(&anvil, 1)?;
+    let (registry, _) = Registry::deploy(&owner)?;
+    registry.add_learner(1, anvil.address(1))?;
+    registry.add_learner(2, anvil.address(2))?;
+    let as_learner1 = Registry::at(&learner1, registry.address());
+
+    // Before the seed, no local round is open.
+    let args = expect_revert(as_learner1.set_local_weight(1, 1, &cid("early", false), [1; 32], 5), "WrongRound")?;
+    assert_eq!((arg(&args, "given"), arg(&args, "current")), ("1", "0"));
+    let args = expect_revert(registry.set_global_weight(1, &cid("g", true), [1; 32], [0; 32], &[]), "WrongRound")?;
+    assert_eq!((arg(&args, "given"), arg(&args, "current")), ("1", "0"));
+    expect_revert(registry.set_global_weight(0, &cid("g", true), [1; 32], [0; 32], &[1]), "SeedHasInputs")?;
+    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?;
+
+    let args = expect_revert(as_learner1.set_local_weight(1, 2, &cid("late", false), [1; 32], 5), "WrongRound")?;
+    assert_eq!((arg(&args, "given"), arg(&args, "current")), ("2", "1"));
+    expect_revert(as_learner1.set_local_weight(1, 1, &cid("zero", false), [1; 32], 0), "InvalidSamples")?;
+    as_learner1.set_local_weight(1, 1, &cid("first", false), [1; 32], 5)?;
+    let args = expect_revert(as_learner1.set_local_weight(1, 1, &cid("again", false), [2; 32], 5), "AlreadySubmitted")?;
+    assert_eq!((arg(&args, "nodeId"), arg(&args, "round")), ("1", "1"));
+
+    // A global model may only list node ids that submitted for the round, ascending.
+    let args = expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1, 2]), "MissingLocalUpdate")?;
+    assert_eq!((arg(&args, "nodeId"), arg(&args, "round")), ("2", "1"));
+    expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1, 1]), "NodeIdsNotAscending")?;
+    expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[]), "NoInputs")?;
+    // A subset of the learners is enough.
+    registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1])?;
+    assert_eq!(registry.current_round()?, 2);
+
+    // A malformed CID never reaches the chain: the client refuses it.
+    let err = as_learner1.set_local_weight(1, 2, "QmNotACidV1", [1; 32], 5).unwrap_err().to_string();
+    assert!(err.contains("cid \"QmNotACidV1\""), "{err}");
+    Ok(())
+}
+
+#[test]
+fn ten_transactions_in_flight_get_consecutive_nonces_and_all_mine() -> Result<()> {
+    // One block per second, so the ten transactions really wait in the pool together.
+    let anvil = Anvil::start_with(AnvilOptions { block_time: Some(1), ..Default::default() })?;
+    let owner = client(&anvil, 0)?;
+    let (registry, _) = Registry::deploy(&owner)?;
+    let start = owner.rpc().transaction_count(anvil.address(0), "latest")?;
+    let mut pending = Vec::new();
+    for node_id in 0..10u64 {
+        let data = fl_contracts::abi::encode_call(
+            "addLearner",
+            &[Token::Uint(node_id.into()), Token::Address(anvil.address(1 + node_id as usize % 9))],
+        )?;
+        pending.push(owner.send("addLearner", Some(registry.address()), data)?);
+    }
+    let nonces: Vec<u64> = pending.iter().map(|p| p.nonce.as_u64()).collect();
+    let expected: Vec<u64> = (0..10).map(|i| start.as_u64() + i).collect();
+    assert_eq!(nonces, expected);
+    for tx in pending {
+        let receipt = owner.wait("addLearner", tx)?;
+        assert_eq!(receipt.status.map(|s| s.as_u64()), Some(1));
+    }
+    assert_eq!(registry.learner_ids()?, (0..10).collect::<Vec<u64>>());
+    Ok(())
+}
+
+#[test]
+fn wrong_chain_id_and_unreachable_node_give_clear_errors() -> Result<()> {
+    let anvil = Anvil::start()?;
+    let err = Client::new(Rpc::new(anvil.url())?, anvil.signer(0)?, Some(1)).unwrap_err().to_string();
+    assert_eq!(err, format!("node at {} is on chain id {}, expected chain id 1", anvil.url(), anvil.chain_id()));
+
+    // A transaction signed for another chain is refused by the node, and the error says so.
+    let rpc = Rpc::new(anvil.url())?;
+    let signer = anvil.signer(0)?;
+    let tx = TypedTransaction::Eip1559(
+        Eip1559TransactionRequest::new()
+            .to(anvil.address(1))
+            .value(1)
+            .nonce(0)
+            .gas(21_000)
+            .max_fee_per_gas(10_000_000_000u64)
+            .max_priority_fee_per_gas(1_000_000_000u64),
+    );
+    let raw = signer.sign_transaction(&tx, 1)?;
+    let err = rpc.send_raw_transaction(&raw).unwrap_err();
+    let Error::Rpc { method, message, .. } = &err else { bail!("expected an RPC error, got {err:?}") };
+    assert_eq!(method, "eth_sendRawTransaction");
+    assert!(message.to_lowercase().contains("chain"), "{message}");
+
+    // Nothing listens on a port that was just free.
+    let url = format!("http://127.0.0.1:{}", free_port()?);
+    let err = Rpc::with_timeout(&url, Duration::from_secs(2))?.chain_id().unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("eth_chainId: cannot reach node at {url}")), "{text}");
+    Ok(())
+}
+
+#[test]
+fn gas_of_every_write_and_the_steady_state_learner_update() -> Result<()> {
+    let anvil = Anvil::start()?;
+    let owner = client(&anvil, 0)?;
+    assert_eq!(owner.fee_mode(), FeeMode::Eip1559, "anvil reports a base fee");
+    let learner1 = client(&anvil, 1)?;
+    let learner2 = client(&anvil, 2)?.with_fee_mode(FeeMode::Legacy);
+    let (registry, deploy) = Registry::deploy(&owner)?;
+    let mut table = vec![("deploy", gas(&deploy))];
+    table.push(("addLearner", gas(&registry.add_learner(1, anvil.address(1))?)));
+    registry.add_learner(2, anvil.address(2))?;
+    registry.add_learner(3, anvil.address(3))?;
+    table.push(("removeLearner", gas(&registry.remove_learner(3)?)));
+    table.push(("setGlobalWeight round 0 (seed)", gas(&registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?)));
+
+    let mut steady = Vec::new();
+    for round in 1..=3u64 {
+        let mut inputs = Vec::new();
+        for (node_id, client) in [(1u64, &learner1), (2u64, &learner2)] {
+            let update = LocalUpdate { node_id, round, cid: cid(&format!("{node_id}/{round}"), true), digest: ethers_keccak(&format!("d{node_id}/{round}")), samples: 30_000 };
+            let receipt = Registry::at(client, registry.address()).set_local_weight(node_id, round, &update.cid, update.digest, update.samples)?;
+            if round == 1 && node_id == 1 {
+                table.push(("setLocalWeight first (round 1)", gas(&receipt)));
+            } else if round >= 2 {
+                steady.push(gas(&receipt));
+            }
+            inputs.push(update);
+        }
+        let receipt = registry.set_global_weight(round, &cid(&format!("g{round}"), true), [2; 32], commitment(&inputs)?, &[1, 2])?;
+        if round == 2 {
+            table.push(("setGlobalWeight, 2 inputs", gas(&receipt)));
+        }
+    }
+    let steady_max = *steady.iter().max().context("steady-state updates")?;
+    table.push(("setLocalWeight steady state (round >= 2, max)", steady_max));
+    for (what, gas) in &table {
+        eprintln!("gas {what:<48} {gas:>9}");
+    }
+    // Issue 3's goal: a learner's update from the second round on costs at most 50,000 gas.
+    assert!(steady_max <= 50_000, "steady-state setLocalWeight used {steady_max} gas (> 50,000): {steady:?}");
+    Ok(())
+}
