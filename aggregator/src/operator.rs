@@ -1,7 +1,220 @@
-//! Operator commands: `deploy`, `learners`, `status` (not written yet).
+//! Operator commands on the registry: `deploy`, `learners add|remove|list`, `status`.
+//! Flags follow Foundry's: `--rpc-url` (else `ETH_RPC_URL`), `--keystore` (else
+//! `ETH_KEYSTORE`) with `ETH_PASSWORD` or `--password-file`, or `ETH_PRIVATE_KEY` for
+//! development; the registry is `--registry ADDRESS` (else `FL_REGISTRY`).
+
 use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use fl_contracts::{Address, Client, KeySource, Registry, Rpc, Signer};
+use lexopt::prelude::*;
+
+const USAGE: &str = "\
+usage: fl-aggregator deploy [FLAGS]                        deploy a registry, print its address
+       fl-aggregator learners add NODE_ID ADDRESS [FLAGS]  bind a node id to a learner's address
+       fl-aggregator learners remove NODE_ID [FLAGS]       unbind a node id
+       fl-aggregator learners list [FLAGS]                 node id, address, latest round and CID
+       fl-aggregator status [FLAGS]                        round, global model, each learner's update
+
+flags:
+  --rpc-url URL          JSON-RPC endpoint (default $ETH_RPC_URL, else http://127.0.0.1:8545)
+  --registry ADDRESS     registry contract (default $FL_REGISTRY)
+  --keystore FILE        encrypted JSON keystore (default $ETH_KEYSTORE); password from
+                         $ETH_PASSWORD or --password-file; else $ETH_PRIVATE_KEY (development)
+  --password-file FILE   file holding the keystore password
+  --chain-id N           refuse to run unless the node is on this chain
+
+Keys are never taken from the command line.
+";
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Deploy,
+    AddLearner { node_id: u64, account: Address },
+    RemoveLearner { node_id: u64 },
+    ListLearners,
+    Status,
+}
+
+/// Validated flags of an operator command.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    pub action: Action,
+    pub rpc_url: String,
+    pub registry: Option<Address>,
+    pub key: KeySource,
+    pub chain_id: Option<u64>,
+}
 
 /// Parses the flags of an operator command and runs it.
-pub fn main(command: &str, _args: Vec<OsString>) -> anyhow::Result<()> {
-    anyhow::bail!("`{command}` is not implemented yet")
+pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut positional: Vec<String> = Vec::new();
+    let mut rpc_url = None;
+    let mut registry = None;
+    let mut key = KeySource::default();
+    let mut chain_id = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("rpc-url") => rpc_url = Some(parser.value()?.string()?),
+            Long("registry") => registry = Some(parse_address(&parser.value()?.string()?, "--registry")?),
+            Long("keystore") => key.keystore = Some(PathBuf::from(parser.value()?)),
+            Long("password-file") => key.password_file = Some(PathBuf::from(parser.value()?)),
+            Long("chain-id") => chain_id = Some(parser.value()?.parse::<u64>().context("--chain-id")?),
+            Long("private-key") | Long("password") => {
+                bail!("{arg:?}: keys and passwords are never taken from the command line; use ETH_PRIVATE_KEY, ETH_PASSWORD or --password-file", arg = arg.unexpected().to_string())
+            }
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            Value(value) => positional.push(value.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let action = parse_action(command, &positional)?;
+    let rpc_url = rpc_url
+        .or_else(|| std::env::var("ETH_RPC_URL").ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "http://127.0.0.1:8545".to_string());
+    let registry = match registry {
+        Some(address) => Some(address),
+        None => match std::env::var("FL_REGISTRY") {
+            Ok(text) if !text.is_empty() => Some(parse_address(&text, "FL_REGISTRY")?),
+            _ => None,
+        },
+    };
+    if action != Action::Deploy && registry.is_none() {
+        bail!("{command}: no registry address: pass --registry ADDRESS or set FL_REGISTRY");
+    }
+    run(&OperatorConfig { action, rpc_url, registry, key, chain_id })
+}
+
+fn parse_action(command: &str, positional: &[String]) -> Result<Action> {
+    let words: Vec<&str> = positional.iter().map(String::as_str).collect();
+    Ok(match (command, words.as_slice()) {
+        ("deploy", []) => Action::Deploy,
+        ("status", []) => Action::Status,
+        ("learners", ["list"]) => Action::ListLearners,
+        ("learners", ["add", node_id, account]) => {
+            Action::AddLearner { node_id: parse_node_id(node_id)?, account: parse_address(account, "ADDRESS")? }
+        }
+        ("learners", ["remove", node_id]) => Action::RemoveLearner { node_id: parse_node_id(node_id)? },
+        _ => bail!("unexpected arguments for `{command}`: {positional:?}\n\n{USAGE}"),
+    })
+}
+
+fn parse_node_id(text: &str) -> Result<u64> {
+    text.parse().with_context(|| format!("NODE_ID {text:?}: expected a whole number"))
+}
+
+fn parse_address(text: &str, what: &str) -> Result<Address> {
+    let hex = text.strip_prefix("0x").with_context(|| format!("{what} {text:?}: expected 0x and 40 hex digits"))?;
+    if hex.len() != 40 {
+        bail!("{what} {text:?}: expected 0x and 40 hex digits");
+    }
+    text.parse().map_err(|e| anyhow::anyhow!("{what} {text:?}: {e}"))
+}
+
+/// Runs one operator command; results on stdout, progress on stderr.
+pub fn run(config: &OperatorConfig) -> Result<()> {
+    let rpc = Rpc::new(&config.rpc_url)?;
+    let needs_key = matches!(config.action, Action::Deploy | Action::AddLearner { .. } | Action::RemoveLearner { .. });
+    let client = if needs_key {
+        let signer = Signer::from_source(&config.key)?;
+        Client::new(rpc, signer, config.chain_id)?
+    } else {
+        Client::read_only(rpc, config.chain_id)?
+    };
+    if config.action == Action::Deploy {
+        let (registry, receipt) = Registry::deploy(&client)?;
+        eprintln!(
+            "deployed registry from {:?} on chain {} (tx {:?}, gas {})",
+            client.address(),
+            client.chain_id(),
+            receipt.transaction_hash,
+            receipt.gas_used.unwrap_or_default()
+        );
+        println!("{:?}", registry.address());
+        return Ok(());
+    }
+    // Checked in main(); kept as an error for library callers.
+    let address = config.registry.context("no registry address: pass --registry ADDRESS or set FL_REGISTRY")?;
+    let registry = Registry::at(&client, address);
+    match &config.action {
+        Action::Deploy => unreachable!("handled above"),
+        Action::AddLearner { node_id, account } => {
+            let receipt = registry.add_learner(*node_id, *account)?;
+            eprintln!("node {node_id} bound to {account:?} (tx {:?})", receipt.transaction_hash);
+        }
+        Action::RemoveLearner { node_id } => {
+            let receipt = registry.remove_learner(*node_id)?;
+            eprintln!("node {node_id} removed (tx {:?})", receipt.transaction_hash);
+        }
+        Action::ListLearners => {
+            for learner in registry.learners()? {
+                print_learner(&learner);
+            }
+        }
+        Action::Status => {
+            println!("registry {:?}", registry.address());
+            println!("owner {:?}", registry.owner()?);
+            println!("round {}", registry.current_round()?);
+            match registry.global_update()? {
+                Some(global) => println!(
+                    "global round {} cid {} digest {} inputs {}",
+                    global.round,
+                    global.cid,
+                    hex(&global.digest),
+                    hex(&global.inputs_commitment)
+                ),
+                None => println!("global none"),
+            }
+            for learner in registry.learners()? {
+                print_learner(&learner);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_learner(learner: &fl_contracts::LearnerState) {
+    match &learner.latest {
+        Some(u) => println!(
+            "learner {} {:?} round {} cid {} digest {} samples {}",
+            learner.node_id,
+            learner.account,
+            u.round,
+            u.cid,
+            hex(&u.digest),
+            u.samples
+        ),
+        None => println!("learner {} {:?} round none", learner.node_id, learner.account),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_parse() {
+        let add = parse_action("learners", &["add".into(), "3".into(), "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into()]).unwrap();
+        assert!(matches!(add, Action::AddLearner { node_id: 3, .. }));
+        assert!(parse_action("learners", &["add".into(), "x".into(), "0x00".into()]).is_err());
+        assert!(parse_action("deploy", &["extra".into()]).is_err());
+        let err = parse_address("0x1234", "ADDRESS").unwrap_err().to_string();
+        assert_eq!(err, "ADDRESS \"0x1234\": expected 0x and 40 hex digits");
+    }
+
+    #[test]
+    fn keys_on_the_command_line_are_refused() {
+        let err = main("deploy", vec!["--private-key".into(), "00".into()]).unwrap_err().to_string();
+        assert!(err.contains("never taken from the command line"), "{err}");
+    }
 }

@@ -36,7 +36,8 @@ pub struct PendingTx {
 #[derive(Debug)]
 pub struct Client {
     rpc: Rpc,
-    signer: Signer,
+    /// `None` for a read-only client (views and logs only).
+    signer: Option<Signer>,
     chain_id: u64,
     fee_mode: FeeMode,
     /// The next nonce to use; `None` means "ask the node" (at start and after a failed send).
@@ -49,6 +50,15 @@ impl Client {
     /// Connects `signer` to the node behind `rpc`: reads the chain id (checked against
     /// `expected_chain_id` when given) and whether the node supports EIP-1559.
     pub fn new(rpc: Rpc, signer: Signer, expected_chain_id: Option<u64>) -> Result<Client> {
+        Client::connect(rpc, Some(signer), expected_chain_id)
+    }
+
+    /// A client without a key: views, logs and receipts only; sending fails with [`Error::Key`].
+    pub fn read_only(rpc: Rpc, expected_chain_id: Option<u64>) -> Result<Client> {
+        Client::connect(rpc, None, expected_chain_id)
+    }
+
+    fn connect(rpc: Rpc, signer: Option<Signer>, expected_chain_id: Option<u64>) -> Result<Client> {
         let chain_id = rpc.chain_id()?;
         if let Some(expected) = expected_chain_id {
             if expected != chain_id {
@@ -91,8 +101,9 @@ impl Client {
     pub fn rpc(&self) -> &Rpc {
         &self.rpc
     }
+    /// The signing account (the zero address for a read-only client).
     pub fn address(&self) -> Address {
-        self.signer.address()
+        self.signer.as_ref().map(Signer::address).unwrap_or_default()
     }
     pub fn chain_id(&self) -> u64 {
         self.chain_id
@@ -131,6 +142,9 @@ impl Client {
     /// be mined. Gas is estimated (so a revert is reported before anything is sent) with a 20%
     /// margin; nonces count up locally, so several transactions can be in flight at once.
     pub fn send(&self, what: &str, to: Option<Address>, data: Bytes) -> Result<PendingTx> {
+        let Some(signer) = &self.signer else {
+            return Err(Error::Key(format!("{what}: no signing key (read-only client)")));
+        };
         let mut tx = self.request(to, data);
         let estimate = self.rpc.estimate_gas(&tx).map_err(|e| revert_or(what, e))?;
         tx.set_gas(estimate + estimate / 5);
@@ -141,7 +155,7 @@ impl Client {
             None => self.rpc.transaction_count(self.address(), "pending")?,
         };
         tx.set_nonce(nonce);
-        let raw = self.signer.sign_transaction(&tx, self.chain_id)?;
+        let raw = signer.sign_transaction(&tx, self.chain_id)?;
         match self.rpc.send_raw_transaction(&raw) {
             Ok(hash) => {
                 *next = Some(nonce + 1);

@@ -92,6 +92,19 @@ impl Signer {
         }
     }
 
+    /// Writes this key as an encrypted Web3 Secret Storage file at `path` (scrypt with
+    /// eth-keystore's parameters, n = 2^13, lighter than geth's 2^18 so a Raspberry Pi
+    /// decrypts it quickly), e.g. to give a learner a keystore instead of a raw key.
+    pub fn write_keystore(&self, path: &Path, password: &str) -> Result<()> {
+        let fail = |why: String| Error::Key(format!("writing keystore {}: {why}", path.display()));
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| fail("no file name".into()))?;
+        let key = self.key.to_bytes();
+        eth_keystore::encrypt_key(dir, &mut ethers_core::rand::thread_rng(), key.as_slice(), password, Some(name))
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
     /// The account's address.
     pub fn address(&self) -> Address {
         self.address

@@ -276,3 +276,52 @@ fn gas_of_every_write_and_the_steady_state_learner_update() -> Result<()> {
     assert!(steady_max <= 50_000, "steady-state setLocalWeight used {steady_max} gas (> 50,000): {steady:?}");
     Ok(())
 }
+
+/// Runs `fl-aggregator ARGS` with `envs`; returns stdout, or fails with stderr.
+fn operator(envs: &[(&str, &str)], args: &[&str]) -> Result<String> {
+    let bin = fl_tests::util::workspace_bin("fl-aggregator")?;
+    let mut command = std::process::Command::new(bin);
+    command.args(args);
+    for name in ["ETH_RPC_URL", "ETH_KEYSTORE", "ETH_PASSWORD", "ETH_PASSWORD_FILE", "ETH_PRIVATE_KEY", "FL_REGISTRY"] {
+        command.env_remove(name);
+    }
+    command.envs(envs.iter().copied());
+    let output = command.output().context("running fl-aggregator")?;
+    if !output.status.success() {
+        bail!("fl-aggregator {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+#[test]
+fn operator_commands_deploy_add_list_and_status_with_a_keystore() -> Result<()> {
+    let anvil = Anvil::start()?;
+    let dir = fl_tests::util::TempDir::new("operator")?;
+    let keystore = dir.path().join("owner.json");
+    let password_file = dir.path().join("password");
+    anvil.signer(0)?.write_keystore(&keystore, "correct horse")?;
+    std::fs::write(&password_file, "correct horse\n")?;
+    let (keystore, password_file) = (keystore.to_string_lossy().to_string(), password_file.to_string_lossy().to_string());
+    let owner_flags = ["--rpc-url", anvil.url(), "--keystore", &keystore, "--password-file", &password_file];
+
+    let address = operator(&[], &[&["deploy"][..], &owner_flags].concat())?.trim().to_string();
+    assert!(address.starts_with("0x") && address.len() == 42, "{address:?}");
+    let learner = format!("{:?}", anvil.address(1));
+    operator(&[], &[&["learners", "add", "4", &learner][..], &owner_flags, &["--registry", &address]].concat())?;
+
+    // Read-only commands need no key; the environment supplies URL and registry.
+    let envs = [("ETH_RPC_URL", anvil.url()), ("FL_REGISTRY", address.as_str())];
+    let list = operator(&envs, &["learners", "list"])?;
+    assert_eq!(list, format!("learner 4 {learner} round none\n"));
+    let status = operator(&envs, &["status"])?;
+    assert!(status.contains("round 0\nglobal none\n"), "{status}");
+    assert!(status.contains(&format!("owner {:?}", anvil.address(0))), "{status}");
+
+    // A wrong password and a missing key are clear errors.
+    std::fs::write(&password_file, "wrong\n")?;
+    let err = operator(&[], &[&["learners", "add", "5", &learner][..], &owner_flags, &["--registry", &address]].concat()).unwrap_err().to_string();
+    assert!(err.contains("wrong password"), "{err}");
+    let err = operator(&envs, &["learners", "add", "5", &learner]).unwrap_err().to_string();
+    assert!(err.contains("no signing key"), "{err}");
+    Ok(())
+}
