@@ -12,7 +12,7 @@ use crate::train::{self, TrainConfig};
 use crate::weights::{hex, ModelFile};
 
 /// Parses a flag's value as a number, naming the flag in the error.
-fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
+pub fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
@@ -22,7 +22,7 @@ where
 }
 
 /// Rejects 0 where it makes no sense.
-fn positive(value: usize, flag: &str) -> Result<usize> {
+pub fn positive(value: usize, flag: &str) -> Result<usize> {
     if value == 0 {
         bail!("{flag} must be at least 1");
     }

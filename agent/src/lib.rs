@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod data;
 pub mod kernels;
+pub mod learner;
 pub mod model;
 pub mod rng;
 pub mod train;

@@ -13,6 +13,7 @@ commands:
   summary     the model's layers and parameter counts
   train       train the model on MNIST:  train --data DIR [--epochs N] [--out FILE] ...
   eval        a model file's test accuracy:  eval --model FILE --data DIR
+  run         the learner's federated loop:  run --config agent.toml
 
 Run `fl-agent <command> --help` for a command's flags.
 ";
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         "summary" => fl_agent::cli::summary(rest),
         "train" => fl_agent::cli::train(rest),
         "eval" => fl_agent::cli::eval(rest),
+        "run" => fl_agent::learner::main(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())

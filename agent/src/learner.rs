@@ -1,0 +1,578 @@
+//! `fl-agent run`: the learner's loop. For each round it waits for the previous round's
+//! global model (following the registry's events with `eth_getLogs`), fetches it from IPFS
+//! and checks its digest against the chain, trains the configured local epochs on its own
+//! data, uploads the result to IPFS and records it on the registry.
+//!
+//! Everything a restart needs is in the state folder or on chain: a finished local model
+//! is saved (atomically) before it is uploaded, and the hash of the registering
+//! transaction is saved before waiting for it, so a learner killed at any point resumes
+//! the round without training again and without registering twice.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fl_contracts::{Address, Client, KeySource, Registry, Rpc, Signer, H256};
+use lexopt::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{number, positive};
+use crate::data::{partition, Dataset, Mnist, Split};
+use crate::rng::derive_seed;
+use crate::train::{self, TrainConfig};
+use crate::weights::{hex, ModelFile};
+
+/// The largest model file a learner downloads: the paper's model is 2.5 MB; anything far
+/// larger is not a model of this architecture, and reading it would only waste memory.
+pub const MAX_MODEL_BYTES: u64 = 64 << 20;
+
+const USAGE: &str = "\
+usage: fl-agent run --config FILE [flags]
+
+runs the learner: trains on local data each round and publishes through IPFS and the chain
+
+  --config FILE        agent.toml (see cross/pkg/agent.toml for every key)
+  --node-id N          this learner's node id (overrides node_id, FL_NODE_ID)
+  --rpc-url URL        Ethereum JSON-RPC endpoint (overrides rpc_url, ETH_RPC_URL)
+  --registry ADDRESS   registry contract (overrides registry, FL_REGISTRY)
+  --keystore FILE      encrypted keystore (overrides keystore, ETH_KEYSTORE)
+  --password-file FILE keystore password file (ETH_PASSWORD wins over it)
+  --ipfs-api URL       IPFS RPC API (overrides ipfs_api, FL_IPFS_API)
+  --data DIR           the learner's data folder (overrides data_dir, FL_DATA_DIR)
+  --state-dir DIR      where progress is kept (overrides state_dir, FL_STATE_DIR)
+  --local-epochs N     epochs per round (overrides local_epochs)
+  --batch-size N       examples per step (overrides batch_size)
+  --rounds N           stop once the global model of round N is published (default: never)
+
+The signing key comes from the keystore (password from ETH_PASSWORD or the password file)
+or, for development only, from ETH_PRIVATE_KEY; never from a flag.
+";
+
+/// How a demonstration board takes its share of a data set all boards hold.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// This board's share, 0-based.
+    pub index: usize,
+    /// Number of shares.
+    pub count: usize,
+    /// `iid` or `dirichlet:ALPHA`.
+    #[serde(default = "default_split")]
+    pub split: String,
+    /// The same seed on every board, so that shares do not overlap.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_split() -> String {
+    "iid".into()
+}
+
+/// `agent.toml` as written; every key may also come from the environment or a flag.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    rpc_url: Option<String>,
+    chain_id: Option<u64>,
+    registry: Option<String>,
+    keystore: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    ipfs_api: Option<String>,
+    data_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    local_epochs: Option<usize>,
+    batch_size: Option<usize>,
+    rounds: Option<u64>,
+    seed: Option<u64>,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+    poll_seconds: Option<f64>,
+    shard: Option<ShardConfig>,
+}
+
+/// The learner's validated configuration.
+#[derive(Debug, Clone)]
+pub struct LearnerConfig {
+    /// Node id registered on the contract for this learner's address.
+    pub node_id: u64,
+    /// JSON-RPC endpoint.
+    pub rpc_url: String,
+    /// Chain id the node must report, if set.
+    pub chain_id: Option<u64>,
+    /// Registry contract address.
+    pub registry: Address,
+    /// Where the signing key comes from (keystore flags; the environment is read later).
+    pub key: KeySource,
+    /// IPFS RPC API base URL.
+    pub ipfs_api: String,
+    /// Folder with the learner's data (MNIST IDX files).
+    pub data_dir: PathBuf,
+    /// Folder for saved models and the pending transaction.
+    pub state_dir: PathBuf,
+    /// Local epochs per round.
+    pub local_epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Stop once global round `rounds` is published; `None` runs until killed.
+    pub rounds: Option<u64>,
+    /// Seeds training; each round and node gets its own stream.
+    pub seed: u64,
+    /// Use only the first N training images (before sharding), for quick runs.
+    pub train_limit: Option<usize>,
+    /// Evaluate on only the first N test images.
+    pub test_limit: Option<usize>,
+    /// Longest pause between two polls of the chain.
+    pub max_poll: Duration,
+    /// Demonstration sharding of a data set every board holds.
+    pub shard: Option<ShardConfig>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn parse_env<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match env(name) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|e| anyhow::anyhow!("environment variable {name}={text:?} is not valid: {e}")),
+    }
+}
+
+impl LearnerConfig {
+    /// Builds the config from `--config FILE`, then the environment, then flags (each
+    /// overriding the one before). `Ok(None)` means `--help` was printed.
+    pub fn parse(args: Vec<OsString>) -> Result<Option<LearnerConfig>> {
+        let mut parser = lexopt::Parser::from_args(args);
+        let mut flags = FileConfig::default();
+        let mut config_path: Option<PathBuf> = None;
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Long("config") => config_path = Some(PathBuf::from(parser.value()?)),
+                Long("node-id") => flags.node_id = Some(number(&mut parser, "--node-id")?),
+                Long("rpc-url") => flags.rpc_url = Some(parser.value()?.string()?),
+                Long("registry") => flags.registry = Some(parser.value()?.string()?),
+                Long("keystore") => flags.keystore = Some(PathBuf::from(parser.value()?)),
+                Long("password-file") => flags.password_file = Some(PathBuf::from(parser.value()?)),
+                Long("ipfs-api") => flags.ipfs_api = Some(parser.value()?.string()?),
+                Long("data") => flags.data_dir = Some(PathBuf::from(parser.value()?)),
+                Long("state-dir") => flags.state_dir = Some(PathBuf::from(parser.value()?)),
+                Long("local-epochs") => flags.local_epochs = Some(positive(number(&mut parser, "--local-epochs")?, "--local-epochs")?),
+                Long("batch-size") => flags.batch_size = Some(positive(number(&mut parser, "--batch-size")?, "--batch-size")?),
+                Long("rounds") => flags.rounds = Some(number(&mut parser, "--rounds")?),
+                Short('h') | Long("help") => {
+                    print!("{USAGE}");
+                    return Ok(None);
+                }
+                _ => return Err(arg.unexpected().into()),
+            }
+        }
+        let file = match &config_path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let from_env = FileConfig {
+            node_id: parse_env("FL_NODE_ID")?,
+            rpc_url: env("ETH_RPC_URL"),
+            registry: env("FL_REGISTRY"),
+            ipfs_api: env("FL_IPFS_API"),
+            data_dir: env("FL_DATA_DIR").map(PathBuf::from),
+            state_dir: env("FL_STATE_DIR").map(PathBuf::from),
+            ..FileConfig::default()
+        };
+        let where_ = config_path.as_ref().map(|p| format!(" (in {})", p.display())).unwrap_or_default();
+        let pick = |a: Option<String>, b: Option<String>, c: Option<String>| a.or(b).or(c);
+        let node_id = flags.node_id.or(from_env.node_id).or(file.node_id).with_context(|| {
+            format!("no node id: set node_id{where_}, FL_NODE_ID or --node-id")
+        })?;
+        let registry_text = pick(flags.registry, from_env.registry, file.registry)
+            .with_context(|| format!("no registry address: set registry{where_}, FL_REGISTRY or --registry"))?;
+        let registry: Address = registry_text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("registry address {registry_text:?} is not a 0x-prefixed 20-byte address: {e}"))?;
+        let rpc_url = pick(flags.rpc_url, from_env.rpc_url, file.rpc_url)
+            .with_context(|| format!("no JSON-RPC URL: set rpc_url{where_}, ETH_RPC_URL or --rpc-url"))?;
+        let ipfs_api = pick(flags.ipfs_api, from_env.ipfs_api, file.ipfs_api)
+            .with_context(|| format!("no IPFS API URL: set ipfs_api{where_}, FL_IPFS_API or --ipfs-api"))?;
+        let data_dir = flags.data_dir.or(from_env.data_dir).or(file.data_dir)
+            .with_context(|| format!("no data folder: set data_dir{where_}, FL_DATA_DIR or --data"))?;
+        let state_dir = flags.state_dir.or(from_env.state_dir).or(file.state_dir)
+            .with_context(|| format!("no state folder: set state_dir{where_}, FL_STATE_DIR or --state-dir"))?;
+        let local_epochs = positive(flags.local_epochs.or(file.local_epochs).unwrap_or(1), "local_epochs")?;
+        let batch_size = positive(flags.batch_size.or(file.batch_size).unwrap_or(32), "batch_size")?;
+        let poll = file.poll_seconds.unwrap_or(5.0);
+        if !(poll > 0.0 && poll <= 3600.0) {
+            bail!("poll_seconds{where_} must be between 0 and 3600, got {poll}");
+        }
+        if let Some(shard) = &file.shard {
+            if shard.count == 0 || shard.index >= shard.count {
+                bail!("[shard]{where_}: index {} must be less than count {}", shard.index, shard.count);
+            }
+            shard.split.parse::<Split>().with_context(|| format!("[shard] split{where_}"))?;
+        }
+        Ok(Some(LearnerConfig {
+            node_id,
+            rpc_url,
+            chain_id: file.chain_id,
+            registry,
+            key: KeySource { keystore: flags.keystore.or(file.keystore), password_file: flags.password_file.or(file.password_file) },
+            ipfs_api,
+            data_dir,
+            state_dir,
+            local_epochs,
+            batch_size,
+            rounds: flags.rounds.or(file.rounds),
+            seed: file.seed.unwrap_or(1),
+            train_limit: file.train_limit,
+            test_limit: file.test_limit,
+            max_poll: Duration::from_secs_f64(poll),
+            shard: file.shard,
+        }))
+    }
+}
+
+/// `fl-agent run`.
+pub fn main(args: Vec<OsString>) -> Result<()> {
+    let Some(config) = LearnerConfig::parse(args)? else { return Ok(()) };
+    run(&config)
+}
+
+/// The learner's training and test data, after sharding.
+pub fn load_data(config: &LearnerConfig) -> Result<(Dataset, Dataset)> {
+    let mnist = Mnist::load(&config.data_dir)?;
+    let train_set = mnist.train.take(config.train_limit.unwrap_or(usize::MAX));
+    let test_set = mnist.test.take(config.test_limit.unwrap_or(usize::MAX));
+    let train_set = match &config.shard {
+        None => train_set,
+        Some(shard) => {
+            let split: Split = shard.split.parse()?;
+            // Same derivation as `fl-aggregator simulate`, so both give the same shards.
+            let mut shards = partition(train_set.labels(), shard.count, split, derive_seed(shard.seed, 0))?;
+            train_set.select(&shards.swap_remove(shard.index))
+        }
+    };
+    if train_set.is_empty() {
+        bail!("learner {}: no training data in {}", config.node_id, config.data_dir.display());
+    }
+    Ok((train_set, test_set))
+}
+
+/// What the state folder remembers between restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct PendingState {
+    /// The round of the registering transaction below.
+    round: u64,
+    /// Hash of a `setLocalWeight` transaction sent but not yet seen mined.
+    tx: Option<H256>,
+}
+
+/// The learner's state folder: `round-R.bin` local models and `pending.json`.
+struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    fn open(dir: &Path) -> Result<StateDir> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating state folder {}", dir.display()))?;
+        Ok(StateDir { dir: dir.to_path_buf() })
+    }
+
+    fn model_path(&self, round: u64) -> PathBuf {
+        self.dir.join(format!("round-{round}.bin"))
+    }
+
+    /// The finished local model of `round`, if one was saved and is intact.
+    fn local_model(&self, round: u64) -> Option<ModelFile> {
+        let path = self.model_path(round);
+        if !path.exists() {
+            return None;
+        }
+        match ModelFile::load(&path) {
+            Ok(model) if model.round == round => Some(model),
+            Ok(model) => {
+                log(&format!("ignoring {}: it is a round-{} model", path.display(), model.round));
+                None
+            }
+            Err(err) => {
+                log(&format!("ignoring unreadable {}: {err:#}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn save_model(&self, model: &ModelFile) -> Result<()> {
+        write_atomic(&self.model_path(model.round), &model.to_bytes())
+    }
+
+    fn pending(&self) -> PendingState {
+        let path = self.dir.join("pending.json");
+        std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+    }
+
+    fn set_pending(&self, state: &PendingState) -> Result<()> {
+        write_atomic(&self.dir.join("pending.json"), &serde_json::to_vec(state)?)
+    }
+
+    /// Drops local models of rounds before `round`: only the current one is ever needed.
+    fn prune(&self, round: u64) {
+        for old in round.saturating_sub(3)..round {
+            let _ = std::fs::remove_file(self.model_path(old));
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves
+/// either the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+fn log(message: &str) {
+    eprintln!("fl-agent: {message}");
+}
+
+/// Polls with a pause that doubles from 0.5 s up to `max`, so a fresh round is noticed
+/// quickly while an idle learner costs the node little.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff { next: Duration::from_millis(500).min(max), max }
+    }
+    fn wait(&mut self) {
+        std::thread::sleep(self.next);
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
+/// Runs the learner until global round `config.rounds` is published (or forever).
+pub fn run(config: &LearnerConfig) -> Result<()> {
+    let (train_set, test_set) = load_data(config)?;
+    let state = StateDir::open(&config.state_dir)?;
+    let signer = Signer::from_source(&config.key)?;
+    let rpc = Rpc::new(&config.rpc_url)?;
+    let client = Client::new(rpc, signer, config.chain_id)?;
+    let registry = Registry::at(&client, config.registry);
+    let ipfs = fl_ipfs::Client::new(&config.ipfs_api);
+    log(&format!(
+        "learner {} ({:?}) on chain {} registry {:?}, IPFS {}, {} training / {} test images",
+        config.node_id,
+        client.address(),
+        client.chain_id(),
+        config.registry,
+        config.ipfs_api,
+        train_set.len(),
+        test_set.len()
+    ));
+    wait_until_registered(&registry, config)?;
+
+    // Events are followed from the block where we start; anything older is already
+    // reflected in the contract's current round.
+    let mut cursor = client.rpc().block_number()?;
+    loop {
+        let round = registry.current_round()?;
+        if round == 0 {
+            log("waiting for the initial global model (round 0)");
+            cursor = wait_for_global(&registry, 0, cursor, config.max_poll)?;
+            continue;
+        }
+        // Global round `round - 1` is published: we are done once it is the last one.
+        if config.rounds.is_some_and(|last| round > last) {
+            log(&format!("global model of round {} is published; done", round - 1));
+            return Ok(());
+        }
+        let me = registry.local_update(config.node_id)?;
+        if me.account != client.address() {
+            bail!(
+                "node id {} is bound to {:?} on the registry, but this learner's key is {:?}",
+                config.node_id,
+                me.account,
+                client.address()
+            );
+        }
+        if me.latest.as_ref().is_some_and(|u| u.round == round) {
+            log(&format!("round {round}: already submitted; waiting for the global model"));
+            cursor = wait_for_global(&registry, round, cursor, config.max_poll)?;
+            continue;
+        }
+        submit_round(config, &registry, &ipfs, &state, round, &train_set, &test_set)?;
+        state.prune(round);
+    }
+}
+
+/// Trains (or reuses the saved model of) `round`, uploads it and registers it.
+fn submit_round(
+    config: &LearnerConfig,
+    registry: &Registry,
+    ipfs: &fl_ipfs::Client,
+    state: &StateDir,
+    round: u64,
+    train_set: &Dataset,
+    test_set: &Dataset,
+) -> Result<()> {
+    let model = match state.local_model(round) {
+        Some(model) => {
+            log(&format!("round {round}: reusing the saved local model {}", state.model_path(round).display()));
+            model
+        }
+        None => {
+            let global = registry.global_update()?.context("the registry has a round but no global model")?;
+            if global.round + 1 != round {
+                bail!("the registry's latest global model is round {}, expected {}", global.round, round - 1);
+            }
+            let started = Instant::now();
+            let bytes = ipfs
+                .fetch_verified(&global.cid, &global.digest, MAX_MODEL_BYTES)
+                .with_context(|| format!("fetching the global model of round {}", global.round))?;
+            let start = ModelFile::from_bytes(&bytes).with_context(|| format!("global model {} of round {}", global.cid, global.round))?;
+            log(&format!(
+                "round {round}: fetched global model {} ({} bytes, sha256 {}) in {:.2}s",
+                global.cid,
+                bytes.len(),
+                hex(&global.digest),
+                started.elapsed().as_secs_f64()
+            ));
+            let train_config = TrainConfig {
+                epochs: config.local_epochs,
+                batch_size: config.batch_size,
+                learning_rate: 0.001,
+                seed: derive_seed(derive_seed(config.seed, round), config.node_id),
+                progress: Some(format!("learner {} round {round}", config.node_id)),
+            };
+            let started = Instant::now();
+            let mut model = train::train(&start, train_set, None, &train_config, &mut |_| {})?.model;
+            model.round = round;
+            log(&format!("round {round}: trained {} epoch(s) in {:.1}s", config.local_epochs, started.elapsed().as_secs_f64()));
+            state.save_model(&model)?;
+            model
+        }
+    };
+    let evaluation = train::evaluate(&model, test_set)?;
+    let bytes = model.to_bytes();
+    let digest = crate::weights::sha256(&bytes);
+    // Adding the same bytes again gives the same CID, so a restart may simply add again.
+    let started = Instant::now();
+    let cid = ipfs.add(&bytes).with_context(|| format!("uploading the round-{round} local model"))?;
+    let upload_seconds = started.elapsed().as_secs_f64();
+
+    let client = registry.client();
+    let pending = state.pending();
+    let receipt = match pending.tx.filter(|_| pending.round == round) {
+        Some(hash) => {
+            log(&format!("round {round}: waiting for the registering transaction {hash:?} sent before a restart"));
+            match wait_receipt(client, hash)? {
+                Some(receipt) => receipt,
+                // Dropped by the node: send again (the contract refuses a second update anyway).
+                None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
+            }
+        }
+        None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
+    };
+    state.set_pending(&PendingState::default())?;
+    if receipt.status != Some(1u64.into()) {
+        // Reverted: most likely a duplicate after a restart; the chain says which.
+        let me = registry.local_update(config.node_id)?;
+        if !me.latest.as_ref().is_some_and(|u| u.round == round) {
+            bail!("round {round}: the registering transaction {:?} reverted", receipt.transaction_hash);
+        }
+    }
+    println!(
+        "learner {} round {round}: test accuracy {:.2}% (loss {:.4}), {} samples, cid {cid}, tx {:?}, gas {}, upload {:.2}s",
+        config.node_id,
+        100.0 * evaluation.accuracy,
+        evaluation.loss,
+        model.n_samples,
+        receipt.transaction_hash,
+        receipt.gas_used.map(|g| g.to_string()).unwrap_or_else(|| "?".into()),
+        upload_seconds
+    );
+    Ok(())
+}
+
+fn send_local(
+    config: &LearnerConfig,
+    registry: &Registry,
+    state: &StateDir,
+    round: u64,
+    cid: &str,
+    digest: [u8; 32],
+    samples: u64,
+) -> Result<fl_contracts::TransactionReceipt> {
+    let client = registry.client();
+    let data = Registry::set_local_weight_calldata(config.node_id, round, cid, digest, samples)?;
+    let pending = client.send("setLocalWeight", Some(registry.address()), data)?;
+    state.set_pending(&PendingState { round, tx: Some(pending.hash) })?;
+    Ok(client.wait("setLocalWeight", pending)?)
+}
+
+/// The receipt of `hash`, or `None` if the node no longer knows the transaction.
+fn wait_receipt(client: &Client, hash: H256) -> Result<Option<fl_contracts::TransactionReceipt>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(receipt) = client.rpc().transaction_receipt(hash)? {
+            return Ok(Some(receipt));
+        }
+        let known: Option<serde_json::Value> = client.rpc().request("eth_getTransactionByHash", serde_json::json!([hash]))?;
+        if known.is_none() || Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until this learner's node id is bound on the registry (boards may boot before the
+/// operator registers them).
+fn wait_until_registered(registry: &Registry, config: &LearnerConfig) -> Result<()> {
+    let mut backoff = Backoff::new(config.max_poll);
+    let mut said = false;
+    loop {
+        let me = registry.local_update(config.node_id)?;
+        if me.account != Address::zero() {
+            return Ok(());
+        }
+        if !said {
+            log(&format!(
+                "node id {} is not registered yet; waiting (operator: `fl-aggregator learners add {} {:?}`)",
+                config.node_id,
+                config.node_id,
+                registry.client().address()
+            ));
+            said = true;
+        }
+        backoff.wait();
+    }
+}
+
+/// Follows `GlobalWeightSet` events from block `from` until one of round `round` or later
+/// appears; returns the block to continue from. Each poll reads a bounded block range.
+fn wait_for_global(registry: &Registry, round: u64, from: u64, max_poll: Duration) -> Result<u64> {
+    let mut backoff = Backoff::new(max_poll);
+    let mut from = from;
+    loop {
+        let latest = registry.client().rpc().block_number()?;
+        if latest >= from {
+            let published = registry.global_updates(from, latest)?;
+            from = latest + 1;
+            if published.iter().any(|g| g.round >= round) {
+                return Ok(from);
+            }
+        }
+        // The event may predate `from` (published while we were busy): the round says so.
+        if registry.current_round()? > round {
+            return Ok(from);
+        }
+        backoff.wait();
+    }
+}
