@@ -177,26 +177,7 @@ impl Client {
             ("cid-base", "base32"),
         ];
         let reply = self.call(&op, "add", &query, Body::Multipart { boundary: &boundary, data: bytes }, 1 << 20)?;
-        // One JSON object per line (Kubo streams progress lines first when asked to); the
-        // file's own line is the last with a Hash.
-        let text = String::from_utf8_lossy(&reply);
-        let mut node_cid = None;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let value: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| self.bad(&op, format!("{e} in {:?}", truncate(line))))?;
-            if let Some(hash) = value.get("Hash") {
-                let hash = hash.as_str().ok_or_else(|| self.bad(&op, format!("Hash is not a string in {:?}", truncate(line))))?;
-                // Size is a number in js-ipfs and a string in Kubo: the size of the whole
-                // DAG, so never less than the file.
-                let dag_size = value.get("Size").and_then(json_u64);
-                match dag_size {
-                    Some(size) if size >= bytes.len() as u64 => {}
-                    _ => return Err(self.bad(&op, format!("missing or implausible Size in {:?}", truncate(line)))),
-                }
-                node_cid = Some(hash.to_string());
-            }
-        }
-        let node_cid = node_cid.ok_or_else(|| self.bad(&op, format!("no Hash in {:?}", truncate(&text))))?;
+        let node_cid = parse_add_reply(&String::from_utf8_lossy(&reply), bytes.len() as u64).map_err(|e| self.bad(&op, e))?;
         let node_cid = normalize(&node_cid).map_err(|e| self.bad(&op, e.to_string()))?;
         if node_cid != local {
             return Err(Error::CidMismatch { api: self.api.clone(), local, node: node_cid });
@@ -390,6 +371,26 @@ impl Client {
     }
 }
 
+/// The file's CID from an `add` answer: one JSON object per line (Kubo streams progress
+/// lines first when asked to), the file's own being the last with a `Hash`.
+fn parse_add_reply(text: &str, file_len: u64) -> Result<String, String> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{e} in {:?}", truncate(line)))?;
+        if let Some(hash) = value.get("Hash") {
+            let hash = hash.as_str().ok_or_else(|| format!("Hash is not a string in {:?}", truncate(line)))?;
+            // Size is a number in js-ipfs and a string in Kubo: the size of the whole DAG,
+            // so never less than the file.
+            match value.get("Size").and_then(json_u64) {
+                Some(size) if size >= file_len => {}
+                _ => return Err(format!("missing or implausible Size in {:?}", truncate(line))),
+            }
+            found = Some(hash.to_string());
+        }
+    }
+    found.ok_or_else(|| format!("no Hash in {:?}", truncate(text)))
+}
+
 /// Any CID form a node or a caller may use, as CIDv1 base32.
 fn normalize(cid: &str) -> Result<String, Error> {
     cid.trim()
@@ -448,6 +449,78 @@ mod tests {
         assert_eq!(json_u64(&serde_json::json!("2600509")), Some(2_600_509));
         assert_eq!(json_u64(&serde_json::json!("-1")), None);
         assert_eq!(json_u64(&serde_json::json!(null)), None);
+    }
+
+    #[test]
+    fn add_replies_of_kubo_and_js_ipfs() {
+        let v1 = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+        // Kubo: Size as a string, CIDv1 in base32, progress lines before (with progress=true).
+        let kubo = format!("{{\"Name\":\"file\",\"Bytes\":262144}}\n{{\"Name\":\"file\",\"Hash\":\"{v1}\",\"Size\":\"2480123\"}}\n");
+        assert_eq!(parse_add_reply(&kubo, 2_479_144).unwrap(), v1);
+        // js-ipfs without cid-base: Size as a number, the same CIDv1 in base58btc (converted
+        // with multiformats' `CID.toString(base58btc)`), equal once normalised.
+        let js = "{\"Name\":\"file\",\"Hash\":\"zdj7Wic6KcJAfWz1c9o4M6kq9Lwd5BfbxkVafnrojaaGiSFxM\",\"Size\":2600509,\"Mode\":\"0644\"}";
+        assert_eq!(normalize(&parse_add_reply(js, 2_600_000).unwrap()).unwrap(), v1);
+        assert!(parse_add_reply(js, 2_600_510).unwrap_err().contains("implausible Size"));
+        assert!(parse_add_reply("{\"Name\":\"file\"}", 1).unwrap_err().contains("no Hash"));
+        assert!(parse_add_reply("<html>", 1).is_err());
+    }
+
+    /// A one-connection-per-request HTTP server on loopback that answers each request with
+    /// the next status of `statuses` and counts the requests.
+    fn scripted_server(statuses: Vec<(u16, &'static str)>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for (status, body) in statuses {
+                let Ok((mut stream, _)) = listener.accept() else { return };
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        (url, count)
+    }
+
+    fn fast() -> ClientConfig {
+        ClientConfig { timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(1), attempts: 3, first_backoff: Duration::from_millis(10) }
+    }
+
+    #[test]
+    fn transient_5xx_is_retried_then_succeeds() {
+        let (url, count) = scripted_server(vec![(503, "busy"), (502, ""), (200, "{\"Version\":\"0.29.0\"}")]);
+        assert_eq!(Client::with_config(&url, fast()).version().unwrap(), "0.29.0");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        let (url, count) = scripted_server(vec![(503, ""), (503, ""), (503, ""), (200, "{\"Version\":\"x\"}")]);
+        let err = Client::with_config(&url, fast()).version().unwrap_err();
+        assert!(matches!(err, Error::Unreachable { attempts: 3, .. }), "{err}");
+        assert!(err.to_string().contains("503") && err.to_string().contains(&url), "{err}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn client_errors_and_node_messages_are_not_retried() {
+        let (url, count) = scripted_server(vec![
+            (400, "{\"Message\":\"invalid path\",\"Code\":0,\"Type\":\"error\"}"),
+            (500, "{\"Message\":\"not pinned or pinned indirectly\",\"Code\":0,\"Type\":\"error\"}"),
+        ]);
+        let client = Client::with_config(&url, fast());
+        let cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+        let err = client.cat(cid, 10).unwrap_err();
+        assert!(matches!(err, Error::Api { status: 400, .. }), "{err}");
+        assert!(err.to_string().contains("invalid path") && err.to_string().contains(cid), "{err}");
+        let err = client.pin_rm(cid).unwrap_err();
+        assert!(matches!(err, Error::Api { status: 500, .. }), "{err}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
