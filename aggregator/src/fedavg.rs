@@ -41,6 +41,16 @@ impl FedAvg {
         ensure!(model.n_samples > 0, "fedavg: {label} has n_samples 0, so it cannot be weighted");
         match &self.template {
             None => {
+                for t in &model.tensors {
+                    let expected = 4 * t.shape.iter().product::<u64>() as usize;
+                    ensure!(
+                        t.data.len() == expected,
+                        "fedavg: {label} tensor {} has {} bytes, expected {expected} for shape {:?}",
+                        t.name,
+                        t.data.len(),
+                        t.shape
+                    );
+                }
                 self.sums = model.tensors.iter().map(|t| vec![0.0; t.data.len() / 4]).collect();
                 self.template = Some(ModelFile { tensors: Vec::new(), ..model.clone() });
                 self.template_tensors(model);
@@ -60,7 +70,7 @@ impl FedAvg {
                     model.tensors.len(),
                     first.tensors.len()
                 );
-                for (mine, theirs) in first.tensors.iter().zip(&model.tensors) {
+                for ((mine, theirs), sum) in first.tensors.iter().zip(&model.tensors).zip(&self.sums) {
                     if mine.name != theirs.name || mine.shape != theirs.shape || mine.dtype != theirs.dtype {
                         bail!(
                             "fedavg: {label} has tensor {:?} with shape {:?}, where the first model has {:?} with shape {:?}",
@@ -71,11 +81,11 @@ impl FedAvg {
                         );
                     }
                     ensure!(
-                        mine.data.len() == theirs.data.len(),
+                        theirs.data.len() == 4 * sum.len(),
                         "fedavg: {label} tensor {} has {} bytes, expected {}",
                         theirs.name,
                         theirs.data.len(),
-                        mine.data.len()
+                        4 * sum.len()
                     );
                 }
             }
