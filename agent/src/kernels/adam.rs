@@ -35,12 +35,22 @@ impl candle_nn::Optimizer for Adam {
         let mut slots = Vec::with_capacity(vars.len());
         for var in vars {
             if var.dtype() != candle_core::DType::F32 {
-                bail!("fused adam: expected f32 parameters, found {:?}", var.dtype())
+                bail!(
+                    "fused adam: expected f32 parameters, found {:?}",
+                    var.dtype()
+                )
             }
             let n = var.elem_count();
-            slots.push(Slot { var, moments: Mutex::new((vec![0f32; n], vec![0f32; n])) });
+            slots.push(Slot {
+                var,
+                moments: Mutex::new((vec![0f32; n], vec![0f32; n])),
+            });
         }
-        Ok(Self { slots, step_t: 0, params })
+        Ok(Self {
+            slots,
+            step_t: 0,
+            params,
+        })
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
@@ -59,7 +69,10 @@ impl candle_nn::Optimizer for Adam {
         for slot in &self.slots {
             if let Some(grad) = grads.get(&slot.var) {
                 let grad = grad.contiguous()?;
-                let op = Update { moments: Some(&slot.moments), ..update };
+                let op = Update {
+                    moments: Some(&slot.moments),
+                    ..update
+                };
                 slot.var.inplace_op2(&grad, &op)?;
             }
         }
@@ -95,7 +108,13 @@ impl InplaceOp2 for Update<'_> {
         "fused-adam"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
         let grad = f32_slice(s2, l2, self.name())?;
         let Some((start, end)) = l1.contiguous_offsets() else {
             bail!("{}: expected a contiguous parameter", self.name())
@@ -104,11 +123,20 @@ impl InplaceOp2 for Update<'_> {
             bail!("{}: expected an f32 parameter", self.name())
         };
         let theta = &mut theta[start..end];
-        let Some(moments) = self.moments else { bail!("{}: no moments given", self.name()) };
-        let mut moments = moments.lock().map_err(|_| candle_core::Error::Msg("adam moments poisoned".into()))?;
+        let Some(moments) = self.moments else {
+            bail!("{}: no moments given", self.name())
+        };
+        let mut moments = moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adam moments poisoned".into()))?;
         let (m, v) = &mut *moments;
         if theta.len() != grad.len() || m.len() != grad.len() {
-            bail!("{}: parameter of {} values, gradient of {}", self.name(), theta.len(), grad.len())
+            bail!(
+                "{}: parameter of {} values, gradient of {}",
+                self.name(),
+                theta.len(),
+                grad.len()
+            )
         }
         let u = *self;
         theta
@@ -143,21 +171,48 @@ mod tests {
         let init = Tensor::randn(0f32, 1.0, (40_000,), &dev).unwrap();
         let target = Tensor::randn(0f32, 1.0, (40_000,), &dev).unwrap();
         for weight_decay in [0.0, 0.01] {
-            let params = ParamsAdamW { lr: 0.01, weight_decay, ..Default::default() };
+            let params = ParamsAdamW {
+                lr: 0.01,
+                weight_decay,
+                ..Default::default()
+            };
             let ours = Var::from_tensor(&init).unwrap();
             let theirs = Var::from_tensor(&init).unwrap();
             let mut opt1 = Adam::new(vec![ours.clone()], params.clone()).unwrap();
             let mut opt2 = candle_nn::AdamW::new(vec![theirs.clone()], params).unwrap();
             for _ in 0..5 {
-                let loss1 = (ours.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+                let loss1 = (ours.as_tensor() - &target)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
                 opt1.backward_step(&loss1).unwrap();
-                let loss2 = (theirs.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+                let loss2 = (theirs.as_tensor() - &target)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
                 opt2.backward_step(&loss2).unwrap();
             }
-            let diff = (ours.as_tensor() - theirs.as_tensor()).unwrap().abs().unwrap().max(D::Minus1).unwrap();
+            let diff = (ours.as_tensor() - theirs.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(D::Minus1)
+                .unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
-            let moved = (ours.as_tensor() - &init).unwrap().abs().unwrap().max(D::Minus1).unwrap();
-            assert!(moved.to_scalar::<f32>().unwrap() > 0.01, "the optimizer did not move");
+            let moved = (ours.as_tensor() - &init)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(D::Minus1)
+                .unwrap();
+            assert!(
+                moved.to_scalar::<f32>().unwrap() > 0.01,
+                "the optimizer did not move"
+            );
         }
     }
 }

@@ -8,7 +8,9 @@
 
 use super::linalg::{add_assign, sgemm, sum};
 use super::{f32_slice, ELEMENTS_PER_TASK, IMAGES_PER_PARTIAL};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// `relu?(conv2d(xs, weight, padding 1) + bias)` for a 3x3 kernel: `xs` is (N, Cin, H, W),
@@ -44,12 +46,26 @@ fn dims(op: &str, xs: &Layout, weight: &Layout) -> Result<Dims> {
     let (n, c_in, h, w) = xs.shape().dims4()?;
     let (c_out, w_in, kh, kw) = weight.shape().dims4()?;
     if w_in != c_in || kh != 3 || kw != 3 {
-        bail!("{op}: weight shape {:?} does not fit input shape {:?}", weight.shape(), xs.shape())
+        bail!(
+            "{op}: weight shape {:?} does not fit input shape {:?}",
+            weight.shape(),
+            xs.shape()
+        )
     }
     if n == 0 || c_in == 0 || c_out == 0 || h == 0 || w == 0 {
-        bail!("{op}: empty tensor (input {:?}, weight {:?})", xs.shape(), weight.shape())
+        bail!(
+            "{op}: empty tensor (input {:?}, weight {:?})",
+            xs.shape(),
+            weight.shape()
+        )
     }
-    Ok(Dims { n, c_in, c_out, h, w })
+    Ok(Dims {
+        n,
+        c_in,
+        c_out,
+        h,
+        w,
+    })
 }
 
 /// Fills `col` (Cin*9 rows of H*W) with the zero-padded 3x3 neighbourhoods of one image:
@@ -133,7 +149,12 @@ impl CustomOp3 for Conv3x3 {
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims(self.name(), l1, l2)?;
         if l3.shape().dims() != [d.c_out] {
-            bail!("{}: bias shape {:?}, expected ({},)", self.name(), l3.shape(), d.c_out)
+            bail!(
+                "{}: bias shape {:?}, expected ({},)",
+                self.name(),
+                l3.shape(),
+                d.c_out
+            )
         }
         let xs = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
@@ -187,7 +208,7 @@ impl CustomOp3 for Conv3x3 {
 }
 
 /// `grad * (res > 0)`: the ReLU backward, given the ReLU's output.
-struct ReluMask;
+pub(super) struct ReluMask;
 
 impl CustomOp2 for ReluMask {
     fn name(&self) -> &'static str {
@@ -202,13 +223,21 @@ impl CustomOp2 for ReluMask {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         if l1.shape() != l2.shape() {
-            bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.shape(), l2.shape())
+            bail!(
+                "{}: shapes {:?} and {:?} differ",
+                self.name(),
+                l1.shape(),
+                l2.shape()
+            )
         }
         let grad = f32_slice(s1, l1, self.name())?;
         let res = f32_slice(s2, l2, self.name())?;
         let mut out = vec![0f32; grad.len()];
         out.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(grad.par_chunks(ELEMENTS_PER_TASK).zip(res.par_chunks(ELEMENTS_PER_TASK)))
+            .zip(
+                grad.par_chunks(ELEMENTS_PER_TASK)
+                    .zip(res.par_chunks(ELEMENTS_PER_TASK)),
+            )
             .for_each(|(o, (g, r))| {
                 for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
                     *o = if *r > 0.0 { *g } else { 0.0 };
@@ -236,9 +265,20 @@ impl CustomOp2 for Conv3x3BwdInput {
         let (n, c_out, h, w) = l1.shape().dims4()?;
         let (w_out, c_in, _, _) = l2.shape().dims4()?;
         if w_out != c_out {
-            bail!("{}: weight {:?} does not fit gradient {:?}", self.name(), l2.shape(), l1.shape())
+            bail!(
+                "{}: weight {:?} does not fit gradient {:?}",
+                self.name(),
+                l2.shape(),
+                l1.shape()
+            )
         }
-        let d = Dims { n, c_in, c_out, h, w };
+        let d = Dims {
+            n,
+            c_in,
+            c_out,
+            h,
+            w,
+        };
         let grad = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let (hw, k) = (d.hw(), d.k());
@@ -276,7 +316,12 @@ impl CustomOp2 for Conv3x3BwdWeight {
         let (n, c_in, h, w) = l1.shape().dims4()?;
         let (g_n, c_out, g_h, g_w) = l2.shape().dims4()?;
         if (g_n, g_h, g_w) != (n, h, w) {
-            bail!("{}: gradient {:?} does not fit input {:?}", self.name(), l2.shape(), l1.shape())
+            bail!(
+                "{}: gradient {:?} does not fit input {:?}",
+                self.name(),
+                l2.shape(),
+                l1.shape()
+            )
         }
         let xs = f32_slice(s1, l1, self.name())?;
         let grad = f32_slice(s2, l2, self.name())?;
@@ -290,8 +335,10 @@ impl CustomOp2 for Conv3x3BwdWeight {
                 || vec![0f32; k * hw],
                 |col, (x_group, g_group)| {
                     let mut partial = vec![0f32; c_out * k];
-                    for (i, (x, g)) in
-                        x_group.chunks_exact(c_in * hw).zip(g_group.chunks_exact(c_out * hw)).enumerate()
+                    for (i, (x, g)) in x_group
+                        .chunks_exact(c_in * hw)
+                        .zip(g_group.chunks_exact(c_out * hw))
+                        .enumerate()
                     {
                         im2col(x, c_in, h, w, col);
                         // partial (Cout x K) += g (Cout x HW) * col^T (HW x K)
@@ -301,7 +348,10 @@ impl CustomOp2 for Conv3x3BwdWeight {
                 },
             )
             .collect();
-        let mut total = partials.first().cloned().unwrap_or_else(|| vec![0f32; c_out * k]);
+        let mut total = partials
+            .first()
+            .cloned()
+            .unwrap_or_else(|| vec![0f32; c_out * k]);
         for partial in partials.iter().skip(1) {
             add_assign(&mut total, partial);
         }
@@ -339,13 +389,24 @@ mod tests {
     /// Largest absolute difference between two tensors of the same shape.
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.shape(), b.shape());
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// candle's reference: stock conv2d, broadcast bias, relu.
     fn reference(xs: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Tensor {
         let ys = xs.conv2d(w, 1, 1, 1, 1).unwrap();
-        let ys = ys.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap()).unwrap();
+        let ys = ys
+            .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
+            .unwrap();
         if relu {
             ys.relu().unwrap()
         } else {
@@ -374,13 +435,29 @@ mod tests {
 
             let ours = conv3x3_same(&xs, &wt, &b, relu).unwrap();
             let theirs = reference(&xs, &wt, &b, relu);
-            assert!(max_diff(&ours, &theirs) < 1e-4, "forward {n} {c_in} {c_out} {h} {w}");
+            assert!(
+                max_diff(&ours, &theirs) < 1e-4,
+                "forward {n} {c_in} {c_out} {h} {w}"
+            );
 
-            let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g1 = (ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (theirs * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for (name, v) in [("xs", &xs), ("weight", &wt), ("bias", &b)] {
                 let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(d < 1e-4, "grad {name} differs by {d} for {n} {c_in} {c_out} {h} {w}");
+                assert!(
+                    d < 1e-4,
+                    "grad {name} differs by {d} for {n} {c_in} {c_out} {h} {w}"
+                );
             }
         }
     }
@@ -392,7 +469,10 @@ mod tests {
         let xs = Tensor::randn(0f32, 1.0, (13, 3, 6, 6), &dev).unwrap();
         let grad = Tensor::randn(0f32, 1.0, (13, 5, 6, 6), &dev).unwrap();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| xs.apply_op2_no_bwd(&grad, &Conv3x3BwdWeight).unwrap())
                 .flatten_all()
                 .unwrap()

@@ -31,8 +31,14 @@ pub(super) fn sgemm(
     }
     // The largest element each operand is read at must be inside its slice: this is
     // what makes the raw-pointer call below sound.
-    assert!((m - 1) * a_row_stride + (k - 1) * a_col_stride < a.len(), "gemm lhs out of bounds");
-    assert!((k - 1) * b_row_stride + (n - 1) * b_col_stride < b.len(), "gemm rhs out of bounds");
+    assert!(
+        (m - 1) * a_row_stride + (k - 1) * a_col_stride < a.len(),
+        "gemm lhs out of bounds"
+    );
+    assert!(
+        (k - 1) * b_row_stride + (n - 1) * b_col_stride < b.len(),
+        "gemm rhs out of bounds"
+    );
     // SAFETY: the bounds were checked above; dst does not alias a or b (distinct borrows).
     unsafe {
         gemm::gemm(

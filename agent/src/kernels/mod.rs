@@ -6,7 +6,7 @@
 //! its autograd, but do the heavy lifting themselves: a 3x3 "same" convolution as
 //! im2col + GEMM (the `gemm` crate candle itself uses, which has AVX2/AVX-512 and NEON
 //! kernels) with the bias and ReLU fused in, its two backward passes (GEMM + col2im, and
-//! GEMM over im2col), a 2x2 max-pool with Keras' "same" padding (7 -> 4), and a fused
+//! GEMM over im2col), a dense layer whose gradients come out contiguous, a 2x2 max-pool with Keras' "same" padding (7 -> 4), and a fused
 //! Adam step that updates parameters in place.
 //!
 //! Threads: work is split over images (or fixed-size element chunks) with rayon; every
@@ -18,11 +18,13 @@
 
 mod adam;
 mod conv;
+mod dense;
 mod linalg;
 mod pool;
 
 pub use adam::Adam;
 pub use conv::conv3x3_same;
+pub use dense::linear;
 pub use pool::max_pool2x2_same;
 
 use candle_core::backend::BackendStorage;
@@ -36,7 +38,10 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{op}: expected a contiguous tensor, found strides {:?}", layout.stride()),
+        None => bail!(
+            "{op}: expected a contiguous tensor, found strides {:?}",
+            layout.stride()
+        ),
     }
 }
 

@@ -61,7 +61,9 @@ impl CustomOp1 for MaxPool2x2 {
                             let r0 = &plane[2 * oy * w..][..w];
                             let r1 = &plane[(2 * oy + 1) * w..][..w];
                             for (ox, o) in out_row.iter_mut().enumerate() {
-                                *o = r0[2 * ox].max(r0[2 * ox + 1]).max(r1[2 * ox].max(r1[2 * ox + 1]));
+                                *o = r0[2 * ox]
+                                    .max(r0[2 * ox + 1])
+                                    .max(r1[2 * ox].max(r1[2 * ox + 1]));
                             }
                         }
                     } else {
@@ -77,7 +79,10 @@ impl CustomOp1 for MaxPool2x2 {
     }
 
     fn bwd(&self, xs: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(xs.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPool2x2Bwd)?))
+        Ok(Some(xs.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &MaxPool2x2Bwd,
+        )?))
     }
 }
 
@@ -99,7 +104,12 @@ impl CustomOp2 for MaxPool2x2Bwd {
         let (n, c, h, w) = plane_dims(self.name(), l1)?;
         let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
         if l2.shape().dims() != [n, c, oh, ow] {
-            bail!("{}: gradient {:?} does not fit input {:?}", self.name(), l2.shape(), l1.shape())
+            bail!(
+                "{}: gradient {:?} does not fit input {:?}",
+                self.name(),
+                l2.shape(),
+                l1.shape()
+            )
         }
         let xs = f32_slice(s1, l1, self.name())?;
         let grad = f32_slice(s2, l2, self.name())?;
@@ -107,10 +117,15 @@ impl CustomOp2 for MaxPool2x2Bwd {
         let mut grad_xs = vec![0f32; n * c * h * w];
         grad_xs
             .par_chunks_mut(per_task * h * w)
-            .zip(xs.par_chunks(per_task * h * w).zip(grad.par_chunks(per_task * oh * ow)))
+            .zip(
+                xs.par_chunks(per_task * h * w)
+                    .zip(grad.par_chunks(per_task * oh * ow)),
+            )
             .for_each(|(gx, (x, g))| {
-                for ((gx, plane), g) in
-                    gx.chunks_exact_mut(h * w).zip(x.chunks_exact(h * w)).zip(g.chunks_exact(oh * ow))
+                for ((gx, plane), g) in gx
+                    .chunks_exact_mut(h * w)
+                    .zip(x.chunks_exact(h * w))
+                    .zip(g.chunks_exact(oh * ow))
                 {
                     for oy in 0..oh {
                         for ox in 0..ow {
@@ -146,7 +161,12 @@ mod tests {
             xs = Tensor::cat(&[&xs, &pad], 3).unwrap();
         }
         let (n, c, h, w) = xs.dims4().unwrap();
-        xs.reshape((n, c, h / 2, 2, w / 2, 2)).unwrap().max(5).unwrap().max(3).unwrap()
+        xs.reshape((n, c, h / 2, 2, w / 2, 2))
+            .unwrap()
+            .max(5)
+            .unwrap()
+            .max(3)
+            .unwrap()
     }
 
     /// Values and gradients equal the reference exactly:
@@ -154,17 +174,44 @@ mod tests {
     #[test]
     fn matches_candle_max_pool2d() {
         let dev = Device::Cpu;
-        for &(n, c, h, w) in &[(2, 3, 28, 28), (3, 5, 7, 7), (1, 2, 6, 5), (4, 1, 1, 1), (2, 2, 3, 8)] {
+        for &(n, c, h, w) in &[
+            (2, 3, 28, 28),
+            (3, 5, 7, 7),
+            (1, 2, 6, 5),
+            (4, 1, 1, 1),
+            (2, 2, 3, 8),
+        ] {
             let xs = Var::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
             let ours = max_pool2x2_same(&xs).unwrap();
             let theirs = reference(&xs);
             assert_eq!(ours.dims(), &[n, c, h.div_ceil(2), w.div_ceil(2)]);
-            let diff = (&ours - &theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "forward {n} {c} {h} {w}");
+            let diff = (&ours - &theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(D::Minus1)
+                .unwrap();
+            assert_eq!(
+                diff.to_scalar::<f32>().unwrap(),
+                0.0,
+                "forward {n} {c} {h} {w}"
+            );
 
             let probe = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();
-            let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g1 = (ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (theirs * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let (g1, g2) = (g1.get(&xs).unwrap(), g2.get(&xs).unwrap());
             let same = g1.flatten_all().unwrap().to_vec1::<f32>().unwrap()
                 == g2.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -177,8 +224,19 @@ mod tests {
     fn ties_go_to_the_first_element() {
         let dev = Device::Cpu;
         let xs = Var::zeros((1, 1, 2, 2), candle_core::DType::F32, &dev).unwrap();
-        let grads = max_pool2x2_same(&xs).unwrap().sum_all().unwrap().backward().unwrap();
-        let g = grads.get(&xs).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let grads = max_pool2x2_same(&xs)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = grads
+            .get(&xs)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0]);
     }
 }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The agent against Keras (tensorflow-cpu, the paper's framework) on the same CPU, in the
+# same run: same architecture, hyper-parameters, data and thread count (BENCH_THREADS,
+# default 2 = this machine's cores). Prints, after warm-up, one line per measurement:
+#   train bs=32 agent=N keras=M ratio=R
+# Needs python3 (3.9-3.12) with venv; installs tensorflow-cpu into .venv/ on first use.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+TF_VERSION=2.20.0          # tensorflow-cpu on PyPI, wheels for CPython 3.9-3.13
+THREADS="${BENCH_THREADS:-2}"
+DATA="${MNIST_DIR:-data/mnist}"
+TRAIN_IMAGES="${BENCH_TRAIN_IMAGES:-6400}"
+VENV=.venv
+
+[ -f "$DATA/train-images-idx3-ubyte" ] || { echo "vs-keras: no MNIST in $DATA (run make setup)" >&2; exit 1; }
+if ! "$VENV/bin/python" -c "import tensorflow as tf; assert tf.__version__ == '$TF_VERSION'" 2>/dev/null; then
+    echo "vs-keras: installing tensorflow-cpu==$TF_VERSION into $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet "tensorflow-cpu==$TF_VERSION"
+fi
+
+cargo build --quiet --release -p fl-agent --example bench
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+echo "vs-keras: $THREADS threads each; agent first, then keras" >&2
+RAYON_NUM_THREADS=$THREADS target/release/examples/bench speed --data "$DATA" \
+    --train-images "$TRAIN_IMAGES" >"$out/agent"
+"$VENV/bin/python" agent/bench/keras_bench.py --data "$DATA" --threads "$THREADS" \
+    --train-images "$TRAIN_IMAGES" >"$out/keras"
+
+# Join the two `KIND bs=N images_per_s=R` outputs on (KIND, bs).
+awk '
+    FNR == 1 { side = (FILENAME ~ /agent$/) ? "agent" : "keras" }
+    $3 ~ /^images_per_s=/ { key = $1 " " $2; split($3, kv, "="); rate[side, key] = kv[2]; if (side == "agent") order[++n] = key }
+    END {
+        for (i = 1; i <= n; i++) {
+            k = order[i]; a = rate["agent", k]; b = rate["keras", k]
+            if (b == "") { printf "%s agent=%s keras=missing\n", k, a; continue }
+            printf "%s agent=%s keras=%s ratio=%.2f\n", k, a, b, a / b
+        }
+    }' "$out/agent" "$out/keras"
