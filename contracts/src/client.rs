@@ -142,12 +142,24 @@ impl Client {
     /// be mined. Gas is estimated (so a revert is reported before anything is sent) with a 20%
     /// margin; nonces count up locally, so several transactions can be in flight at once.
     pub fn send(&self, what: &str, to: Option<Address>, data: Bytes) -> Result<PendingTx> {
+        self.send_with_gas(what, to, data, None)
+    }
+
+    /// [`Client::send`] with a fixed gas limit (no estimate, so no early revert check) when
+    /// `gas` is given.
+    pub fn send_with_gas(&self, what: &str, to: Option<Address>, data: Bytes, gas: Option<u64>) -> Result<PendingTx> {
         let Some(signer) = &self.signer else {
             return Err(Error::Key(format!("{what}: no signing key (read-only client)")));
         };
         let mut tx = self.request(to, data);
-        let estimate = self.rpc.estimate_gas(&tx).map_err(|e| revert_or(what, e))?;
-        tx.set_gas(estimate + estimate / 5);
+        let gas = match gas {
+            Some(gas) => U256::from(gas),
+            None => {
+                let estimate = self.rpc.estimate_gas(&tx).map_err(|e| revert_or(what, e))?;
+                estimate + estimate / 5
+            }
+        };
+        tx.set_gas(gas);
         self.set_fees(&mut tx)?;
         let mut next = self.next_nonce.lock().map_err(|_| Error::Invalid("nonce manager lock poisoned".into()))?;
         let nonce = match *next {
@@ -218,10 +230,12 @@ impl Client {
         let (Some(to), Some(block)) = (receipt.to, receipt.block_number) else { return failed() };
         let sent = self.rpc.request::<Option<ethers_core::types::Transaction>>("eth_getTransactionByHash", serde_json::json!([hash]));
         let Ok(Some(sent)) = sent else { return failed() };
-        // Replayed on the state before its block: close enough to name the custom error.
-        let replay = self.request(Some(to), sent.input);
-        let before = BlockNumber::Number(block.saturating_sub(1.into()));
-        match self.rpc.request::<Bytes>("eth_call", serde_json::json!([replay, before])) {
+        // Replayed from the same sender on the state after its block: a transaction fails
+        // mostly because an earlier one (often in the same block) changed the state, and
+        // that state names the custom error.
+        let mut replay = self.request(Some(to), sent.input);
+        replay.set_from(sent.from);
+        match self.rpc.request::<Bytes>("eth_call", serde_json::json!([replay, BlockNumber::Number(block)])) {
             Err(err @ Error::Rpc { .. }) => match revert_or(what, err) {
                 revert @ Error::Revert { .. } => revert,
                 _ => failed(),

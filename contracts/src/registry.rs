@@ -414,7 +414,7 @@ mod tests {
         let mut text = cid.as_bytes().to_vec();
         text.resize(64, 0);
         expected.extend(text);
-        assert_eq!(commitment(&[update.clone()]).unwrap(), ethers_core::utils::keccak256(&expected));
+        assert_eq!(commitment(std::slice::from_ref(&update)).unwrap(), ethers_core::utils::keccak256(&expected));
         let mut second = update.clone();
         second.node_id = 2;
         assert!(commitment(&[update, second]).is_err(), "descending node ids are refused");

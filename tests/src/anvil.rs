@@ -24,6 +24,10 @@ pub struct AnvilOptions {
     pub block_time: Option<u64>,
     /// Chain id (default 31337).
     pub chain_id: Option<u64>,
+    /// Never mine (transactions stay in the pool), to test receipt deadlines.
+    pub no_mining: bool,
+    /// A fixed base fee per gas (0 makes the chain look like one without EIP-1559 fees).
+    pub base_fee: Option<u64>,
 }
 
 /// A running anvil on 127.0.0.1.
@@ -58,6 +62,12 @@ impl Anvil {
             .stderr(Stdio::null());
         if let Some(seconds) = options.block_time {
             command.args(["--block-time", &seconds.to_string()]);
+        }
+        if options.no_mining {
+            command.arg("--no-mining");
+        }
+        if let Some(fee) = options.base_fee {
+            command.args(["--block-base-fee-per-gas", &fee.to_string(), "--disable-min-priority-fee"]);
         }
         let mut child = command.spawn().with_context(|| format!("starting {} (run `make setup`)", path.display()))?;
         let stdout = child.stdout.take().context("anvil stdout was not captured")?;

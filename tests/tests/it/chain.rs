@@ -325,3 +325,46 @@ fn operator_commands_deploy_add_list_and_status_with_a_keystore() -> Result<()> 
     assert!(err.contains("no signing key"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_transaction_that_fails_after_mining_is_explained_and_receipt_waits_have_a_deadline() -> Result<()> {
+    // Two submissions for the same node and round in flight: both pass gas estimation, the
+    // second fails when mined, and the replay names the contract's error.
+    let anvil = Anvil::start_with(AnvilOptions { block_time: Some(1), ..Default::default() })?;
+    let owner = client(&anvil, 0)?;
+    let (registry, _) = Registry::deploy(&owner)?;
+    registry.add_learner(1, anvil.address(1))?;
+    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?;
+    let learner = client(&anvil, 1)?;
+    let first = learner.send("setLocalWeight", Some(registry.address()), Registry::set_local_weight_calldata(1, 1, &cid("a", false), [1; 32], 5)?)?;
+    // The node would refuse to estimate the second (its pending state already holds the
+    // first), so it goes out with a fixed gas limit.
+    let data = Registry::set_local_weight_calldata(1, 1, &cid("b", false), [2; 32], 5)?;
+    let second = learner.send_with_gas("setLocalWeight", Some(registry.address()), data, Some(200_000))?;
+    learner.wait("setLocalWeight", first)?;
+    let args = expect_revert(learner.wait("setLocalWeight", second), "AlreadySubmitted")?;
+    assert_eq!((arg(&args, "nodeId"), arg(&args, "round")), ("1", "1"));
+
+    // A node that never mines: the wait ends at its deadline with a Timeout error.
+    let stalled = Anvil::start_with(AnvilOptions { no_mining: true, ..Default::default() })?;
+    let client = client(&stalled, 0)?.with_receipt_timeout(Duration::from_millis(800));
+    let pending = client.send("deploy", None, fl_contracts::abi::registry_bytecode())?;
+    let err = client.wait("deploy", pending).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("deploy: waiting for receipt of"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_chain_without_base_fee_gets_legacy_transactions() -> Result<()> {
+    // A zero base fee is what a node without EIP-1559 fees reports; the contract itself
+    // needs Cancun opcodes, so an older hardfork cannot stand in for such a node.
+    let anvil = Anvil::start_with(AnvilOptions { base_fee: Some(0), ..Default::default() })?;
+    let owner = client(&anvil, 0)?;
+    assert_eq!(owner.fee_mode(), FeeMode::Legacy);
+    let (registry, receipt) = Registry::deploy(&owner)?;
+    assert_eq!(receipt.transaction_type.map(|t| t.as_u64()).unwrap_or(0), 0, "legacy transaction");
+    registry.add_learner(1, anvil.address(1))?;
+    assert_eq!(registry.learner_ids()?, vec![1]);
+    Ok(())
+}
