@@ -56,6 +56,11 @@ impl Mnist {
         )?;
         Ok(Mnist { train, test })
     }
+
+    /// Loads only the 10,000 test images (the aggregator evaluates, it never trains).
+    pub fn load_test(dir: &Path) -> Result<Dataset> {
+        Dataset::load(&find_file(dir, "t10k-images-idx3-ubyte")?, &find_file(dir, "t10k-labels-idx1-ubyte")?)
+    }
 }
 
 /// `dir/name` if it exists, else `dir/name.gz`, else an error naming both.

@@ -2,8 +2,10 @@
 //! in one process, the operator's chain commands, and the aggregation loop.
 
 pub mod average;
+pub mod endpoints;
 pub mod fedavg;
 pub mod operator;
+pub mod report;
 pub mod run;
 pub mod simulate;
 pub mod verify;

@@ -1,7 +1,427 @@
-//! `fl-aggregator run` (not written yet).
+//! `fl-aggregator run`: the header node's loop. It opens round 0 with a seeded initial
+//! model, then for each round waits for the learners' updates (following the registry's
+//! `LocalWeightSet` events over bounded `eth_getLogs` ranges), fetches each model from IPFS
+//! and checks it against the digest on chain, folds it into a streaming FedAvg, evaluates
+//! the result and publishes it with the commitment to its inputs.
+//!
+//! All progress lives on the chain: a restarted aggregator reads the current round and
+//! carries on; the contract refuses a round published twice. By default a round waits for
+//! every registered learner; `--min-learners K --round-timeout S` lets it close without
+//! the stragglers once S seconds have passed and K updates are in (the paper's "global
+//! updates that do not wait for every learner").
+
+use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use fl_agent::cli::{number, positive};
+use fl_agent::data::{Dataset, Mnist};
+use fl_agent::learner::MAX_MODEL_BYTES;
+use fl_agent::train::{evaluate, Evaluation};
+use fl_agent::weights::{hex, sha256, ModelFile};
+use fl_contracts::{commitment, Event, LocalUpdate, Registry, TransactionReceipt, H256};
+use lexopt::prelude::*;
+
+use crate::endpoints::{EndpointFlags, Endpoints, HELP as ENDPOINT_HELP};
+use crate::fedavg::FedAvg;
+use crate::report::{header, row, LearnerResult, Published, Results, RoundResult, Timings};
+
+const USAGE: &str = "\
+usage: fl-aggregator run --rounds R --data DIR [flags]
+
+aggregates federated rounds published through the registry and IPFS
+
+  --rounds R             stop after publishing the global model of round R
+  --data DIR             MNIST folder; its test set evaluates every model
+  --test-limit N         evaluate on only the first N test images
+  --seed N               seeds the initial model of round 0 (default 1)
+  --min-learners K       a round may close with K updates once --round-timeout passed
+  --round-timeout SECS   how long to wait for every learner before closing with K
+  --no-local-eval        do not evaluate each learner's model (saves time on big fleets)
+  --from-block N         first block to read events from (default 0)
+  --poll-seconds S       longest pause between two polls of the chain (default 2)
+  --results FILE         write results (accuracies, CIDs, transactions, gas, timings) as JSON
+  --plot FILE            write an SVG plot of accuracy per round
+";
+
+/// Validated flags of `fl-aggregator run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub endpoints: Endpoints,
+    pub rounds: u64,
+    pub data: PathBuf,
+    pub test_limit: Option<usize>,
+    pub seed: u64,
+    pub min_learners: Option<usize>,
+    pub round_timeout: Option<Duration>,
+    pub local_eval: bool,
+    pub from_block: u64,
+    pub max_poll: Duration,
+    pub results: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+}
+
+impl RunConfig {
+    /// Parses the flags; `Ok(None)` means `--help` was printed.
+    pub fn parse(args: Vec<OsString>) -> Result<Option<RunConfig>> {
+        let mut parser = lexopt::Parser::from_args(args);
+        let mut endpoints = EndpointFlags::default();
+        let (mut rounds, mut data, mut test_limit, mut seed) = (None, None, None, 1);
+        let (mut min_learners, mut round_timeout, mut local_eval, mut from_block) = (None, None, true, 0);
+        let (mut poll, mut results, mut plot) = (2.0f64, None, None);
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Long(flag) if EndpointFlags::handles(flag) => {
+                    let flag = flag.to_string();
+                    endpoints.take(&flag, &mut parser)?;
+                }
+                Long("rounds") => rounds = Some(number::<u64>(&mut parser, "--rounds")?),
+                Long("data") => data = Some(PathBuf::from(parser.value()?)),
+                Long("test-limit") => test_limit = Some(positive(number(&mut parser, "--test-limit")?, "--test-limit")?),
+                Long("seed") => seed = number(&mut parser, "--seed")?,
+                Long("min-learners") => min_learners = Some(positive(number(&mut parser, "--min-learners")?, "--min-learners")?),
+                Long("round-timeout") => round_timeout = Some(Duration::from_secs(number(&mut parser, "--round-timeout")?)),
+                Long("no-local-eval") => local_eval = false,
+                Long("from-block") => from_block = number(&mut parser, "--from-block")?,
+                Long("poll-seconds") => poll = number(&mut parser, "--poll-seconds")?,
+                Long("results") => results = Some(PathBuf::from(parser.value()?)),
+                Long("plot") => plot = Some(PathBuf::from(parser.value()?)),
+                Short('h') | Long("help") => {
+                    print!("{USAGE}{ENDPOINT_HELP}");
+                    return Ok(None);
+                }
+                _ => return Err(arg.unexpected().into()),
+            }
+        }
+        if !(poll > 0.0 && poll <= 3600.0) {
+            bail!("--poll-seconds must be between 0 and 3600, got {poll}");
+        }
+        if min_learners.is_some() != round_timeout.is_some() {
+            bail!("--min-learners and --round-timeout go together: a round closes early only after the timeout, with at least K updates");
+        }
+        let endpoints = endpoints.finish()?;
+        endpoints.registry()?;
+        Ok(Some(RunConfig {
+            endpoints,
+            rounds: rounds.context("--rounds R is required")?,
+            data: data.context("--data DIR is required (the MNIST folder; its test set evaluates every model)")?,
+            test_limit,
+            seed,
+            min_learners,
+            round_timeout,
+            local_eval,
+            from_block,
+            max_poll: Duration::from_secs_f64(poll),
+            results,
+            plot,
+        }))
+    }
+}
 
 /// Parses the flags of `fl-aggregator run` and runs it.
-pub fn main(_args: Vec<OsString>) -> anyhow::Result<()> {
-    anyhow::bail!("`run` is not implemented yet")
+pub fn main(args: Vec<OsString>) -> Result<()> {
+    let Some(config) = RunConfig::parse(args)? else { return Ok(()) };
+    run(&config)
+}
+
+fn log(message: &str) {
+    eprintln!("fl-aggregator: {message}");
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Runs rounds until global round `config.rounds` is published.
+pub fn run(config: &RunConfig) -> Result<()> {
+    let test_set = Mnist::load_test(&config.data)?.take(config.test_limit.unwrap_or(usize::MAX));
+    let client = config.endpoints.signing_client()?;
+    let registry = Registry::at(&client, config.endpoints.registry()?);
+    let owner = registry.owner()?;
+    if owner != client.address() {
+        bail!("registry {:?} is owned by {owner:?}, but the aggregator's key is {:?}", registry.address(), client.address());
+    }
+    let ipfs = config.endpoints.ipfs();
+    let mut results = Results::load_or_default(config.results.as_deref())?;
+    results.registry = format!("{:?}", registry.address());
+    results.chain_id = client.chain_id();
+    log(&format!(
+        "aggregating on chain {} registry {:?} as {:?}, IPFS {}, {} test images",
+        client.chain_id(),
+        registry.address(),
+        client.address(),
+        config.endpoints.ipfs_api,
+        test_set.len()
+    ));
+    let mut cursor = Cursor::new(config.from_block);
+    let mut header_printed = false;
+    loop {
+        let round = registry.current_round()?;
+        if round > config.rounds {
+            log(&format!("global model of round {} is published; done", round - 1));
+            break;
+        }
+        let record = if round == 0 {
+            publish_initial(config, &registry, &ipfs, &test_set)?
+        } else {
+            match aggregate_round(config, &registry, &ipfs, &test_set, round, &mut cursor)? {
+                Some(record) => record,
+                None => continue,
+            }
+        };
+        let mut ids = registry.learner_ids()?;
+        ids.sort_unstable();
+        if !header_printed {
+            println!("{}", header(&ids));
+            header_printed = true;
+        }
+        println!("{}", row(&record, &ids));
+        results.record(record);
+        save_outputs(config, &results)?;
+    }
+    save_outputs(config, &results)?;
+    eprint!("\n{}", results.table());
+    Ok(())
+}
+
+fn save_outputs(config: &RunConfig, results: &Results) -> Result<()> {
+    if let Some(path) = &config.results {
+        results.save(path)?;
+    }
+    if let Some(path) = &config.plot {
+        std::fs::write(path, results.svg()).with_context(|| format!("writing plot {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Publishes the seeded initial model as global round 0.
+fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Client, test_set: &Dataset) -> Result<RoundResult> {
+    let model = ModelFile::initial(config.seed)?;
+    let started = Instant::now();
+    let evaluation = evaluate(&model, test_set)?;
+    let evaluate_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let (global, _receipt) = publish(registry, ipfs, &model, 0, [0u8; 32], &[])?;
+    log(&format!("round 0: published the initial model {} (seed {})", global.cid, config.seed));
+    Ok(RoundResult {
+        round: 0,
+        learners: Vec::new(),
+        global: Published { accuracy: Some(evaluation.accuracy), loss: Some(evaluation.loss), ..global },
+        timings: Timings { evaluate_s, publish_s: started.elapsed().as_secs_f64(), ..Timings::default() },
+        published_at: now(),
+    })
+}
+
+/// Uploads `model` and records it as global round `round`.
+fn publish(
+    registry: &Registry,
+    ipfs: &fl_ipfs::Client,
+    model: &ModelFile,
+    round: u64,
+    inputs_commitment: [u8; 32],
+    node_ids: &[u64],
+) -> Result<(Published, TransactionReceipt)> {
+    let bytes = model.to_bytes();
+    let digest = sha256(&bytes);
+    let cid = ipfs.add(&bytes).with_context(|| format!("uploading the global model of round {round}"))?;
+    let receipt = registry
+        .set_global_weight(round, &cid, digest, inputs_commitment, node_ids)
+        .with_context(|| format!("publishing the global model of round {round}"))?;
+    let published = Published {
+        accuracy: None,
+        loss: None,
+        cid,
+        digest: hex(&digest),
+        samples: model.n_samples,
+        tx: Some(format!("{:?}", receipt.transaction_hash)),
+        gas: receipt.gas_used.map(|g| g.as_u64()),
+    };
+    Ok((published, receipt))
+}
+
+/// Where the event scan has got to, and the updates it has seen for the round at hand.
+struct Cursor {
+    next_block: u64,
+    round: u64,
+    seen: BTreeMap<u64, (LocalUpdate, H256)>,
+}
+
+impl Cursor {
+    fn new(from_block: u64) -> Cursor {
+        Cursor { next_block: from_block, round: 0, seen: BTreeMap::new() }
+    }
+
+    /// Reads the events of the blocks not read yet and keeps the round-`round` updates.
+    fn advance(&mut self, registry: &Registry, round: u64) -> Result<()> {
+        if self.round != round {
+            self.round = round;
+            self.seen.retain(|_, (u, _)| u.round == round);
+        }
+        let latest = registry.client().rpc().block_number()?;
+        if latest < self.next_block {
+            return Ok(());
+        }
+        for logged in registry.events(self.next_block, latest)? {
+            if let Event::LocalWeightSet(update) = logged.event {
+                if update.round >= round {
+                    self.seen.insert(update.node_id, (update, logged.transaction_hash));
+                }
+            }
+        }
+        self.next_block = latest + 1;
+        Ok(())
+    }
+}
+
+/// Waits for round `round`'s updates, averages and publishes them. `None` if another
+/// aggregator (or an earlier run of this one) published the round meanwhile.
+fn aggregate_round(
+    config: &RunConfig,
+    registry: &Registry,
+    ipfs: &fl_ipfs::Client,
+    test_set: &Dataset,
+    round: u64,
+    cursor: &mut Cursor,
+) -> Result<Option<RoundResult>> {
+    let waiting_since = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let mut last_report = String::new();
+    let inputs: Vec<(LocalUpdate, H256)> = loop {
+        cursor.advance(registry, round)?;
+        if registry.current_round()? != round {
+            return Ok(None);
+        }
+        let expected = registry.learner_ids()?;
+        let arrived: Vec<(LocalUpdate, H256)> = cursor
+            .seen
+            .values()
+            .filter(|(u, _)| u.round == round && expected.contains(&u.node_id))
+            .cloned()
+            .collect();
+        let report = format!("round {round}: {} of {} learner updates in", arrived.len(), expected.len());
+        if report != last_report {
+            log(&report);
+            last_report = report;
+        }
+        if !expected.is_empty() && arrived.len() == expected.len() {
+            break arrived;
+        }
+        if let (Some(min), Some(timeout)) = (config.min_learners, config.round_timeout) {
+            if waiting_since.elapsed() >= timeout && arrived.len() >= min {
+                log(&format!("round {round}: closing after {timeout:?} with {} of {} learners", arrived.len(), expected.len()));
+                break arrived;
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(config.max_poll);
+    };
+    let wait_s = waiting_since.elapsed().as_secs_f64();
+
+    // Stream the models through FedAvg one at a time: memory does not grow with the fleet.
+    let mut fedavg = FedAvg::new();
+    let mut used: Vec<LocalUpdate> = Vec::new();
+    let mut learners = Vec::new();
+    let mut timings = Timings { wait_s, ..Timings::default() };
+    for (update, tx) in inputs {
+        let label = format!("learner {} round {round}", update.node_id);
+        let started = Instant::now();
+        let fetched = ipfs
+            .fetch_verified(&update.cid, &update.digest, MAX_MODEL_BYTES)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| ModelFile::from_bytes(&bytes))
+            .and_then(|model| {
+                if model.n_samples != update.samples || model.round != round {
+                    bail!(
+                        "the file says round {} with {} samples, the chain says round {round} with {}",
+                        model.round,
+                        model.n_samples,
+                        update.samples
+                    );
+                }
+                Ok(model)
+            });
+        timings.fetch_s += started.elapsed().as_secs_f64();
+        let gas = registry.client().rpc().transaction_receipt(tx).ok().flatten().and_then(|r| r.gas_used).map(|g| g.as_u64());
+        let mut entry = LearnerResult {
+            node_id: update.node_id,
+            model: Published {
+                accuracy: None,
+                loss: None,
+                cid: update.cid.clone(),
+                digest: hex(&update.digest),
+                samples: update.samples,
+                tx: Some(format!("{tx:?}")),
+                gas,
+            },
+            used: false,
+            note: None,
+        };
+        match fetched {
+            Ok(model) => {
+                log(&format!("round {round}: fetched and verified {label} ({})", update.cid));
+                if config.local_eval {
+                    let started = Instant::now();
+                    let Evaluation { accuracy, loss, .. } = evaluate(&model, test_set)?;
+                    timings.evaluate_s += started.elapsed().as_secs_f64();
+                    entry.model.accuracy = Some(accuracy);
+                    entry.model.loss = Some(loss);
+                }
+                let started = Instant::now();
+                fedavg.add(&model, &label)?;
+                timings.average_s += started.elapsed().as_secs_f64();
+                entry.used = true;
+                used.push(update);
+            }
+            Err(err) => {
+                // One bad or unreachable update must not stall the federation: leave it out,
+                // say so, and let the commitment record exactly what was averaged.
+                log(&format!("round {round}: leaving out {label}: {err:#}"));
+                entry.note = Some(format!("{err:#}"));
+            }
+        }
+        learners.push(entry);
+    }
+    if used.is_empty() {
+        bail!("round {round}: none of the learners' updates could be fetched and verified");
+    }
+    if let Some(min) = config.min_learners {
+        if used.len() < min {
+            bail!("round {round}: only {} verified updates, fewer than --min-learners {min}", used.len());
+        }
+    }
+    let started = Instant::now();
+    let mut global = fedavg.finish()?;
+    global.round = round;
+    timings.average_s += started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let evaluation = evaluate(&global, test_set)?;
+    timings.evaluate_s += started.elapsed().as_secs_f64();
+    let inputs_commitment = commitment(&used)?;
+    let node_ids: Vec<u64> = used.iter().map(|u| u.node_id).collect();
+    let started = Instant::now();
+    let (published, _receipt) = match publish(registry, ipfs, &global, round, inputs_commitment, &node_ids) {
+        Ok(done) => done,
+        Err(err) if registry.current_round()? != round => {
+            log(&format!("round {round}: already published elsewhere ({err:#}); moving on"));
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
+    };
+    timings.publish_s = started.elapsed().as_secs_f64();
+    log(&format!(
+        "round {round}: published global model {} from {} learners, test accuracy {:.2}%, commitment {}",
+        published.cid,
+        used.len(),
+        100.0 * evaluation.accuracy,
+        hex(&inputs_commitment)
+    ));
+    Ok(Some(RoundResult {
+        round,
+        learners,
+        global: Published { accuracy: Some(evaluation.accuracy), loss: Some(evaluation.loss), ..published },
+        timings,
+        published_at: now(),
+    }))
 }

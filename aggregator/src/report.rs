@@ -1,0 +1,287 @@
+//! What a federated run produced, round by round: the table printed as rounds complete,
+//! `results.json` (accuracies, CIDs, transactions, gas, timings) and an SVG plot of
+//! accuracy per round.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// One published model: a learner's local update or a global model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    /// Test accuracy in [0, 1], if it was evaluated.
+    pub accuracy: Option<f64>,
+    /// Test loss, if it was evaluated.
+    pub loss: Option<f64>,
+    pub cid: String,
+    /// SHA-256 of the model file, hex.
+    pub digest: String,
+    /// Training samples behind it.
+    pub samples: u64,
+    /// The registering transaction and its gas, when known.
+    pub tx: Option<String>,
+    pub gas: Option<u64>,
+}
+
+/// A learner's update in one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnerResult {
+    pub node_id: u64,
+    #[serde(flatten)]
+    pub model: Published,
+    /// False when the update was left out of the average (and why).
+    pub used: bool,
+    pub note: Option<String>,
+}
+
+/// Seconds spent in each phase of a round, as the aggregator saw them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From the previous global model's publication to the last awaited update.
+    pub wait_s: f64,
+    /// Fetching and verifying the local models from IPFS.
+    pub fetch_s: f64,
+    /// Evaluating local models (for the table) and the global model.
+    pub evaluate_s: f64,
+    /// Averaging.
+    pub average_s: f64,
+    /// Uploading the global model and waiting for its transaction.
+    pub publish_s: f64,
+}
+
+/// One round: round 0 is the seeded initial model and has no learners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundResult {
+    pub round: u64,
+    pub learners: Vec<LearnerResult>,
+    pub global: Published,
+    pub timings: Timings,
+    /// Unix time at which the global model was published.
+    pub published_at: f64,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub registry: String,
+    pub chain_id: u64,
+    pub rounds: Vec<RoundResult>,
+}
+
+impl Results {
+    /// The results saved at `path` by an earlier (interrupted) run, or empty ones.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Results> {
+        let Some(path) = path.filter(|p| p.exists()) else { return Ok(Results::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing earlier results in {}", path.display()))
+    }
+
+    /// Records a round, replacing an earlier record of the same round.
+    pub fn record(&mut self, round: RoundResult) {
+        self.rounds.retain(|r| r.round != round.round);
+        self.rounds.push(round);
+        self.rounds.sort_by_key(|r| r.round);
+    }
+
+    /// Writes the JSON atomically (through a temporary file).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn node_ids(&self) -> Vec<u64> {
+        let ids: BTreeSet<u64> = self.rounds.iter().flat_map(|r| r.learners.iter().map(|l| l.node_id)).collect();
+        ids.into_iter().collect()
+    }
+
+    /// The paper's Table 2 with the global model beside it: one row per round, one
+    /// column of test accuracy per learner.
+    pub fn table(&self) -> String {
+        let ids = self.node_ids();
+        let mut out = header(&ids);
+        out.push('\n');
+        for round in &self.rounds {
+            out.push_str(&row(round, &ids));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// An SVG line chart of test accuracy per round: the global model and every learner.
+    pub fn svg(&self) -> String {
+        let (width, height) = (720.0, 440.0);
+        let (left, right, top, bottom) = (70.0, 160.0, 40.0, 50.0);
+        let rounds: Vec<u64> = self.rounds.iter().map(|r| r.round).collect();
+        let max_round = rounds.iter().copied().max().unwrap_or(1).max(1) as f64;
+        let accuracies: Vec<f64> = self
+            .rounds
+            .iter()
+            .flat_map(|r| r.learners.iter().filter_map(|l| l.model.accuracy).chain(r.global.accuracy))
+            .collect();
+        // The y axis starts at the lowest accuracy rounded down to 10%, so late rounds near
+        // 99% are not squashed against the top.
+        let low = accuracies.iter().copied().fold(1.0f64, f64::min);
+        let y_min = ((low * 10.0).floor() / 10.0).clamp(0.0, 0.9);
+        let x = |round: f64| left + (width - left - right) * round / max_round;
+        let y = |acc: f64| top + (height - top - bottom) * (1.0 - (acc - y_min) / (1.0 - y_min));
+        let mut svg = String::new();
+        let _ = writeln!(
+            svg,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"##
+        );
+        let _ = writeln!(svg, r##"<rect width="100%" height="100%" fill="white"/>"##);
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="22" text-anchor="middle" font-size="15">Test accuracy per round</text>"##,
+            (left + width - right) / 2.0
+        );
+        // Axes, grid and ticks.
+        let steps = ((1.0 - y_min) * 20.0).round() as usize;
+        for i in 0..=steps {
+            let acc = y_min + i as f64 * (1.0 - y_min) / steps.max(1) as f64;
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{:.0}%</text>"##,
+                width - right,
+                left - 6.0,
+                y(acc) + 4.0,
+                acc * 100.0,
+                yy = y(acc)
+            );
+        }
+        for &round in &rounds {
+            let _ = writeln!(
+                svg,
+                r##"<text x="{:.1}" y="{}" text-anchor="middle">{round}</text>"##,
+                x(round as f64),
+                height - bottom + 18.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r##"<text x="{:.1}" y="{}" text-anchor="middle">round</text><line x1="{left}" x2="{left}" y1="{top}" y2="{}" stroke="black"/><line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="black"/>"##,
+            (left + width - right) / 2.0,
+            height - 12.0,
+            height - bottom,
+            width - right,
+            height - bottom,
+            height - bottom
+        );
+        let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+        let mut series: Vec<(String, String, f64, Vec<(f64, f64)>)> = Vec::new();
+        for (i, id) in self.node_ids().iter().enumerate() {
+            let points = self
+                .rounds
+                .iter()
+                .filter_map(|r| r.learners.iter().find(|l| l.node_id == *id).and_then(|l| l.model.accuracy).map(|a| (r.round as f64, a)))
+                .collect();
+            series.push((format!("learner {id}"), palette[i % palette.len()].to_string(), 1.5, points));
+        }
+        let global_points = self.rounds.iter().filter_map(|r| r.global.accuracy.map(|a| (r.round as f64, a))).collect();
+        series.push(("global".into(), "#d62728".into(), 3.0, global_points));
+        for (i, (name, color, stroke, points)) in series.iter().enumerate() {
+            let path: Vec<String> = points.iter().map(|(r, a)| format!("{:.1},{:.1}", x(*r), y(*a))).collect();
+            if !path.is_empty() {
+                let _ = writeln!(
+                    svg,
+                    r##"<polyline fill="none" stroke="{color}" stroke-width="{stroke}" points="{}"/>"##,
+                    path.join(" ")
+                );
+                for (r, a) in points {
+                    let _ = writeln!(svg, r##"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"##, x(*r), y(*a));
+                }
+            }
+            let ly = top + 10.0 + 20.0 * i as f64;
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="{stroke}"/><text x="{}" y="{}">{name}</text>"##,
+                width - right + 15.0,
+                width - right + 40.0,
+                width - right + 46.0,
+                ly + 4.0
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+/// The table's header for these learners.
+pub fn header(ids: &[u64]) -> String {
+    let mut out = format!("{:>5}", "round");
+    for id in ids {
+        let _ = write!(out, "  {:>10}", format!("learner {id}"));
+    }
+    let _ = write!(out, "  {:>8}", "global");
+    out
+}
+
+/// One table row; learners missing from the round show as `-`.
+pub fn row(round: &RoundResult, ids: &[u64]) -> String {
+    let percent = |a: Option<f64>| a.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into());
+    let mut out = format!("{:>5}", round.round);
+    for id in ids {
+        let cell = round.learners.iter().find(|l| l.node_id == *id).map(|l| percent(l.model.accuracy)).unwrap_or_else(|| "-".into());
+        let _ = write!(out, "  {cell:>10}");
+    }
+    let _ = write!(out, "  {:>8}", percent(round.global.accuracy));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(accuracy: f64) -> Published {
+        Published { accuracy: Some(accuracy), loss: None, cid: "bafk".into(), digest: "00".into(), samples: 1, tx: None, gas: None }
+    }
+
+    fn round(round: u64, learners: &[(u64, f64)], global: f64) -> RoundResult {
+        RoundResult {
+            round,
+            learners: learners.iter().map(|&(id, a)| LearnerResult { node_id: id, model: published(a), used: true, note: None }).collect(),
+            global: published(global),
+            timings: Timings::default(),
+            published_at: 0.0,
+        }
+    }
+
+    #[test]
+    fn table_has_a_column_per_learner_and_dashes_for_gaps() {
+        let mut results = Results::default();
+        results.record(round(1, &[(1, 0.9), (2, 0.8)], 0.95));
+        results.record(round(0, &[], 0.1));
+        results.record(round(2, &[(2, 0.85)], 0.97));
+        let table = results.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].contains("learner 1") && lines[0].contains("learner 2") && lines[0].contains("global"));
+        assert!(lines[1].trim_start().starts_with('0') && lines[1].contains("10.00%"), "{table}");
+        assert!(lines[2].contains("90.00%") && lines[2].contains("80.00%") && lines[2].contains("95.00%"), "{table}");
+        assert!(lines[3].contains(" - ") || lines[3].contains("         -"), "{table}");
+    }
+
+    #[test]
+    fn a_round_recorded_twice_keeps_the_later_one() {
+        let mut results = Results::default();
+        results.record(round(1, &[(1, 0.5)], 0.5));
+        results.record(round(1, &[(1, 0.6)], 0.7));
+        assert_eq!(results.rounds.len(), 1);
+        assert_eq!(results.rounds[0].global.accuracy, Some(0.7));
+    }
+
+    #[test]
+    fn svg_is_well_formed_and_plots_every_series() {
+        let mut results = Results::default();
+        results.record(round(0, &[], 0.1));
+        results.record(round(1, &[(1, 0.9), (2, 0.8)], 0.95));
+        let svg = results.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 3, "two learners and the global model");
+        assert!(svg.contains("learner 2") && svg.contains("global"));
+    }
+}
