@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, D};
-use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::optim::{Optimizer, ParamsAdamW};
 
 use crate::data::Dataset;
 use crate::model::Model;
@@ -87,7 +87,8 @@ pub fn train(
     // Adam as AdamW without weight decay; eps 1e-7 is Keras' default (the paper's
     // framework), betas 0.9 / 0.999 are the defaults of every framework.
     let params = ParamsAdamW { lr: config.learning_rate, beta1: 0.9, beta2: 0.999, eps: 1e-7, weight_decay: 0.0 };
-    let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
+    // The fused in-place Adam of crate::kernels (same formula as candle_nn's AdamW).
+    let mut optimizer = crate::kernels::Adam::new(varmap.all_vars(), params)?;
     let mut rng = Rng::new(config.seed);
     let mut order: Vec<usize> = (0..train_set.len()).collect();
     let mut reports = Vec::with_capacity(config.epochs);
