@@ -33,6 +33,8 @@ contract Registry {
         bytes32 inputsCommitment;
     }
 
+    /// The block the registry was deployed in: where readers of its events start.
+    uint256 public immutable deployedAt;
     /// The aggregator: publishes global models and manages learners.
     address public owner;
     /// The round that the next writes belong to; starts at 0 (the seeded global model).
@@ -68,6 +70,7 @@ contract Registry {
     event GlobalWeightSet(uint256 indexed round, bytes cid, bytes32 digest, bytes32 inputsCommitment, uint256[] nodeIds);
 
     constructor() {
+        deployedAt = block.number;
         owner = msg.sender;
     }
 

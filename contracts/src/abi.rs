@@ -183,6 +183,7 @@ mod tests {
             "learnerIds()",
             "currentRound()",
             "owner()",
+            "deployedAt()",
         ];
         let abi = registry_abi();
         assert_eq!(abi.functions().count(), signatures.len(), "every function is checked");

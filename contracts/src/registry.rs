@@ -145,6 +145,11 @@ impl<'a> Registry<'a> {
         address(&self.view("owner", &[])?[0], "owner")
     }
 
+    /// The block the registry was deployed in (where event readers start).
+    pub fn deployed_at(&self) -> Result<u64> {
+        uint(&self.view("deployedAt", &[])?[0], "deployedAt")
+    }
+
     /// The round the next writes belong to.
     pub fn current_round(&self) -> Result<u64> {
         uint(&self.view("currentRound", &[])?[0], "currentRound")

@@ -47,7 +47,8 @@ fn deploy_and_the_papers_four_functions_over_two_rounds() -> Result<()> {
     let anvil = Anvil::start()?;
     let owner = client(&anvil, 0)?;
     let (learner1, learner2) = (client(&anvil, 1)?, client(&anvil, 2)?);
-    let (registry, _) = Registry::deploy(&owner)?;
+    let (registry, deploy) = Registry::deploy(&owner)?;
+    assert_eq!(Some(registry.deployed_at()?), deploy.block_number.map(|b| b.as_u64()));
     assert_eq!(registry.owner()?, anvil.address(0));
     assert_eq!(registry.current_round()?, 0);
     assert_eq!(registry.get_global_weight()?, "");
@@ -87,7 +88,8 @@ fn deploy_and_the_papers_four_functions_over_two_rounds() -> Result<()> {
 
     // The events tell the whole story, and the commitment can be recomputed from them.
     let head = owner.rpc().block_number()?;
-    let events: Vec<Event> = Registry::at(&owner, registry.address()).with_log_range(2).events(0, head)?.into_iter().map(|l| l.event).collect();
+    let from = registry.deployed_at()?;
+    let events: Vec<Event> = Registry::at(&owner, registry.address()).with_log_range(2).events(from, head)?.into_iter().map(|l| l.event).collect();
     assert_eq!(events.len(), 6, "{events:#?}");
     assert_eq!(events[0], Event::LearnerAdded { node_id: 1, account: anvil.address(1) });
     assert_eq!(events[1], Event::LearnerAdded { node_id: 2, account: anvil.address(2) });
