@@ -69,6 +69,12 @@ pub struct Results {
     pub registry: String,
     pub chain_id: u64,
     pub rounds: Vec<RoundResult>,
+    /// Whole run's wall time, filled in by whoever ran the federation (the demo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
+    /// The run's settings, as the demo was given them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
 }
 
 impl Results {

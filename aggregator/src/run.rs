@@ -40,7 +40,7 @@ aggregates federated rounds published through the registry and IPFS
   --min-learners K       a round may close with K updates once --round-timeout passed
   --round-timeout SECS   how long to wait for every learner before closing with K
   --no-local-eval        do not evaluate each learner's model (saves time on big fleets)
-  --from-block N         first block to read events from (default 0)
+  --from-block N         first block to read events from (default: the registry's deployment)
   --poll-seconds S       longest pause between two polls of the chain (default 2)
   --results FILE         write results (accuracies, CIDs, transactions, gas, timings) as JSON
   --plot FILE            write an SVG plot of accuracy per round
@@ -57,7 +57,7 @@ pub struct RunConfig {
     pub min_learners: Option<usize>,
     pub round_timeout: Option<Duration>,
     pub local_eval: bool,
-    pub from_block: u64,
+    pub from_block: Option<u64>,
     pub max_poll: Duration,
     pub results: Option<PathBuf>,
     pub plot: Option<PathBuf>,
@@ -69,7 +69,7 @@ impl RunConfig {
         let mut parser = lexopt::Parser::from_args(args);
         let mut endpoints = EndpointFlags::default();
         let (mut rounds, mut data, mut test_limit, mut seed) = (None, None, None, 1);
-        let (mut min_learners, mut round_timeout, mut local_eval, mut from_block) = (None, None, true, 0);
+        let (mut min_learners, mut round_timeout, mut local_eval, mut from_block) = (None, None, true, None);
         let (mut poll, mut results, mut plot) = (2.0f64, None, None);
         while let Some(arg) = parser.next()? {
             match arg {
@@ -84,7 +84,7 @@ impl RunConfig {
                 Long("min-learners") => min_learners = Some(positive(number(&mut parser, "--min-learners")?, "--min-learners")?),
                 Long("round-timeout") => round_timeout = Some(Duration::from_secs(number(&mut parser, "--round-timeout")?)),
                 Long("no-local-eval") => local_eval = false,
-                Long("from-block") => from_block = number(&mut parser, "--from-block")?,
+                Long("from-block") => from_block = Some(number(&mut parser, "--from-block")?),
                 Long("poll-seconds") => poll = number(&mut parser, "--poll-seconds")?,
                 Long("results") => results = Some(PathBuf::from(parser.value()?)),
                 Long("plot") => plot = Some(PathBuf::from(parser.value()?)),
@@ -155,7 +155,10 @@ pub fn run(config: &RunConfig) -> Result<()> {
         config.endpoints.ipfs_api,
         test_set.len()
     ));
-    let mut cursor = Cursor::new(config.from_block);
+    let mut cursor = Cursor::new(match config.from_block {
+        Some(block) => block,
+        None => registry.deployed_at()?,
+    });
     let mut header_printed = false;
     loop {
         let round = registry.current_round()?;

@@ -27,7 +27,7 @@ recomputes round N's global model from the local updates it commits to and check
 its bytes match the digest published on chain; exits with status 1 if they do not
 
   --round N              the round to check (1 or later)
-  --from-block N         first block to search for events (default 0)
+  --from-block N         first block to search for events (default: the registry's deployment)
 ";
 
 /// What `verify` found.
@@ -51,7 +51,7 @@ impl Verdict {
 pub fn main(args: Vec<OsString>) -> Result<()> {
     let mut parser = lexopt::Parser::from_args(args);
     let mut endpoints = EndpointFlags::default();
-    let (mut round, mut from_block) = (None, 0u64);
+    let (mut round, mut from_block) = (None, None);
     while let Some(arg) = parser.next()? {
         match arg {
             Long(flag) if EndpointFlags::handles(flag) => {
@@ -59,7 +59,7 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
                 endpoints.take(&flag, &mut parser)?;
             }
             Long("round") => round = Some(number::<u64>(&mut parser, "--round")?),
-            Long("from-block") => from_block = number(&mut parser, "--from-block")?,
+            Long("from-block") => from_block = Some(number(&mut parser, "--from-block")?),
             Short('h') | Long("help") => {
                 print!("{USAGE}{ENDPOINT_HELP}");
                 return Ok(());
@@ -88,9 +88,13 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
 }
 
 /// Recomputes round `round` from the chain and IPFS.
-pub fn verify(endpoints: &Endpoints, round: u64, from_block: u64) -> Result<Verdict> {
+pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Result<Verdict> {
     let client = endpoints.read_only_client()?;
     let registry = Registry::at(&client, endpoints.registry()?);
+    let from_block = match from_block {
+        Some(block) => block,
+        None => registry.deployed_at()?,
+    };
     let ipfs = endpoints.ipfs();
     let latest = client.rpc().block_number()?;
     // One pass over the events, keeping only what this round needs.

@@ -2,5 +2,6 @@
 //! ports and stopped on drop, temporary folders, and paths to the project's binaries.
 
 pub mod anvil;
+pub mod devnet;
 pub mod ipfs_node;
 pub mod util;

@@ -1,0 +1,205 @@
+//! `fl-demo`: the paper's experiment on a local federation (what `make demo` runs). Starts
+//! a chain and a private IPFS network, deploys the registry, registers the learners, runs
+//! the aggregator and the learners as separate processes, shows the rounds as they happen,
+//! then prints the paper's Table 2 with the global model beside it and writes
+//! `results.json` and `accuracy.svg`. Stops everything it started.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fl_aggregator::report::Results;
+use fl_tests::devnet::{Devnet, Running};
+use lexopt::prelude::*;
+
+const USAGE: &str = "\
+usage: fl-demo [--learners N] [--rounds R] [--local-epochs L] [--train-limit N]
+               [--test-limit N] [--data DIR] [--out DIR] [--bin-dir DIR]
+
+runs the federation on this machine: anvil, one IPFS node per participant in a private
+network, the aggregator and N learners as separate processes
+
+  --learners N       learners, each with its own key and IPFS node (default 2, at most 9)
+  --rounds R         federated rounds (default 3; the paper: 5)
+  --local-epochs L   local epochs per round (default 1; the paper: 5)
+  --train-limit N    split only the first N training images (default: all 60,000)
+  --test-limit N     evaluate on the first N test images (default: all 10,000)
+  --data DIR         MNIST folder (default data/mnist)
+  --out DIR          results, logs and configs (default demo-out)
+  --bin-dir DIR      where fl-agent and fl-aggregator are (default: next to fl-demo)
+";
+
+/// The paper's published figures (2 learners, 5 rounds of 5 local epochs).
+const PAPER_GLOBAL: f64 = 99.46;
+const PAPER_SINGLE_NODE: f64 = 99.48;
+
+struct DemoConfig {
+    learners: usize,
+    rounds: u64,
+    local_epochs: usize,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+    data: PathBuf,
+    out: PathBuf,
+    bin_dir: PathBuf,
+}
+
+fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    fl_agent::cli::number(parser, flag)
+}
+
+fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let exe = std::env::current_exe().context("locating fl-demo")?;
+    let mut config = DemoConfig {
+        learners: 2,
+        rounds: 3,
+        local_epochs: 1,
+        train_limit: None,
+        test_limit: None,
+        data: PathBuf::from("data/mnist"),
+        out: PathBuf::from("demo-out"),
+        bin_dir: exe.parent().context("fl-demo has no folder")?.to_path_buf(),
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("learners") => config.learners = number(&mut parser, "--learners")?,
+            Long("rounds") => config.rounds = number(&mut parser, "--rounds")?,
+            Long("local-epochs") => config.local_epochs = number(&mut parser, "--local-epochs")?,
+            Long("train-limit") => config.train_limit = Some(number(&mut parser, "--train-limit")?),
+            Long("test-limit") => config.test_limit = Some(number(&mut parser, "--test-limit")?),
+            Long("data") => config.data = PathBuf::from(parser.value()?),
+            Long("out") => config.out = PathBuf::from(parser.value()?),
+            Long("bin-dir") => config.bin_dir = PathBuf::from(parser.value()?),
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    if !(1..=9).contains(&config.learners) {
+        bail!("--learners must be between 1 and 9 (anvil's development accounts), got {}", config.learners);
+    }
+    if config.rounds == 0 || config.local_epochs == 0 {
+        bail!("--rounds and --local-epochs must be at least 1");
+    }
+    Ok(Some(config))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let result = parse(args).and_then(|config| match config {
+        Some(config) => run(&config),
+        None => Ok(()),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fl-demo: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &DemoConfig) -> Result<()> {
+    let started = Instant::now();
+    let agent_bin = config.bin_dir.join("fl-agent");
+    let aggregator_bin = config.bin_dir.join("fl-aggregator");
+    for bin in [&agent_bin, &aggregator_bin] {
+        if !bin.exists() {
+            bail!("{} not found: build with `cargo build --release --workspace --bins` (`make demo` does)", bin.display());
+        }
+    }
+    let data = std::fs::canonicalize(&config.data)
+        .with_context(|| format!("MNIST folder {}: run `make setup`", config.data.display()))?;
+    if config.out.exists() {
+        std::fs::remove_dir_all(&config.out).with_context(|| format!("clearing {}", config.out.display()))?;
+    }
+    std::fs::create_dir_all(config.out.join("logs"))?;
+    let out = std::fs::canonicalize(&config.out)?;
+
+    eprintln!("fl-demo: starting anvil and {} IPFS nodes in a private network (loopback only)", config.learners + 1);
+    let devnet = Devnet::start(config.learners, &out)?;
+    eprintln!(
+        "fl-demo: chain {} at {}, registry {:?}, {} learners registered",
+        devnet.anvil.chain_id(),
+        devnet.anvil.url(),
+        devnet.registry,
+        config.learners
+    );
+    let mut extra = String::new();
+    if let Some(n) = config.train_limit {
+        extra.push_str(&format!("train_limit = {n}\n"));
+    }
+    if let Some(n) = config.test_limit {
+        extra.push_str(&format!("test_limit = {n}\n"));
+    }
+    let mut aggregator_args = vec![
+        "--rounds".to_string(),
+        config.rounds.to_string(),
+        "--data".into(),
+        data.display().to_string(),
+        "--results".into(),
+        out.join("results.json").display().to_string(),
+        "--plot".into(),
+        out.join("accuracy.svg").display().to_string(),
+    ];
+    if let Some(n) = config.test_limit {
+        aggregator_args.extend(["--test-limit".to_string(), n.to_string()]);
+    }
+    let mut aggregator = Running::spawn(
+        "aggregator",
+        devnet.aggregator_command(&aggregator_bin, &aggregator_args),
+        &out.join("logs/aggregator.log"),
+        true,
+    )?;
+    let mut learners = Vec::new();
+    for node_id in 1..=config.learners {
+        let config_path = devnet.write_agent_config(node_id, &data, config.local_epochs, config.rounds, &extra)?;
+        learners.push(Running::spawn(
+            &format!("learner {node_id}"),
+            devnet.agent_command(&agent_bin, node_id, &config_path),
+            &out.join(format!("logs/learner-{node_id}.log")),
+            true,
+        )?);
+    }
+    // Generous: the paper's full setting takes hours on two cores.
+    let limit = Duration::from_secs(24 * 3600);
+    aggregator.wait_success(limit)?;
+    for learner in &mut learners {
+        learner.wait_success(Duration::from_secs(120))?;
+    }
+    let wall = started.elapsed();
+
+    let results_path = out.join("results.json");
+    let mut results = Results::load_or_default(Some(&results_path))?;
+    results.wall_s = Some(wall.as_secs_f64());
+    results.settings = Some(serde_json::json!({
+        "learners": config.learners,
+        "rounds": config.rounds,
+        "local_epochs": config.local_epochs,
+        "train_limit": config.train_limit,
+        "test_limit": config.test_limit,
+        "split": "iid",
+        "batch_size": 32,
+    }));
+    results.save(&results_path)?;
+    println!("\nTest accuracy per round (the paper's Table 2, with the global model beside it):\n");
+    print!("{}", results.table());
+    if let Some(last) = results.rounds.last().and_then(|r| r.global.accuracy) {
+        println!(
+            "\nglobal model after {} rounds of {} local epoch(s): {:.2}%  (paper, 5 rounds of 5: {PAPER_GLOBAL}%; single node, 25 epochs: {PAPER_SINGLE_NODE}%)",
+            config.rounds,
+            config.local_epochs,
+            100.0 * last
+        );
+    }
+    println!("wall time {:.0} s; results in {}, plot in {}", wall.as_secs_f64(), results_path.display(), out.join("accuracy.svg").display());
+    Ok(())
+}
