@@ -5,3 +5,7 @@
 mod chain;
 /// The IPFS client against real js-ipfs nodes on a private network.
 mod ipfs;
+/// The whole federation as processes: FedAvg checked byte for byte, verify, restarts.
+mod federation;
+/// The Raspberry Pi builds (aarch64, armv7) run under qemu-user-static against the native agent.
+mod cross;

@@ -1,0 +1,250 @@
+//! The whole federation: `fl-aggregator run` and two `fl-agent run` processes on a real
+//! anvil chain and a private network of real IPFS nodes, on small MNIST shards. Checks
+//! what a sceptical observer of the chain would: every global model is, byte for byte,
+//! the FedAvg of the local models the chain records, it learns, `verify` agrees, and
+//! killed processes resume without publishing anything twice.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fl_agent::data::Mnist;
+use fl_agent::train::evaluate;
+use fl_agent::weights::{sha256, ModelFile, NamedTensor};
+use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
+use fl_tests::devnet::{Devnet, Running};
+use fl_tests::util::{workspace_bin, workspace_root, TempDir};
+
+/// 1,000 training images per learner: enough to learn visibly in one epoch, small
+/// enough for two cores shared with the rest of the suite.
+const TRAIN_LIMIT: usize = 2_000;
+const TEST_LIMIT: usize = 500;
+const ROUNDS: u64 = 2;
+const RUN_LIMIT: Duration = Duration::from_secs(900);
+
+fn mnist() -> PathBuf {
+    let dir = workspace_root().join("data/mnist");
+    assert!(dir.join("t10k-labels-idx1-ubyte").exists(), "MNIST missing in {}: run `make setup`", dir.display());
+    dir
+}
+
+/// A started federation: the infrastructure plus the paths its processes need.
+struct Federation {
+    devnet: Devnet,
+    agent: PathBuf,
+    aggregator: PathBuf,
+    data: PathBuf,
+    _dir: TempDir,
+}
+
+impl Federation {
+    fn start(label: &str) -> Result<Federation> {
+        let dir = TempDir::new(label)?;
+        let devnet = Devnet::start(2, dir.path())?;
+        Ok(Federation { devnet, agent: workspace_bin("fl-agent")?, aggregator: workspace_bin("fl-aggregator")?, data: mnist(), _dir: dir })
+    }
+
+    fn aggregator(&self, log: &str) -> Result<Running> {
+        let args: Vec<String> = vec![
+            "--rounds".into(),
+            ROUNDS.to_string(),
+            "--data".into(),
+            self.data.display().to_string(),
+            "--test-limit".into(),
+            TEST_LIMIT.to_string(),
+        ];
+        Running::spawn("aggregator", self.devnet.aggregator_command(&self.aggregator, &args), &self.devnet.dir.join(log), false)
+    }
+
+    fn learner(&self, node_id: usize, log: &str) -> Result<Running> {
+        let extra = format!("train_limit = {TRAIN_LIMIT}\ntest_limit = {TEST_LIMIT}\n");
+        let config = self.devnet.write_agent_config(node_id, &self.data, 1, ROUNDS, &extra)?;
+        Running::spawn(&format!("learner {node_id}"), self.devnet.agent_command(&self.agent, node_id, &config), &self.devnet.dir.join(log), false)
+    }
+
+    /// Every registry event since deployment.
+    fn events(&self) -> Result<(Vec<GlobalUpdate>, Vec<LocalUpdate>)> {
+        let client = self.devnet.read_client()?;
+        let registry = Registry::at(&client, self.devnet.registry);
+        let latest = client.rpc().block_number()?;
+        let (mut globals, mut locals) = (Vec::new(), Vec::new());
+        for logged in registry.events(0, latest)? {
+            match logged.event {
+                Event::GlobalWeightSet(g) => globals.push(g),
+                Event::LocalWeightSet(u) => locals.push(u),
+                _ => {}
+            }
+        }
+        Ok((globals, locals))
+    }
+
+    fn fetch(&self, cid: &str, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        Ok(self.devnet.ipfs[0].client().fetch_verified(cid, digest, 64 << 20)?)
+    }
+
+    fn verify_command(&self, round: u64) -> Result<Running> {
+        let mut command = std::process::Command::new(&self.aggregator);
+        command
+            .arg("verify")
+            .args(["--round", &round.to_string()])
+            .args(["--rpc-url", self.devnet.anvil.url()])
+            .args(["--registry", &format!("{:?}", self.devnet.registry)])
+            .args(["--ipfs-api", &self.devnet.ipfs[0].api_url]);
+        Running::spawn("verify", command, &self.devnet.dir.join(format!("verify-{round}.log")), false)
+    }
+}
+
+/// FedAvg written here from its definition (McMahan et al. 2017: the sample-weighted
+/// mean), independently of `fl_aggregator::fedavg`: per parameter, the sum over learners
+/// in ascending node id order of `n_k * w_k` in f64, divided by the total, rounded to f32.
+fn independent_fedavg(models: &[ModelFile], round: u64) -> ModelFile {
+    let total: u64 = models.iter().map(|m| m.n_samples).sum();
+    let first = &models[0];
+    let tensors = first
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut sum = vec![0.0f64; t.to_f32().len()];
+            for model in models {
+                for (s, v) in sum.iter_mut().zip(model.tensors[i].to_f32()) {
+                    *s += model.n_samples as f64 * v as f64;
+                }
+            }
+            let mean: Vec<f32> = sum.iter().map(|s| (s / total as f64) as f32).collect();
+            NamedTensor::from_f32(&t.name, &t.dims(), &mean)
+        })
+        .collect();
+    ModelFile { format_version: first.format_version, architecture: first.architecture.clone(), round, n_samples: total, tensors }
+}
+
+/// Checks every published round against the chain and IPFS; returns the global models.
+fn check_rounds(federation: &Federation) -> Result<BTreeMap<u64, ModelFile>> {
+    let (globals, locals) = federation.events()?;
+    let mut published = BTreeMap::new();
+    for round in 0..=ROUNDS {
+        let of_round: Vec<&GlobalUpdate> = globals.iter().filter(|g| g.round == round).collect();
+        assert_eq!(of_round.len(), 1, "round {round} must be published exactly once: {globals:?}");
+        let global = of_round[0];
+        let bytes = federation.fetch(&global.cid, &global.digest)?;
+        assert_eq!(sha256(&bytes), global.digest);
+        let model = ModelFile::from_bytes(&bytes)?;
+        if round > 0 {
+            assert_eq!(global.node_ids, vec![1, 2], "round {round} averages both learners");
+            let mut inputs: Vec<LocalUpdate> = locals.iter().filter(|u| u.round == round).cloned().collect();
+            inputs.sort_by_key(|u| u.node_id);
+            assert_eq!(inputs.len(), 2, "one update per learner in round {round}: {inputs:?}");
+            assert_eq!(commitment(&inputs)?, global.inputs_commitment, "round {round}: commitment");
+            let local_models = inputs
+                .iter()
+                .map(|u| ModelFile::from_bytes(&federation.fetch(&u.cid, &u.digest)?))
+                .collect::<Result<Vec<_>>>()?;
+            let expected = independent_fedavg(&local_models, round).to_bytes();
+            assert!(expected == bytes, "round {round}: the global model is not the FedAvg of the recorded local models");
+        }
+        published.insert(round, model);
+    }
+    Ok(published)
+}
+
+#[test]
+fn federation_two_rounds_publish_the_fedavg_of_the_recorded_updates() -> Result<()> {
+    let federation = Federation::start("federation")?;
+    let mut aggregator = federation.aggregator("aggregator.log")?;
+    let mut learners = vec![federation.learner(1, "learner-1.log")?, federation.learner(2, "learner-2.log")?];
+    aggregator.wait_success(RUN_LIMIT)?;
+    for learner in &mut learners {
+        learner.wait_success(Duration::from_secs(120))?;
+    }
+    let published = check_rounds(&federation)?;
+
+    // It learns: the last global model beats the seeded initial one by a wide margin.
+    let test_set = Mnist::load_test(&federation.data)?.take(TEST_LIMIT);
+    let initial = evaluate(&published[&0], &test_set)?.accuracy;
+    let last = evaluate(&published[&ROUNDS], &test_set)?.accuracy;
+    assert!(last > initial + 0.3, "global accuracy went from {initial} to {last}");
+
+    // The aggregator printed one table row per round, and each learner one line per round.
+    let rows = aggregator.stdout_lines();
+    assert!(rows.iter().any(|l| l.trim_start().starts_with("2 ")), "no row for round 2 in {rows:?}");
+    for learner in &learners {
+        let lines = learner.stdout_lines();
+        assert_eq!(lines.iter().filter(|l| l.contains("test accuracy")).count(), ROUNDS as usize, "{lines:?}");
+    }
+
+    // Anyone can recompute each round from the chain and IPFS.
+    for round in 1..=ROUNDS {
+        let mut verify = federation.verify_command(round)?;
+        verify.wait_success(Duration::from_secs(120))?;
+        assert!(verify.stdout_lines().iter().any(|l| l == &format!("round {round}: verified")), "{:?}", verify.lines());
+    }
+    Ok(())
+}
+
+#[test]
+fn federation_killed_learner_and_aggregator_resume_without_publishing_twice() -> Result<()> {
+    let federation = Federation::start("federation-kill")?;
+    let mut aggregator = federation.aggregator("aggregator-1.log")?;
+    let mut learner_1 = federation.learner(1, "learner-1a.log")?;
+    let mut learner_2 = federation.learner(2, "learner-2.log")?;
+
+    // Learner 1 dies as soon as it starts training round 1 and comes back.
+    learner_1.wait_for("round 1: fetched global model", RUN_LIMIT)?;
+    learner_1.kill();
+    let mut learner_1 = federation.learner(1, "learner-1b.log")?;
+
+    // The aggregator dies right after fetching the first update of round 1, before it can
+    // publish the round, and comes back.
+    aggregator.wait_for("round 1: fetched and verified learner 1", RUN_LIMIT)?;
+    aggregator.kill();
+    let mut aggregator = federation.aggregator("aggregator-2.log")?;
+
+    aggregator.wait_success(RUN_LIMIT)?;
+    learner_1.wait_success(Duration::from_secs(120))?;
+    learner_2.wait_success(Duration::from_secs(120))?;
+
+    // Nothing published twice, every global model still the FedAvg of its inputs.
+    check_rounds(&federation)?;
+    let (_, locals) = federation.events()?;
+    for round in 1..=ROUNDS {
+        for node_id in [1, 2] {
+            let n = locals.iter().filter(|u| u.round == round && u.node_id == node_id).count();
+            assert_eq!(n, 1, "learner {node_id} registered {n} updates in round {round}");
+        }
+    }
+    // The restarted aggregator carried on from the chain rather than from the beginning.
+    let lines = aggregator.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("round 0: published")),
+        "the restarted aggregator published round 0 again: {lines:?}"
+    );
+    let restarted_learner = learner_1.lines();
+    assert!(restarted_learner.iter().any(|l| l.contains("learner 1 round 1: test accuracy")), "{restarted_learner:?}");
+    Ok(())
+}
+
+#[test]
+fn federation_bad_flags_and_config_are_clear_errors() -> Result<()> {
+    let dir = TempDir::new("federation-config")?;
+    let agent = workspace_bin("fl-agent")?;
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "node_id = 1\nregistry = \"0x1234\"\nrpc_url = \"http://127.0.0.1:1\"\n").context("writing config")?;
+    let output = std::process::Command::new(&agent).args(["run", "--config"]).arg(&config).env_remove("FL_REGISTRY").output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("registry address \"0x1234\""), "{stderr}");
+
+    std::fs::write(&config, "node_id = 1\nunknown_key = 3\n")?;
+    let output = std::process::Command::new(&agent).args(["run", "--config"]).arg(&config).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&config.display().to_string()) && stderr.contains("unknown_key"), "{stderr}");
+
+    let aggregator = workspace_bin("fl-aggregator")?;
+    let output = std::process::Command::new(&aggregator).args(["run", "--rounds", "2", "--data", "x", "--min-learners", "1"]).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--min-learners and --round-timeout go together"), "{stderr}");
+    Ok(())
+}
