@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Binaries first: the whole-system tests run fl-agent and fl-aggregator as processes.
 cargo build --workspace --bins
+# Raspberry Pi builds and packages (installs the cross toolchains once): the tests run them under qemu.
+bash cross/build.sh
 cargo test --workspace --no-fail-fast

@@ -29,6 +29,10 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
 [[ -x /usr/bin/time ]] || die "/usr/bin/time (GNU time) not found: apt-get install time"
 [[ -f $MNIST/train-images-idx3-ubyte ]] || die "MNIST not found in $MNIST: run \`make setup\`"
 
+# Honours CARGO_TARGET_DIR and build.target-dir, like cross/build.sh.
+target_dir=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+[[ -d $target_dir ]] || die "could not find cargo's target folder"
+
 work=$(mktemp -d "${TMPDIR:-/tmp}/fl-bench-cross.XXXXXX")
 pids=()
 cleanup() {
@@ -40,7 +44,7 @@ trap cleanup EXIT
 # ---- 1. sizes -------------------------------------------------------------------------------
 echo "== binary sizes (stripped, profile $PROFILE; goal <= 12 MiB)"
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
-    bin=$root/target/$t/$PROFILE/fl-agent
+    bin=$target_dir/$t/$PROFILE/fl-agent
     [[ -x $bin ]] || die "$bin not found: run \`make cross\`"
     size=$(stat -c %s "$bin")
     verdict=$([[ $size -le $GOAL_SIZE ]] && echo "within goal" || echo "OVER GOAL")
@@ -48,7 +52,9 @@ for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     echo "$t: $size bytes ($(mib "$size")), $stripped, $verdict"
 done
 for pkg in "$root"/target/cross/*.deb "$root"/target/cross/*.tar.gz; do
-    [[ -f $pkg ]] && echo "$(basename "$pkg"): $(stat -c %s "$pkg") bytes ($(mib "$(stat -c %s "$pkg")"))"
+    if [[ -f $pkg ]]; then
+        echo "$(basename "$pkg"): $(stat -c %s "$pkg") bytes ($(mib "$(stat -c %s "$pkg")"))"
+    fi
 done
 
 # ---- 2. peak RSS ----------------------------------------------------------------------------
@@ -88,9 +94,11 @@ peak_rss() {
 
 echo
 echo "== peak RSS of \`fl-agent train\` at batch 32, 1 epoch (goal <= 100 MiB on the board)"
-say "building the native agent (profile $PROFILE)"
-cargo build -q -p fl-agent --bin fl-agent --profile "$PROFILE"
-native=$root/target/$PROFILE/fl-agent
+# The native figures use the workspace release profile (the one `make bench` builds too):
+# release-pi differs only by panic = "abort", which changes code size, not the heap.
+say "building the native agent (release)"
+cargo build -q -p fl-agent --bin fl-agent --release
+native=$target_dir/release/fl-agent
 
 make_shard "$work/shard-full" "$SHARD"
 say "native training on $SHARD images (a few minutes)"
@@ -103,7 +111,7 @@ make_shard "$work/shard-small" "$EMULATED_SHARD"
 read -r kb_small_native secs_small < <(peak_rss "$native" train --data "$work/shard-small" --epochs 1 --batch-size 32 --seed 1 --out "$work/m.bin")
 echo "x86_64 native, $EMULATED_SHARD-image shard: peak RSS $kb_small_native KiB ($(mib $((kb_small_native * 1024)))), ${secs_small} s"
 
-aarch64=$root/target/aarch64-unknown-linux-gnu/$PROFILE/fl-agent
+aarch64=$target_dir/aarch64-unknown-linux-gnu/$PROFILE/fl-agent
 say "emulated aarch64 training on $EMULATED_SHARD images (qemu, minutes)"
 read -r kb_small_arm secs_arm < <(peak_rss qemu-aarch64-static -cpu cortex-a53 -L /usr/aarch64-linux-gnu "$aarch64" \
     train --data "$work/shard-small" --epochs 1 --batch-size 32 --seed 1 --out "$work/m.bin")
