@@ -2,6 +2,9 @@
 //! aarch64 emulating a Cortex-A53 (Pi 3, Zero 2 W) and armv7 a Cortex-A7 (Pi 2), so an
 //! instruction those cores lack fails here instead of on a board.
 //!
+//! Also checks that the packaged `/etc/fl-agent/agent.toml` template is what `fl-agent run`
+//! reads, with and without its optional keys.
+//!
 //! These tests never skip: without the cross binaries they fail and say to run `make cross`
 //! (`.ci/test.sh` runs it before `cargo test`).
 
@@ -187,4 +190,58 @@ fn aarch64_agent_trains_like_native() -> Result<()> {
 #[test]
 fn armv7_agent_trains_like_native() -> Result<()> {
     training_matches_native(&ARMV7)
+}
+
+/// The packaged config template (`cross/pkg/agent.toml`) parsed by the learner's own config
+/// reader: as shipped (the two required keys given on the command line, as a board gets
+/// them filled in), and with every commented-out key switched on, so that a key the
+/// template documents but `fl-agent run` rejects (it denies unknown keys) fails here.
+#[test]
+fn packaged_config_template_is_what_the_learner_reads() -> Result<()> {
+    use fl_agent::learner::LearnerConfig;
+    use std::ffi::OsString;
+    let template_path = workspace_root().join("cross").join("pkg").join("agent.toml");
+    let template = std::fs::read_to_string(&template_path).with_context(|| format!("reading {}", template_path.display()))?;
+    let registry = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+    let parse = |path: &Path, extra: &[&str]| -> Result<LearnerConfig> {
+        let mut args: Vec<OsString> = vec!["--config".into(), path.into()];
+        args.extend(extra.iter().map(OsString::from));
+        LearnerConfig::parse(args)?.context("--help was not asked for, yet no config came back")
+    };
+
+    let shipped = parse(&template_path, &["--node-id", "7", "--registry", registry])
+        .with_context(|| format!("parsing the shipped {}", template_path.display()))?;
+    assert_eq!(shipped.node_id, 7);
+    assert_eq!(shipped.data_dir, Path::new("/var/lib/fl-agent/data"));
+    // The systemd unit's StateDirectory= is /var/lib/fl-agent; the agent must write there.
+    assert_eq!(shipped.state_dir, Path::new("/var/lib/fl-agent"));
+    assert!(shipped.shard.is_none(), "a real board has no [shard] table");
+    // Without the required keys the learner must refuse to start, naming the key.
+    let missing = parse(&template_path, &[]).err().context("the shipped template without node_id was accepted")?;
+    assert!(format!("{missing:#}").contains("node_id"), "error does not name node_id: {missing:#}");
+
+    // Every `# key = value` line and the `# [shard]` header switched on.
+    let all_on: String = template
+        .lines()
+        .map(|line| {
+            let rest = line.strip_prefix("# ").unwrap_or("");
+            let is_key = rest.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            });
+            if is_key || rest == "[shard]" {
+                format!("{rest}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert!(all_on.contains("\n[shard]\n") && all_on.contains("\nnode_id = "), "the template's layout changed:\n{all_on}");
+    let dir = TempDir::new("cross-template")?;
+    let all_on_path = dir.path().join("agent.toml");
+    std::fs::write(&all_on_path, &all_on).with_context(|| format!("writing {}", all_on_path.display()))?;
+    let full = parse(&all_on_path, &[]).with_context(|| format!("parsing the template with every key on:\n{all_on}"))?;
+    assert_eq!(full.node_id, 1);
+    let shard = full.shard.context("[shard] was switched on but not read")?;
+    assert_eq!((shard.index, shard.count, shard.split.as_str()), (0, 2, "iid"));
+    Ok(())
 }
