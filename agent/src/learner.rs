@@ -196,7 +196,7 @@ impl LearnerConfig {
             .with_context(|| format!("no registry address: set registry{where_}, FL_REGISTRY or --registry"))?;
         let registry: Address = registry_text
             .parse()
-            .map_err(|e| anyhow::anyhow!("registry address {registry_text:?} is not a 0x-prefixed 20-byte address: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("registry address {registry_text:?}{where_} is not a 0x-prefixed 20-byte address: {e}"))?;
         let rpc_url = pick(flags.rpc_url, from_env.rpc_url, file.rpc_url)
             .with_context(|| format!("no JSON-RPC URL: set rpc_url{where_}, ETH_RPC_URL or --rpc-url"))?;
         let ipfs_api = pick(flags.ipfs_api, from_env.ipfs_api, file.ipfs_api)
@@ -574,5 +574,102 @@ fn wait_for_global(registry: &Registry, round: u64, from: u64, max_poll: Duratio
             return Ok(from);
         }
         backoff.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fl-learner-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    const CONFIG: &str = r#"
+node_id = 3
+rpc_url = "http://127.0.0.1:8545"
+registry = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
+ipfs_api = "http://127.0.0.1:5001"
+data_dir = "/data"
+state_dir = "/state"
+local_epochs = 5
+[shard]
+index = 1
+count = 2
+split = "dirichlet:0.5"
+seed = 9
+"#;
+
+    #[test]
+    fn config_file_is_read_and_flags_override_it() {
+        let dir = temp_dir("config");
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let config = LearnerConfig::parse(args(&["--config", path.to_str().unwrap(), "--local-epochs", "2", "--node-id", "4"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.node_id, 4);
+        assert_eq!(config.local_epochs, 2);
+        assert_eq!(config.batch_size, 32);
+        assert_eq!(config.data_dir, PathBuf::from("/data"));
+        assert_eq!(config.shard, Some(ShardConfig { index: 1, count: 2, split: "dirichlet:0.5".into(), seed: 9 }));
+        assert_eq!(format!("{:?}", config.registry), "0x5fbdb2315678afecb367f032d93f642f64180aa3");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_the_key() {
+        let dir = temp_dir("config-errors");
+        let path = dir.join("agent.toml");
+        let path_arg = path.to_str().unwrap();
+        for (text, expected) in [
+            ("node_id = 1\nnode_idd = 2\n", "unknown field `node_idd`"),
+            ("node_id = \"one\"\n", "invalid type"),
+            (&CONFIG.replace("index = 1", "index = 2"), "index 2 must be less than count 2"),
+            (&CONFIG.replace("dirichlet:0.5", "zipf"), "expected `iid` or `dirichlet:ALPHA`"),
+            (&CONFIG.replace("0x5fbdb2315678afecb367f032d93f642f64180aa3", "0x12"), "not a 0x-prefixed 20-byte address"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = LearnerConfig::parse(args(&["--config", path_arg])).unwrap_err();
+            let message = format!("{err:#}");
+            assert!(message.contains(expected) && message.contains(path_arg), "{message}");
+        }
+        let err = LearnerConfig::parse(args(&["--config", dir.join("missing.toml").to_str().unwrap()])).unwrap_err();
+        assert!(format!("{err:#}").contains("missing.toml"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn state_dir_keeps_the_finished_model_and_ignores_damaged_ones() {
+        let dir = temp_dir("state");
+        let state = StateDir::open(&dir).unwrap();
+        assert!(state.local_model(2).is_none());
+        let mut model = ModelFile::initial(5).unwrap();
+        model.round = 2;
+        model.n_samples = 10;
+        state.save_model(&model).unwrap();
+        assert_eq!(state.local_model(2), Some(model.clone()));
+        // A truncated file (a crash while copying it by hand, a full disk) is not reused.
+        let bytes = std::fs::read(state.model_path(2)).unwrap();
+        std::fs::write(state.model_path(2), &bytes[..bytes.len() / 2]).unwrap();
+        assert!(state.local_model(2).is_none());
+        // A model saved under the wrong round is not reused either.
+        std::fs::write(state.model_path(3), &bytes).unwrap();
+        assert!(state.local_model(3).is_none());
+
+        assert_eq!(state.pending(), PendingState::default());
+        let pending = PendingState { round: 2, tx: Some(H256::repeat_byte(7)) };
+        state.set_pending(&pending).unwrap();
+        assert_eq!(state.pending(), pending);
+        state.prune(4);
+        assert!(!state.model_path(2).exists() && !state.model_path(3).exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
