@@ -108,7 +108,7 @@ impl Model {
     pub fn forward(&self, xs: &Tensor, dropout_mask: Option<&Tensor>) -> Result<Tensor> {
         let conv = |xs: &Tensor, layer: &Conv2d| -> Result<Tensor> {
             let bias = layer.bias().ok_or_else(|| candle_core::Error::Msg("convolution without bias".into()))?;
-            kernels::max_pool2x2_same(&kernels::conv3x3_same(xs, layer.weight(), bias, true)?)
+            kernels::conv3x3_relu_pool(xs, layer.weight(), bias)
         };
         let dense = |xs: &Tensor, layer: &Linear, relu: bool| -> Result<Tensor> {
             let bias = layer.bias().ok_or_else(|| candle_core::Error::Msg("dense layer without bias".into()))?;

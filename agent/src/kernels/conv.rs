@@ -207,6 +207,194 @@ impl CustomOp3 for Conv3x3 {
     }
 }
 
+/// `max_pool2x2_same(relu(conv3x3_same(xs, weight) + bias))` in one op: the full-size
+/// convolution output never becomes a tensor (it lives in a per-image scratch buffer
+/// that stays in cache), and the backward pass needs no separate ReLU and pool passes
+/// nor candle's zero-initialised gradient accumulators for it. Same values and
+/// gradients as [`conv3x3_same`] followed by [`super::max_pool2x2_same`].
+pub fn conv3x3_relu_pool(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        ConvReluPool {
+            argmax: std::sync::Mutex::new(Vec::new()),
+        },
+    )
+}
+
+/// The fused op; `argmax` records, for each pooled output, which element of its 2x2
+/// window (`dy * 2 + dx`) held the first maximum, for the backward pass.
+struct ConvReluPool {
+    argmax: std::sync::Mutex<Vec<u8>>,
+}
+
+impl CustomOp3 for ConvReluPool {
+    fn name(&self) -> &'static str {
+        "conv3x3-relu-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = dims(self.name(), l1, l2)?;
+        if l3.shape().dims() != [d.c_out] {
+            bail!(
+                "{}: bias shape {:?}, expected ({},)",
+                self.name(),
+                l3.shape(),
+                d.c_out
+            )
+        }
+        let xs = f32_slice(s1, l1, self.name())?;
+        let weight = f32_slice(s2, l2, self.name())?;
+        let bias = f32_slice(s3, l3, self.name())?;
+        let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
+        let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
+        let out_per_image = d.c_out * oh * ow;
+        let mut ys = vec![0f32; d.n * out_per_image];
+        let mut argmax = vec![0u8; d.n * out_per_image];
+        ys.par_chunks_mut(out_per_image)
+            .zip(argmax.par_chunks_mut(out_per_image))
+            .zip(xs.par_chunks(d.c_in * hw))
+            .for_each_init(
+                || (vec![0f32; k * hw], vec![0f32; d.c_out * hw]),
+                |(col, conv), ((y, am), x)| {
+                    im2col(x, d.c_in, h, w, col);
+                    sgemm(d.c_out, hw, k, conv, false, weight, k, 1, col, hw, 1);
+                    for (((plane, b), y), am) in conv
+                        .chunks_exact(hw)
+                        .zip(bias)
+                        .zip(y.chunks_exact_mut(oh * ow))
+                        .zip(am.chunks_exact_mut(oh * ow))
+                    {
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let (y0, x0) = (2 * oy, 2 * ox);
+                                let mut best = plane[y0 * w + x0];
+                                let mut best_at = 0u8;
+                                for (at, (yy, xx)) in [
+                                    (1u8, (y0, x0 + 1)),
+                                    (2, (y0 + 1, x0)),
+                                    (3, (y0 + 1, x0 + 1)),
+                                ] {
+                                    if yy < h && xx < w && plane[yy * w + xx] > best {
+                                        best = plane[yy * w + xx];
+                                        best_at = at;
+                                    }
+                                }
+                                // relu(max(a) + b) == max(relu(a + b)): the bias is
+                                // the same over the window.
+                                y[oy * ow + ox] = (best + b).max(0.0);
+                                am[oy * ow + ox] = best_at;
+                            }
+                        }
+                    }
+                },
+            );
+        *self
+            .argmax
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("argmax lock poisoned".into()))? = argmax;
+        Ok((CpuStorage::F32(ys), Shape::from((d.n, d.c_out, oh, ow))))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let argmax = self
+            .argmax
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("argmax lock poisoned".into()))?;
+        let (_, _, h, w) = xs.dims4()?;
+        // Gradient at the convolution's output: each pooled gradient goes to its
+        // window's maximum if the ReLU let it through (output > 0), else nowhere.
+        let grad = grad_res.contiguous()?.apply_op2_no_bwd(
+            res,
+            &Unpool {
+                argmax: &argmax,
+                h,
+                w,
+            },
+        )?;
+        let grad_xs = if xs.track_op() {
+            Some(grad.apply_op2_no_bwd(weight, &Conv3x3BwdInput)?)
+        } else {
+            None
+        };
+        let grad_weight = xs.apply_op2_no_bwd(&grad, &Conv3x3BwdWeight)?;
+        let grad_bias = grad.apply_op1_no_bwd(&ChannelSum)?;
+        Ok((grad_xs, Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// `(grad (N, C, OH, OW), res (N, C, OH, OW)) -> (N, C, H, W)`: the ReLU and max-pool
+/// backward of [`ConvReluPool`], from its recorded window maxima.
+struct Unpool<'a> {
+    argmax: &'a [u8],
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for Unpool<'_> {
+    fn name(&self) -> &'static str {
+        "relu-unpool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, oh, ow) = l1.shape().dims4()?;
+        let (h, w) = (self.h, self.w);
+        if l2.shape() != l1.shape()
+            || self.argmax.len() != n * c * oh * ow
+            || oh != h.div_ceil(2)
+            || ow != w.div_ceil(2)
+        {
+            bail!(
+                "{}: gradient {:?} does not fit the forward pass",
+                self.name(),
+                l1.shape()
+            )
+        }
+        let grad = f32_slice(s1, l1, self.name())?;
+        let res = f32_slice(s2, l2, self.name())?;
+        let mut out = vec![0f32; n * c * h * w];
+        out.par_chunks_mut(h * w)
+            .zip(
+                grad.par_chunks(oh * ow)
+                    .zip(res.par_chunks(oh * ow))
+                    .zip(self.argmax.par_chunks(oh * ow)),
+            )
+            .for_each(|(plane, ((g, r), am))| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let i = oy * ow + ox;
+                        if r[i] > 0.0 {
+                            let at = am[i] as usize;
+                            plane[(2 * oy + at / 2) * w + 2 * ox + at % 2] = g[i];
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
 /// `grad * (res > 0)`: the ReLU backward, given the ReLU's output.
 pub(super) struct ReluMask;
 
@@ -456,6 +644,50 @@ mod tests {
                 let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(
                     d < 1e-4,
+                    "grad {name} differs by {d} for {n} {c_in} {c_out} {h} {w}"
+                );
+            }
+        }
+    }
+
+    /// The fused conv+ReLU+pool equals the separate ops in values and all gradients.
+    #[test]
+    fn fused_conv_relu_pool_matches_separate_ops() {
+        let dev = Device::Cpu;
+        for &(n, c_in, c_out, h, w) in &[
+            (2, 1, 4, 6, 6),
+            (3, 3, 5, 7, 7),
+            (5, 4, 2, 4, 9),
+            (1, 2, 3, 1, 1),
+        ] {
+            let xs = Var::randn(0f32, 1.0, (n, c_in, h, w), &dev).unwrap();
+            let wt = Var::randn(0f32, 0.5, (c_out, c_in, 3, 3), &dev).unwrap();
+            let b = Var::randn(0f32, 0.5, c_out, &dev).unwrap();
+            let ours = conv3x3_relu_pool(&xs, &wt, &b).unwrap();
+            let pooled =
+                crate::kernels::max_pool2x2_same(&conv3x3_same(&xs, &wt, &b, true).unwrap())
+                    .unwrap();
+            assert!(
+                max_diff(&ours, &pooled) < 1e-5,
+                "forward {n} {c_in} {c_out} {h} {w}"
+            );
+            let probe = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();
+            let g1 = (ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (pooled * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("xs", &xs), ("weight", &wt), ("bias", &b)] {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(
+                    d < 1e-5,
                     "grad {name} differs by {d} for {n} {c_in} {c_out} {h} {w}"
                 );
             }

@@ -23,7 +23,7 @@ mod linalg;
 mod pool;
 
 pub use adam::Adam;
-pub use conv::conv3x3_same;
+pub use conv::{conv3x3_relu_pool, conv3x3_same};
 pub use dense::linear;
 pub use pool::max_pool2x2_same;
 
