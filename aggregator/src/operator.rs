@@ -4,10 +4,12 @@
 //! development; the registry is `--registry ADDRESS` (else `FL_REGISTRY`).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use fl_agent::weights::hex;
 use fl_contracts::{Address, Client, KeySource, Registry, Rpc, Signer};
+
+use crate::endpoints::{parse_address, EndpointFlags};
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
@@ -52,19 +54,12 @@ pub struct OperatorConfig {
 pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
     let mut parser = lexopt::Parser::from_args(args);
     let mut positional: Vec<String> = Vec::new();
-    let mut rpc_url = None;
-    let mut registry = None;
-    let mut key = KeySource::default();
-    let mut chain_id = None;
+    let mut endpoints = EndpointFlags::default();
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("rpc-url") => rpc_url = Some(parser.value()?.string()?),
-            Long("registry") => registry = Some(parse_address(&parser.value()?.string()?, "--registry")?),
-            Long("keystore") => key.keystore = Some(PathBuf::from(parser.value()?)),
-            Long("password-file") => key.password_file = Some(PathBuf::from(parser.value()?)),
-            Long("chain-id") => chain_id = Some(parser.value()?.parse::<u64>().context("--chain-id")?),
-            Long("private-key") | Long("password") => {
-                bail!("{arg:?}: keys and passwords are never taken from the command line; use ETH_PRIVATE_KEY, ETH_PASSWORD or --password-file", arg = arg.unexpected().to_string())
+            Long(flag) if EndpointFlags::handles(flag) => {
+                let flag = flag.to_string();
+                endpoints.take(&flag, &mut parser)?;
             }
             Short('h') | Long("help") => {
                 print!("{USAGE}");
@@ -75,20 +70,11 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
         }
     }
     let action = parse_action(command, &positional)?;
-    let rpc_url = rpc_url
-        .or_else(|| std::env::var("ETH_RPC_URL").ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "http://127.0.0.1:8545".to_string());
-    let registry = match registry {
-        Some(address) => Some(address),
-        None => match std::env::var("FL_REGISTRY") {
-            Ok(text) if !text.is_empty() => Some(parse_address(&text, "FL_REGISTRY")?),
-            _ => None,
-        },
-    };
-    if action != Action::Deploy && registry.is_none() {
+    let endpoints = endpoints.finish()?;
+    if action != Action::Deploy && endpoints.registry.is_none() {
         bail!("{command}: no registry address: pass --registry ADDRESS or set FL_REGISTRY");
     }
-    run(&OperatorConfig { action, rpc_url, registry, key, chain_id })
+    run(&OperatorConfig { action, rpc_url: endpoints.rpc_url, registry: endpoints.registry, key: endpoints.key, chain_id: endpoints.chain_id })
 }
 
 fn parse_action(command: &str, positional: &[String]) -> Result<Action> {
@@ -107,14 +93,6 @@ fn parse_action(command: &str, positional: &[String]) -> Result<Action> {
 
 fn parse_node_id(text: &str) -> Result<u64> {
     text.parse().with_context(|| format!("NODE_ID {text:?}: expected a whole number"))
-}
-
-fn parse_address(text: &str, what: &str) -> Result<Address> {
-    let hex = text.strip_prefix("0x").with_context(|| format!("{what} {text:?}: expected 0x and 40 hex digits"))?;
-    if hex.len() != 40 {
-        bail!("{what} {text:?}: expected 0x and 40 hex digits");
-    }
-    text.parse().map_err(|e| anyhow::anyhow!("{what} {text:?}: {e}"))
 }
 
 /// Runs one operator command; results on stdout, progress on stderr.
@@ -194,9 +172,6 @@ fn print_learner(learner: &fl_contracts::LearnerState) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 #[cfg(test)]
 mod tests {
