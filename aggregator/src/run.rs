@@ -266,13 +266,15 @@ impl Cursor {
         if latest < self.next_block {
             return Ok(());
         }
-        for logged in registry.events(self.next_block, latest)? {
+        let seen = &mut self.seen;
+        registry.for_each_event(self.next_block, latest, &mut |logged| {
             if let Event::LocalWeightSet(update) = logged.event {
                 if update.round >= round {
-                    self.seen.insert(update.node_id, (update, logged.transaction_hash));
+                    seen.insert(update.node_id, (update, logged.transaction_hash));
                 }
             }
-        }
+            Ok(())
+        })?;
         self.next_block = latest + 1;
         Ok(())
     }

@@ -100,7 +100,7 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     // One pass over the events, keeping only what this round needs.
     let mut global: Option<GlobalUpdate> = None;
     let mut locals: BTreeMap<u64, LocalUpdate> = BTreeMap::new();
-    for logged in registry.events(from_block, latest)? {
+    registry.for_each_event(from_block, latest, &mut |logged| {
         match logged.event {
             Event::GlobalWeightSet(g) if g.round == round => global = Some(g),
             Event::LocalWeightSet(u) if u.round == round => {
@@ -108,7 +108,8 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
             }
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     let global = global.with_context(|| format!("no global model of round {round} published in blocks {from_block}..={latest}"))?;
     let mut inputs = Vec::with_capacity(global.node_ids.len());
     for id in &global.node_ids {

@@ -290,6 +290,28 @@ impl<'a> Registry<'a> {
 
     fn events_matching(&self, from: u64, to: u64, topic0: Option<H256>, topic2: Option<H256>) -> Result<Vec<Logged>> {
         let mut out = Vec::new();
+        self.scan(from, to, topic0, topic2, &mut |logged| {
+            out.push(logged);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Hands every registry event in blocks `from..=to` to `visit`, in log order, one
+    /// `eth_getLogs` range at a time: memory stays bounded by one range however long the
+    /// chain, so a long-running aggregator can replay its history.
+    pub fn for_each_event(&self, from: u64, to: u64, visit: &mut dyn FnMut(Logged) -> Result<()>) -> Result<()> {
+        self.scan(from, to, None, None, visit)
+    }
+
+    fn scan(
+        &self,
+        from: u64,
+        to: u64,
+        topic0: Option<H256>,
+        topic2: Option<H256>,
+        visit: &mut dyn FnMut(Logged) -> Result<()>,
+    ) -> Result<()> {
         let mut start = from;
         while start <= to {
             let end = to.min(start.saturating_add(self.log_range - 1));
@@ -301,14 +323,14 @@ impl<'a> Registry<'a> {
                 filter = filter.topic2(t);
             }
             for log in self.client.rpc().logs(&filter)? {
-                out.push(decode_log(&log)?);
+                visit(decode_log(&log)?)?;
             }
             if end == u64::MAX {
                 break;
             }
             start = end + 1;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
