@@ -11,14 +11,14 @@ use crate::data::Mnist;
 use crate::train::{self, TrainConfig};
 use crate::weights::{hex, ModelFile};
 
-/// Parses a flag's value as a number, naming the flag in the error.
+/// Parses a flag's value (a number, a split, ...), naming the flag in the error.
 pub fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
     let value = parser.value()?;
     let text = value.to_str().with_context(|| format!("{flag}: value is not valid UTF-8"))?;
-    text.parse().map_err(|e| anyhow::anyhow!("{flag}: {text:?} is not a valid number: {e}"))
+    text.parse().map_err(|e| anyhow::anyhow!("{flag}: {text:?} is not valid: {e}"))
 }
 
 /// Rejects 0 where it makes no sense.

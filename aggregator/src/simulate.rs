@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use fl_agent::cli::{number, positive};
 use fl_agent::data::{partition, Mnist, Split};
 use fl_agent::rng::derive_seed;
 use fl_agent::train::{evaluate, train, TrainConfig};
@@ -55,20 +56,6 @@ pub struct SimulateConfig {
     pub train_limit: Option<usize>,
     /// Evaluate on only the first N test images.
     pub test_limit: Option<usize>,
-}
-
-fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    let value = parser.value()?;
-    let text = value.to_str().with_context(|| format!("{flag}: value is not valid UTF-8"))?;
-    text.parse().map_err(|e| anyhow::anyhow!("{flag}: {text:?} is not valid: {e}"))
-}
-
-fn positive(value: usize, flag: &str) -> Result<usize> {
-    anyhow::ensure!(value > 0, "{flag} must be at least 1");
-    Ok(value)
 }
 
 impl SimulateConfig {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use fl_agent::cli::number;
 use fl_aggregator::report::Results;
 use fl_tests::devnet::{Devnet, Running};
 use lexopt::prelude::*;
@@ -44,13 +45,6 @@ struct DemoConfig {
     data: PathBuf,
     out: PathBuf,
     bin_dir: PathBuf,
-}
-
-fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    fl_agent::cli::number(parser, flag)
 }
 
 fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
