@@ -46,7 +46,11 @@ impl Federation {
     }
 
     fn aggregator(&self, log: &str) -> Result<Running> {
-        let args: Vec<String> = vec![
+        self.aggregator_with(log, &[])
+    }
+
+    fn aggregator_with(&self, log: &str, extra: &[&str]) -> Result<Running> {
+        let mut args: Vec<String> = vec![
             "--rounds".into(),
             ROUNDS.to_string(),
             "--data".into(),
@@ -54,6 +58,7 @@ impl Federation {
             "--test-limit".into(),
             TEST_LIMIT.to_string(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         Running::spawn("aggregator", self.devnet.aggregator_command(&self.aggregator, &args), &self.devnet.dir.join(log), false)
     }
 
@@ -221,6 +226,31 @@ fn federation_killed_learner_and_aggregator_resume_without_publishing_twice() ->
     );
     let restarted_learner = learner_1.lines();
     assert!(restarted_learner.iter().any(|l| l.contains("learner 1 round 1: test accuracy")), "{restarted_learner:?}");
+    Ok(())
+}
+
+#[test]
+fn federation_round_closes_without_a_silent_learner_after_the_timeout() -> Result<()> {
+    // The paper's future work: a global update that does not wait for every learner.
+    // Learner 2 is registered but never runs; with --min-learners 1 --round-timeout 5 the
+    // aggregator closes each round with learner 1 alone, and says so on chain.
+    let federation = Federation::start("federation-async")?;
+    let mut aggregator = federation.aggregator_with("aggregator.log", &["--min-learners", "1", "--round-timeout", "5"])?;
+    let mut learner = federation.learner(1, "learner-1.log")?;
+    aggregator.wait_success(RUN_LIMIT)?;
+    learner.wait_success(Duration::from_secs(120))?;
+    let (globals, locals) = federation.events()?;
+    for round in 1..=ROUNDS {
+        let global = globals.iter().find(|g| g.round == round).context("round not published")?;
+        assert_eq!(global.node_ids, vec![1], "round {round} must average learner 1 alone");
+        let inputs: Vec<LocalUpdate> = locals.iter().filter(|u| u.round == round).cloned().collect();
+        assert_eq!(commitment(&inputs)?, global.inputs_commitment);
+        // The average of one model is that model.
+        let local = federation.fetch(&inputs[0].cid, &inputs[0].digest)?;
+        let published = ModelFile::from_bytes(&federation.fetch(&global.cid, &global.digest)?)?;
+        assert_eq!(published.tensors, ModelFile::from_bytes(&local)?.tensors, "round {round}");
+    }
+    assert!(aggregator.lines().iter().any(|l| l.contains("closing after 5s with 1 of 2 learners")), "{:?}", aggregator.lines());
     Ok(())
 }
 
