@@ -119,10 +119,18 @@ impl Results {
 
     /// An SVG line chart of test accuracy per round: the global model and every learner.
     pub fn svg(&self) -> String {
+        // The untrained round 0 (about 10%) would squash the trained rounds against the
+        // top of the chart; it stays in the table and the JSON.
+        let plotted: Vec<&RoundResult> = if self.rounds.iter().any(|r| r.round > 0) {
+            self.rounds.iter().filter(|r| r.round > 0).collect()
+        } else {
+            self.rounds.iter().collect()
+        };
         let (width, height) = (720.0, 440.0);
         let (left, right, top, bottom) = (70.0, 160.0, 40.0, 50.0);
-        let rounds: Vec<u64> = self.rounds.iter().map(|r| r.round).collect();
-        let max_round = rounds.iter().copied().max().unwrap_or(1).max(1) as f64;
+        let rounds: Vec<u64> = plotted.iter().map(|r| r.round).collect();
+        let min_round = rounds.iter().copied().min().unwrap_or(0) as f64;
+        let max_round = (rounds.iter().copied().max().unwrap_or(1) as f64).max(min_round + 1.0);
         let accuracies: Vec<f64> = self
             .rounds
             .iter()
@@ -132,7 +140,7 @@ impl Results {
         // 99% are not squashed against the top.
         let low = accuracies.iter().copied().fold(1.0f64, f64::min);
         let y_min = ((low * 10.0).floor() / 10.0).clamp(0.0, 0.9);
-        let x = |round: f64| left + (width - left - right) * round / max_round;
+        let x = |round: f64| left + (width - left - right) * (round - min_round) / (max_round - min_round);
         let y = |acc: f64| top + (height - top - bottom) * (1.0 - (acc - y_min) / (1.0 - y_min));
         let mut svg = String::new();
         let _ = writeln!(
@@ -187,7 +195,7 @@ impl Results {
                 .collect();
             series.push((format!("learner {id}"), palette[i % palette.len()].to_string(), 1.5, points));
         }
-        let global_points = self.rounds.iter().filter_map(|r| r.global.accuracy.map(|a| (r.round as f64, a))).collect();
+        let global_points = plotted.iter().filter_map(|r| r.global.accuracy.map(|a| (r.round as f64, a))).collect();
         series.push(("global".into(), "#d62728".into(), 3.0, global_points));
         for (i, (name, color, stroke, points)) in series.iter().enumerate() {
             let path: Vec<String> = points.iter().map(|(r, a)| format!("{:.1},{:.1}", x(*r), y(*a))).collect();
@@ -288,6 +296,7 @@ mod tests {
         let svg = results.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 3, "two learners and the global model");
+        assert!(!svg.contains(">0</text>"), "round 0 is left out of the plot once later rounds exist");
         assert!(svg.contains("learner 2") && svg.contains("global"));
     }
 }
