@@ -68,15 +68,30 @@ fn dims(op: &str, xs: &Layout, weight: &Layout) -> Result<Dims> {
     })
 }
 
-/// Fills `col` (Cin*9 rows of H*W) with the zero-padded 3x3 neighbourhoods of one image:
+/// Images per GEMM in the convolution passes: enough columns (images x H*W, about 512)
+/// to amortise the packing of the weights for the small late layers (7x7 -> 10 images).
+/// Depends on the layer's shape only, never on the thread count.
+fn images_per_gemm(hw: usize) -> usize {
+    (512 / hw).clamp(1, 16)
+}
+
+/// Copies one image's `rows x hw` matrix into columns `[offset, offset + hw)` of a
+/// `rows x row_stride` matrix (to put several images side by side for one GEMM).
+fn place_columns(src: &[f32], hw: usize, dst: &mut [f32], offset: usize, row_stride: usize) {
+    for (r, src_row) in src.chunks_exact(hw).enumerate() {
+        dst[r * row_stride + offset..][..hw].copy_from_slice(src_row);
+    }
+}
+
+/// Fills `col` (Cin*9 rows, `row_stride` apart, of H*W values) with the zero-padded 3x3 neighbourhoods of one image:
 /// `col[(c*9 + ky*3 + kx), y*W + x] = image[c, y+ky-1, x+kx-1]` (0 outside).
-fn im2col(image: &[f32], c_in: usize, h: usize, w: usize, col: &mut [f32]) {
+fn im2col(image: &[f32], c_in: usize, h: usize, w: usize, col: &mut [f32], row_stride: usize) {
     let hw = h * w;
     for c in 0..c_in {
         let plane = &image[c * hw..(c + 1) * hw];
         for ky in 0..3 {
             for kx in 0..3 {
-                let row = &mut col[(c * 9 + ky * 3 + kx) * hw..][..hw];
+                let row = &mut col[(c * 9 + ky * 3 + kx) * row_stride..][..hw];
                 for (oy, dst) in row.chunks_exact_mut(w).enumerate() {
                     let iy = oy + ky;
                     if iy == 0 || iy > h {
@@ -103,14 +118,14 @@ fn im2col(image: &[f32], c_in: usize, h: usize, w: usize, col: &mut [f32]) {
 
 /// The adjoint of [`im2col`]: scatters-and-adds the column gradients into one image's
 /// input gradient (overwritten).
-fn col2im(col: &[f32], c_in: usize, h: usize, w: usize, image: &mut [f32]) {
+fn col2im(col: &[f32], c_in: usize, h: usize, w: usize, row_stride: usize, image: &mut [f32]) {
     let hw = h * w;
     image.fill(0.0);
     for c in 0..c_in {
         let plane = &mut image[c * hw..(c + 1) * hw];
         for ky in 0..3 {
             for kx in 0..3 {
-                let row = &col[(c * 9 + ky * 3 + kx) * hw..][..hw];
+                let row = &col[(c * 9 + ky * 3 + kx) * row_stride..][..hw];
                 for (oy, src) in row.chunks_exact(w).enumerate() {
                     let iy = oy + ky;
                     if iy == 0 || iy > h {
@@ -166,7 +181,7 @@ impl CustomOp3 for Conv3x3 {
             .for_each_init(
                 || vec![0f32; k * hw],
                 |col, (y, x)| {
-                    im2col(x, d.c_in, d.h, d.w, col);
+                    im2col(x, d.c_in, d.h, d.w, col, hw);
                     sgemm(d.c_out, hw, k, y, false, weight, k, 1, col, hw, 1);
                     for (plane, b) in y.chunks_exact_mut(hw).zip(bias) {
                         if relu {
@@ -257,41 +272,53 @@ impl CustomOp3 for ConvReluPool {
         let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
         let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
         let out_per_image = d.c_out * oh * ow;
+        let group = images_per_gemm(hw);
         let mut ys = vec![0f32; d.n * out_per_image];
         let mut argmax = vec![0u8; d.n * out_per_image];
-        ys.par_chunks_mut(out_per_image)
-            .zip(argmax.par_chunks_mut(out_per_image))
-            .zip(xs.par_chunks(d.c_in * hw))
+        ys.par_chunks_mut(group * out_per_image)
+            .zip(argmax.par_chunks_mut(group * out_per_image))
+            .zip(xs.par_chunks(group * d.c_in * hw))
             .for_each_init(
-                || (vec![0f32; k * hw], vec![0f32; d.c_out * hw]),
+                || (vec![0f32; k * group * hw], vec![0f32; d.c_out * group * hw]),
                 |(col, conv), ((y, am), x)| {
-                    im2col(x, d.c_in, h, w, col);
-                    sgemm(d.c_out, hw, k, conv, false, weight, k, 1, col, hw, 1);
-                    for (((plane, b), y), am) in conv
-                        .chunks_exact(hw)
-                        .zip(bias)
-                        .zip(y.chunks_exact_mut(oh * ow))
-                        .zip(am.chunks_exact_mut(oh * ow))
+                    // The group's images side by side: col is K x (images * HW).
+                    let cols = x.len() / d.c_in;
+                    for (i, image) in x.chunks_exact(d.c_in * hw).enumerate() {
+                        im2col(image, d.c_in, h, w, &mut col[i * hw..], cols);
+                    }
+                    sgemm(d.c_out, cols, k, conv, false, weight, k, 1, col, cols, 1);
+                    for (i, (y, am)) in y
+                        .chunks_exact_mut(out_per_image)
+                        .zip(am.chunks_exact_mut(out_per_image))
+                        .enumerate()
                     {
-                        for oy in 0..oh {
-                            for ox in 0..ow {
-                                let (y0, x0) = (2 * oy, 2 * ox);
-                                let mut best = plane[y0 * w + x0];
-                                let mut best_at = 0u8;
-                                for (at, (yy, xx)) in [
-                                    (1u8, (y0, x0 + 1)),
-                                    (2, (y0 + 1, x0)),
-                                    (3, (y0 + 1, x0 + 1)),
-                                ] {
-                                    if yy < h && xx < w && plane[yy * w + xx] > best {
-                                        best = plane[yy * w + xx];
-                                        best_at = at;
+                        for (c, ((b, y), am)) in bias
+                            .iter()
+                            .zip(y.chunks_exact_mut(oh * ow))
+                            .zip(am.chunks_exact_mut(oh * ow))
+                            .enumerate()
+                        {
+                            let plane = &conv[c * cols + i * hw..][..hw];
+                            for oy in 0..oh {
+                                for ox in 0..ow {
+                                    let (y0, x0) = (2 * oy, 2 * ox);
+                                    let mut best = plane[y0 * w + x0];
+                                    let mut best_at = 0u8;
+                                    for (at, (yy, xx)) in [
+                                        (1u8, (y0, x0 + 1)),
+                                        (2, (y0 + 1, x0)),
+                                        (3, (y0 + 1, x0 + 1)),
+                                    ] {
+                                        if yy < h && xx < w && plane[yy * w + xx] > best {
+                                            best = plane[yy * w + xx];
+                                            best_at = at;
+                                        }
                                     }
+                                    // relu(max(a) + b) == max(relu(a + b)): the bias is
+                                    // the same over the window.
+                                    y[oy * ow + ox] = (best + b).max(0.0);
+                                    am[oy * ow + ox] = best_at;
                                 }
-                                // relu(max(a) + b) == max(relu(a + b)): the bias is
-                                // the same over the window.
-                                y[oy * ow + ox] = (best + b).max(0.0);
-                                am[oy * ow + ox] = best_at;
                             }
                         }
                     }
@@ -470,16 +497,28 @@ impl CustomOp2 for Conv3x3BwdInput {
         let grad = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let (hw, k) = (d.hw(), d.k());
+        let group = images_per_gemm(hw);
         let mut grad_xs = vec![0f32; n * c_in * hw];
         grad_xs
-            .par_chunks_mut(c_in * hw)
-            .zip(grad.par_chunks(c_out * hw))
+            .par_chunks_mut(group * c_in * hw)
+            .zip(grad.par_chunks(group * c_out * hw))
             .for_each_init(
-                || vec![0f32; k * hw],
-                |col, (gx, g)| {
-                    // col (K x HW) = W^T (K x Cout) * g (Cout x HW)
-                    sgemm(k, hw, c_out, col, false, weight, 1, k, g, hw, 1);
-                    col2im(col, c_in, h, w, gx);
+                || (vec![0f32; k * group * hw], vec![0f32; c_out * group * hw]),
+                |(col, g_side), (gx, g)| {
+                    let cols = g.len() / c_out;
+                    let g_side: &[f32] = if cols == hw {
+                        g
+                    } else {
+                        for (i, gi) in g.chunks_exact(c_out * hw).enumerate() {
+                            place_columns(gi, hw, g_side, i * hw, cols);
+                        }
+                        &g_side[..c_out * cols]
+                    };
+                    // col (K x cols) = W^T (K x Cout) * g (Cout x cols)
+                    sgemm(k, cols, c_out, col, false, weight, 1, k, g_side, cols, 1);
+                    for (i, gxi) in gx.chunks_exact_mut(c_in * hw).enumerate() {
+                        col2im(&col[i * hw..], c_in, h, w, cols, gxi);
+                    }
                 },
             );
         Ok((CpuStorage::F32(grad_xs), Shape::from((n, c_in, h, w))))
@@ -514,24 +553,40 @@ impl CustomOp2 for Conv3x3BwdWeight {
         let xs = f32_slice(s1, l1, self.name())?;
         let grad = f32_slice(s2, l2, self.name())?;
         let (hw, k) = (h * w, c_in * 9);
-        // One partial sum per fixed group of images, computed in parallel, then added in
-        // group order: deterministic whatever the thread count.
+        // One partial sum per fixed group of images (one GEMM over the group's images
+        // side by side), computed in parallel, then added in group order: deterministic
+        // whatever the thread count.
+        let group = images_per_gemm(hw).max(IMAGES_PER_PARTIAL);
         let partials: Vec<Vec<f32>> = xs
-            .par_chunks(IMAGES_PER_PARTIAL * c_in * hw)
-            .zip(grad.par_chunks(IMAGES_PER_PARTIAL * c_out * hw))
+            .par_chunks(group * c_in * hw)
+            .zip(grad.par_chunks(group * c_out * hw))
             .map_init(
-                || vec![0f32; k * hw],
-                |col, (x_group, g_group)| {
-                    let mut partial = vec![0f32; c_out * k];
+                || (vec![0f32; k * group * hw], vec![0f32; c_out * group * hw]),
+                |(col, g_side), (x_group, g_group)| {
+                    let cols = x_group.len() / c_in;
                     for (i, (x, g)) in x_group
                         .chunks_exact(c_in * hw)
                         .zip(g_group.chunks_exact(c_out * hw))
                         .enumerate()
                     {
-                        im2col(x, c_in, h, w, col);
-                        // partial (Cout x K) += g (Cout x HW) * col^T (HW x K)
-                        sgemm(c_out, k, hw, &mut partial, i > 0, g, hw, 1, col, 1, hw);
+                        im2col(x, c_in, h, w, &mut col[i * hw..], cols);
+                        place_columns(g, hw, g_side, i * hw, cols);
                     }
+                    let mut partial = vec![0f32; c_out * k];
+                    // partial (Cout x K) = g (Cout x cols) * col^T (cols x K)
+                    sgemm(
+                        c_out,
+                        k,
+                        cols,
+                        &mut partial,
+                        false,
+                        &g_side[..c_out * cols],
+                        cols,
+                        1,
+                        col,
+                        1,
+                        cols,
+                    );
                     partial
                 },
             )
