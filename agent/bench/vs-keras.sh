@@ -3,6 +3,8 @@
 # same run: same architecture, hyper-parameters, data and thread count (BENCH_THREADS,
 # default 2 = this machine's cores). Prints, after warm-up, one line per measurement:
 #   train bs=32 agent=N keras=M ratio=R
+# The machine may be shared, so the two run in alternating order for BENCH_ROUNDS rounds
+# (default 2: agent, keras, keras, agent) and each side's best rate is reported.
 # Needs python3 (3.9-3.12) with venv; installs tensorflow-cpu into .venv/ on first use.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,6 +13,7 @@ TF_VERSION=2.20.0          # tensorflow-cpu on PyPI, wheels for CPython 3.9-3.13
 THREADS="${BENCH_THREADS:-2}"
 DATA="${MNIST_DIR:-data/mnist}"
 TRAIN_IMAGES="${BENCH_TRAIN_IMAGES:-6400}"
+ROUNDS="${BENCH_ROUNDS:-2}"
 VENV=.venv
 
 [ -f "$DATA/train-images-idx3-ubyte" ] || { echo "vs-keras: no MNIST in $DATA (run make setup)" >&2; exit 1; }
@@ -25,16 +28,27 @@ cargo build --quiet --release -p fl-agent --example bench
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-echo "vs-keras: $THREADS threads each; agent first, then keras" >&2
-RAYON_NUM_THREADS=$THREADS target/release/examples/bench speed --data "$DATA" \
-    --train-images "$TRAIN_IMAGES" >"$out/agent"
-"$VENV/bin/python" agent/bench/keras_bench.py --data "$DATA" --threads "$THREADS" \
-    --train-images "$TRAIN_IMAGES" >"$out/keras"
+run_agent() {
+    RAYON_NUM_THREADS=$THREADS target/release/examples/bench speed --data "$DATA" \
+        --train-images "$TRAIN_IMAGES" >>"$out/agent"
+}
+run_keras() {
+    "$VENV/bin/python" agent/bench/keras_bench.py --data "$DATA" --threads "$THREADS" \
+        --train-images "$TRAIN_IMAGES" >>"$out/keras"
+}
+echo "vs-keras: $THREADS threads each, $ROUNDS rounds in alternating order, best of each" >&2
+for round in $(seq 1 "$ROUNDS"); do
+    if [ $((round % 2)) -eq 1 ]; then run_agent; run_keras; else run_keras; run_agent; fi
+done
 
-# Join the two `KIND bs=N images_per_s=R` outputs on (KIND, bs).
+# Join the two `KIND bs=N images_per_s=R` outputs on (KIND, bs), best rate per side.
 awk '
     FNR == 1 { side = (FILENAME ~ /agent$/) ? "agent" : "keras" }
-    $3 ~ /^images_per_s=/ { key = $1 " " $2; split($3, kv, "="); rate[side, key] = kv[2]; if (side == "agent") order[++n] = key }
+    $3 ~ /^images_per_s=/ {
+        key = $1 " " $2; split($3, kv, "=")
+        if (!((side, key) in rate)) { if (side == "agent") order[++n] = key; rate[side, key] = kv[2] }
+        else if (kv[2] + 0 > rate[side, key] + 0) rate[side, key] = kv[2]
+    }
     END {
         for (i = 1; i <= n; i++) {
             k = order[i]; a = rate["agent", k]; b = rate["keras", k]
