@@ -119,12 +119,18 @@ read -r kb_small_arm secs_arm < <(peak_rss qemu-aarch64-static -cpu cortex-a53 -
 read -r kb_qemu _ < <(peak_rss qemu-aarch64-static -cpu cortex-a53 -L /usr/aarch64-linux-gnu "$aarch64" --version)
 echo "aarch64 under qemu, $EMULATED_SHARD-image shard: peak RSS $kb_small_arm KiB ($(mib $((kb_small_arm * 1024)))), ${secs_arm} s; qemu + agent doing nothing (--version): $kb_qemu KiB"
 read -r kb_native_idle _ < <(peak_rss "$native" --version)
-# What the board would see: qemu adds its own pages (translation cache, its heap), which a
-# board does not have, so compare working sets (training run minus the same build doing
-# nothing) on the same small shard, and correct the native full-shard figure by the
-# difference. An estimate, and reported as one.
+# How much memory each training image costs: 784 bytes is one copy of its pixels, so the
+# ratio says how many copies of the shard are alive at the peak.
+per_image=$(awk -v a="$kb" -v b="$kb_small_native" -v n="$SHARD" -v m="$EMULATED_SHARD" \
+    'BEGIN { printf "%.0f", (a - b) * 1024 / (n - m) }')
+echo "native: $per_image bytes of peak RSS per training image ($(awk -v p="$per_image" 'BEGIN { printf "%.1f", p / 784 }') copies of its 784 pixels)"
+# What the board would see: qemu adds its own pages (its heap, the cache of translated
+# code), which a board does not have. The --version baseline removes only part of them:
+# training runs far more code, so the translated-code cache grows. Comparing working sets
+# (training minus the same build doing nothing) on the same small shard and correcting the
+# native full-shard figure by the difference therefore gives an upper bound.
 estimate=$((kb + (kb_small_arm - kb_qemu) - (kb_small_native - kb_native_idle)))
-echo "estimate for aarch64 on a board, $SHARD-image shard: about $estimate KiB ($(mib $((estimate * 1024))))"
+echo "estimate for aarch64 on a board, $SHARD-image shard: at most about $estimate KiB ($(mib $((estimate * 1024)))) (working sets on $EMULATED_SHARD images: aarch64 under qemu $((kb_small_arm - kb_qemu)) KiB, native $((kb_small_native - kb_native_idle)) KiB)"
 
 # ---- 3. start-up time to the first RPC call ---------------------------------------------------
 echo
