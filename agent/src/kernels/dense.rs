@@ -12,8 +12,12 @@ use super::linalg::{add_assign, sgemm};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Rows of the batch per task in the forward and input-gradient products.
-const ROWS_PER_TASK: usize = 16;
+/// Rows of the batch per task in the forward and input-gradient products: a quarter of
+/// the batch (each task packs the whole weight matrix), at least 16. A function of the
+/// batch size only, never of the thread count.
+fn rows_per_task(n: usize) -> usize {
+    (n / 4).clamp(16, 128)
+}
 /// Output units per task in the weight-gradient product.
 const UNITS_PER_TASK: usize = 32;
 
@@ -69,8 +73,8 @@ impl CustomOp3 for Linear {
         let bias = f32_slice(s3, l3, self.name())?;
         let relu = self.relu;
         let mut ys = vec![0f32; n * n_out];
-        ys.par_chunks_mut(ROWS_PER_TASK * n_out)
-            .zip(xs.par_chunks(ROWS_PER_TASK * n_in))
+        ys.par_chunks_mut(rows_per_task(n) * n_out)
+            .zip(xs.par_chunks(rows_per_task(n) * n_in))
             .for_each(|(y, x)| {
                 let rows = x.len() / n_in;
                 // y (rows x out) = x (rows x in) * W^T (in x out)
@@ -138,8 +142,8 @@ impl CustomOp2 for LinearBwdInput {
         let weight = f32_slice(s2, l2, self.name())?;
         let mut grad_xs = vec![0f32; n * n_in];
         grad_xs
-            .par_chunks_mut(ROWS_PER_TASK * n_in)
-            .zip(grad.par_chunks(ROWS_PER_TASK * n_out))
+            .par_chunks_mut(rows_per_task(n) * n_in)
+            .zip(grad.par_chunks(rows_per_task(n) * n_out))
             .for_each(|(gx, g)| {
                 let rows = g.len() / n_out;
                 sgemm(rows, n_in, n_out, gx, false, g, n_out, 1, weight, n_in, 1);
