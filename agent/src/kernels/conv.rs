@@ -68,11 +68,14 @@ fn dims(op: &str, xs: &Layout, weight: &Layout) -> Result<Dims> {
     })
 }
 
-/// Images per GEMM in the convolution passes: enough columns (images x H*W, about 512)
-/// to amortise the packing of the weights for the small late layers (7x7 -> 10 images).
-/// Depends on the layer's shape only, never on the thread count.
-fn images_per_gemm(hw: usize) -> usize {
-    (512 / hw).clamp(1, 16)
+/// Images per GEMM in the convolution passes for a batch of `n`: enough columns
+/// (images x H*W, about 512) to amortise the packing of the weights in the small late
+/// layers, spread evenly over the batch (32 images of 7x7 make 4 groups of 8, not
+/// 10+10+10+2, which would leave a core idle). Depends on the shapes only, never on
+/// the thread count.
+fn images_per_gemm(hw: usize, n: usize) -> usize {
+    let target = (512 / hw).clamp(1, 16);
+    n.div_ceil(n.div_ceil(target)).max(1)
 }
 
 /// Copies one image's `rows x hw` matrix into columns `[offset, offset + hw)` of a
@@ -272,7 +275,7 @@ impl CustomOp3 for ConvReluPool {
         let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
         let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
         let out_per_image = d.c_out * oh * ow;
-        let group = images_per_gemm(hw);
+        let group = images_per_gemm(hw, d.n);
         let mut ys = vec![0f32; d.n * out_per_image];
         let mut argmax = vec![0u8; d.n * out_per_image];
         ys.par_chunks_mut(group * out_per_image)
@@ -528,7 +531,7 @@ impl CustomOp2 for Conv3x3BwdInput {
         let grad = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let (hw, k) = (d.hw(), d.k());
-        let group = images_per_gemm(hw);
+        let group = images_per_gemm(hw, n);
         let mut grad_xs = vec![0f32; n * c_in * hw];
         grad_xs
             .par_chunks_mut(group * c_in * hw)
@@ -587,7 +590,7 @@ impl CustomOp2 for Conv3x3BwdWeight {
         // One partial sum per fixed group of images (one GEMM over the group's images
         // side by side), computed in parallel, then added in group order: deterministic
         // whatever the thread count.
-        let group = images_per_gemm(hw).max(IMAGES_PER_PARTIAL);
+        let group = images_per_gemm(hw, n).max(IMAGES_PER_PARTIAL);
         let partials: Vec<Vec<f32>> = xs
             .par_chunks(group * c_in * hw)
             .zip(grad.par_chunks(group * c_out * hw))
