@@ -102,7 +102,7 @@ fi
 # Highest GLIBC_x.y symbol version an ELF file needs, or nothing if it needs none
 # ($2: the target's objdump).
 max_glibc() {
-    "$2" -T "$1" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1
+    "$2" -T "$1" | { grep -o 'GLIBC_[0-9][0-9.]*' || true; } | sed 's/GLIBC_//' | sort -uV | tail -n 1
 }
 
 # Debian package for each shared library the binary links; an unknown one stops the build
