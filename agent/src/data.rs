@@ -198,10 +198,13 @@ impl Dataset {
         &self.labels
     }
 
-    /// The first `n` examples (all of them if there are fewer).
-    pub fn take(&self, n: usize) -> Dataset {
+    /// The first `n` examples (all of them if there are fewer). Consumes the set and
+    /// keeps its buffers, so limiting a set never holds two copies of it.
+    pub fn take(mut self, n: usize) -> Dataset {
         let n = n.min(self.len());
-        Dataset { images: self.images[..n * IMAGE_BYTES].to_vec(), labels: self.labels[..n].to_vec() }
+        self.images.truncate(n * IMAGE_BYTES);
+        self.labels.truncate(n);
+        self
     }
 
     /// The examples at `indices`, in that order (a learner's shard).
