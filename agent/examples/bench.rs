@@ -101,6 +101,11 @@ fn load(args: &Args) -> Result<Mnist> {
     })
 }
 
+/// A copy of the first `n` examples of `set` (all of them if there are fewer).
+fn first(set: &Dataset, n: usize) -> Dataset {
+    set.select(&(0..n.min(set.len())).collect::<Vec<_>>())
+}
+
 fn quiet(batch_size: usize) -> TrainConfig {
     TrainConfig {
         epochs: 1,
@@ -116,16 +121,16 @@ fn speed(args: &Args) -> Result<()> {
     let start = ModelFile::initial(1)?;
     for &bs in &args.batch_sizes {
         // Warm-up: thread pool, allocator, caches; at least 10 steps.
-        let warm = mnist.train.take(10 * bs);
+        let warm = first(&mnist.train, 10 * bs);
         train(&start, &warm, None, &quiet(bs), &mut |_| {})?;
-        let set = mnist.train.take(args.train_images.max(bs));
+        let set = first(&mnist.train, args.train_images.max(bs));
         let t0 = Instant::now();
         train(&start, &set, None, &quiet(bs), &mut |_| {})?;
         let rate = set.len() as f64 / t0.elapsed().as_secs_f64();
         println!("train bs={bs} images_per_s={rate:.0}");
     }
-    let test = mnist.test.take(args.eval_images);
-    evaluate(&start, &mnist.test.take(1000))?;
+    let test = first(&mnist.test, args.eval_images);
+    evaluate(&start, &first(&mnist.test, 1000))?;
     let t0 = Instant::now();
     let evaluation = evaluate(&start, &test)?;
     let rate = test.len() as f64 / t0.elapsed().as_secs_f64();
@@ -159,7 +164,7 @@ fn rss(args: &Args) -> Result<()> {
         let parts = partition(mnist.train.labels(), 2, Split::Iid, 1)?;
         mnist.train.select(&parts[0])
     }; // The full training set is dropped here: a learner keeps only its shard.
-    let test = Mnist::load(&args.data)?.test.take(1000);
+    let test = first(&Mnist::load(&args.data)?.test, 1000);
     let process_peak_before = peak_rss_kb()?;
     // Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so the next reading is the
     // peak of training alone, data already in memory.
