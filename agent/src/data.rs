@@ -94,8 +94,9 @@ fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// Parses an IDX header: checks the magic and returns the dimensions and the payload.
-fn parse_idx<'a>(bytes: &'a [u8], magic: u32, n_dims: usize, what: &str, path: &Path) -> Result<(Vec<usize>, &'a [u8])> {
+/// Parses an IDX header: checks the magic and returns the dimensions and the header's
+/// length (the payload follows it).
+fn parse_idx(bytes: &[u8], magic: u32, n_dims: usize, what: &str, path: &Path) -> Result<(Vec<usize>, usize)> {
     let header_len = 4 + 4 * n_dims;
     if bytes.len() < header_len {
         bail!(
@@ -110,13 +111,16 @@ fn parse_idx<'a>(bytes: &'a [u8], magic: u32, n_dims: usize, what: &str, path: &
         bail!("reading {what} from {}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}", path.display());
     }
     let dims: Vec<usize> = (1..=n_dims).map(|i| word(i) as usize).collect();
-    Ok((dims, &bytes[header_len..]))
+    Ok((dims, header_len))
 }
 
 /// Reads an IDX image file: returns the count and the pixels (`count * 784` bytes).
 pub fn read_images(path: &Path) -> Result<(usize, Vec<u8>)> {
-    let bytes = read_maybe_gzip(path)?;
-    let (dims, payload) = parse_idx(&bytes, IMAGES_MAGIC, 3, "images", path)?;
+    let mut bytes = read_maybe_gzip(path)?;
+    let (dims, header_len) = parse_idx(&bytes, IMAGES_MAGIC, 3, "images", path)?;
+    // Drop the header in place: the 47 MB of pixels are never held twice.
+    bytes.drain(..header_len);
+    let payload = bytes;
     let (count, rows, cols) = (dims[0], dims[1], dims[2]);
     if rows != IMAGE_SIDE || cols != IMAGE_SIDE {
         bail!("reading images from {}: images are {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}", path.display());
@@ -129,13 +133,15 @@ pub fn read_images(path: &Path) -> Result<(usize, Vec<u8>)> {
             payload.len()
         );
     }
-    Ok((count, payload.to_vec()))
+    Ok((count, payload))
 }
 
 /// Reads an IDX label file and checks every label is a digit 0-9.
 pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
-    let bytes = read_maybe_gzip(path)?;
-    let (dims, payload) = parse_idx(&bytes, LABELS_MAGIC, 1, "labels", path)?;
+    let mut bytes = read_maybe_gzip(path)?;
+    let (dims, header_len) = parse_idx(&bytes, LABELS_MAGIC, 1, "labels", path)?;
+    bytes.drain(..header_len);
+    let payload = bytes;
     let count = dims[0];
     if payload.len() != count {
         bail!(
@@ -152,7 +158,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
             N_CLASSES - 1
         );
     }
-    Ok(payload.to_vec())
+    Ok(payload)
 }
 
 impl Dataset {
@@ -216,6 +222,33 @@ impl Dataset {
             labels.push(self.labels[i]);
         }
         Dataset { images, labels }
+    }
+
+    /// The examples at `indices`, in ascending index order, compacted inside this set's
+    /// own buffers: a learner cutting its shard out of the full training set never holds
+    /// the shard and the full set at once. Fails on an index out of range or repeated.
+    pub fn into_subset(mut self, mut indices: Vec<usize>) -> Result<Dataset> {
+        indices.sort_unstable();
+        if let Some(pair) = indices.windows(2).find(|w| w[0] == w[1]) {
+            bail!("dataset subset: index {} is repeated", pair[0]);
+        }
+        if let Some(&last) = indices.last() {
+            if last >= self.len() {
+                bail!("dataset subset: index {last} is out of range for {} examples", self.len());
+            }
+        }
+        // Ascending indices: example `i` moves to position `k <= i`, never over one not yet moved.
+        for (k, &i) in indices.iter().enumerate() {
+            if k != i {
+                self.images.copy_within(i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES, k * IMAGE_BYTES);
+                self.labels[k] = self.labels[i];
+            }
+        }
+        self.images.truncate(indices.len() * IMAGE_BYTES);
+        self.labels.truncate(indices.len());
+        self.images.shrink_to_fit();
+        self.labels.shrink_to_fit();
+        Ok(self)
     }
 
     /// A batch as tensors: images `(n, 1, 28, 28)` f32 scaled to [0, 1] (as in the
@@ -317,6 +350,16 @@ pub fn partition(labels: &[u8], n_learners: usize, split: Split, seed: u64) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn into_subset_keeps_the_chosen_examples_in_index_order() {
+        let images: Vec<u8> = (0..5u8).flat_map(|i| std::iter::repeat(i).take(IMAGE_BYTES)).collect();
+        let set = Dataset::from_raw(images, vec![0, 1, 2, 3, 4]).unwrap();
+        let subset = set.clone().into_subset(vec![4, 1, 3]).unwrap();
+        assert_eq!(subset, set.select(&[1, 3, 4]));
+        assert!(set.clone().into_subset(vec![1, 1]).unwrap_err().to_string().contains("repeated"));
+        assert!(set.into_subset(vec![5]).unwrap_err().to_string().contains("out of range"));
+    }
     use std::io::Write;
 
     /// A temporary directory removed on drop (no extra dependency for a test helper).

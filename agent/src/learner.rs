@@ -253,9 +253,10 @@ pub fn load_data(config: &LearnerConfig) -> Result<(Dataset, Dataset)> {
         None => train_set,
         Some(shard) => {
             let split: Split = shard.split.parse()?;
-            // Same derivation as `fl-aggregator simulate`, so both give the same shards.
+            // Same derivation as `fl-aggregator simulate`: the same examples in each shard
+            // (kept in index order, cut out in place so the full set is never held twice).
             let mut shards = partition(train_set.labels(), shard.count, split, derive_seed(shard.seed, 0))?;
-            train_set.select(&shards.swap_remove(shard.index))
+            train_set.into_subset(shards.swap_remove(shard.index))?
         }
     };
     if train_set.is_empty() {
