@@ -1,18 +1,22 @@
 //! Fast CPU kernels for the paper's CNN, as candle custom operations.
 //!
-//! candle's stock CPU convolution backward (a direct transposed convolution) and its
-//! max-pool backward (upsample, compare, mask) made training about ten times slower than
-//! Keras on the same two cores. These operations keep candle as the tensor library and
-//! its autograd, but do the heavy lifting themselves: a 3x3 "same" convolution as
-//! im2col + GEMM (the `gemm` crate candle itself uses, which has AVX2/AVX-512 and NEON
-//! kernels) with the bias and ReLU fused in, its two backward passes (GEMM + col2im, and
-//! GEMM over im2col), a dense layer whose gradients come out contiguous, a 2x2 max-pool with Keras' "same" padding (7 -> 4), and a fused
-//! Adam step that updates parameters in place.
+//! candle's stock CPU convolution backward (a direct transposed convolution), its
+//! max-pool backward (upsample, compare, mask) and its AdamW (a dozen allocating tensor
+//! ops per parameter) made training about ten times slower than Keras on the same two
+//! cores. These operations keep candle as the tensor library and its autograd, but do
+//! the heavy lifting themselves:
+//! - [`conv3x3_relu_pool`]: 3x3 "same" convolution + bias + ReLU + 2x2 max-pool with
+//!   Keras' "same" padding (7 -> 4) in one op: im2col + one GEMM per group of images
+//!   (the `gemm` crate candle itself uses: AVX2/AVX-512 on x86, NEON on ARM, picked at
+//!   run time); backward as GEMM + col2im (input) and GEMM over im2col (weights);
+//! - [`conv3x3_same`] and [`max_pool2x2_same`]: the same pieces separately;
+//! - [`linear`]: a dense layer whose gradients come out contiguous;
+//! - [`Adam`]: a fused, in-place Adam(W) step (drop-in `candle_nn::Optimizer`).
 //!
-//! Threads: work is split over images (or fixed-size element chunks) with rayon; every
-//! reduction across images (the weight and bias gradients) sums fixed-size groups of
-//! images in a fixed order, so results depend on the seed only, not on the thread
-//! count or scheduling.
+//! Threads: work is split with rayon over images, groups of images or row blocks whose
+//! sizes depend on the tensor shapes only; reductions across images (weight and bias
+//! gradients) add fixed groups in a fixed order. Results therefore depend on the seed
+//! and the batch, not on the thread count or scheduling.
 //!
 //! Layouts are candle's: activations NCHW, convolution weights OIHW, biases O, all f32.
 
