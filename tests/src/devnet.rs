@@ -118,10 +118,15 @@ impl Devnet {
 
     /// `fl-agent run` for learner `node_id`, with its development key in the environment.
     pub fn agent_command(&self, agent_bin: &Path, node_id: usize, config: &Path) -> Command {
-        let mut command = Command::new(agent_bin);
-        command.arg("run").arg("--config").arg(config).env("ETH_PRIVATE_KEY", self.anvil.key(node_id));
-        clean_env(&mut command);
-        command
+        self.agent_command_via(Command::new(agent_bin), node_id, config)
+    }
+
+    /// The same through a launcher already holding its own arguments, e.g.
+    /// `qemu-aarch64-static -L SYSROOT path/to/fl-agent` for a Raspberry Pi build.
+    pub fn agent_command_via(&self, mut launcher: Command, node_id: usize, config: &Path) -> Command {
+        launcher.arg("run").arg("--config").arg(config).env("ETH_PRIVATE_KEY", self.anvil.key(node_id));
+        clean_env(&mut launcher);
+        launcher
     }
 
     /// `fl-aggregator run` with the aggregator's development key; `args` are added.

@@ -50,14 +50,22 @@ impl Target {
         Ok(path)
     }
 
-    /// `fl-agent ARGS` under qemu, with its output; fails on a non-zero exit.
-    fn run(&self, args: &[&str]) -> Result<Output> {
+    /// `qemu -cpu CPU -L SYSROOT fl-agent`, ready for the agent's arguments.
+    fn command(&self) -> Result<Command> {
         let binary = self.binary()?;
         if !Path::new(self.sysroot).join("lib").is_dir() {
             bail!("{} not found: run `make cross`, which installs Debian's cross toolchains", self.sysroot);
         }
         let mut command = Command::new(self.qemu);
-        command.args(["-cpu", self.cpu, "-L", self.sysroot]).arg(&binary).args(args);
+        command.args(["-cpu", self.cpu, "-L", self.sysroot]).arg(&binary);
+        Ok(command)
+    }
+
+    /// `fl-agent ARGS` under qemu, with its output; fails on a non-zero exit.
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        let binary = self.binary()?;
+        let mut command = self.command()?;
+        command.args(args);
         let output = command
             .output()
             .with_context(|| format!("running {} (install qemu-user-static: `make cross` does)", self.qemu))?;
@@ -243,5 +251,61 @@ fn packaged_config_template_is_what_the_learner_reads() -> Result<()> {
     assert_eq!(full.node_id, 1);
     let shard = full.shard.context("[shard] was switched on but not read")?;
     assert_eq!((shard.index, shard.count, shard.split.as_str()), (0, 2, "iid"));
+    Ok(())
+}
+
+/// One full federated round on the local chain and a private IPFS network, with a native
+/// learner and the two emulated Raspberry Pi learners side by side: the aggregator must
+/// average all three, and anyone can recompute the result.
+#[test]
+fn emulated_pi_learners_take_part_in_a_full_round_with_a_native_one() -> Result<()> {
+    use fl_tests::devnet::{Devnet, Running};
+    use std::time::Duration;
+    let dir = TempDir::new("cross-round")?;
+    let devnet = Devnet::start(3, dir.path())?;
+    let data = workspace_root().join("data/mnist");
+    // Emulation is about 20 times slower than native: 200 training images per learner.
+    let extra = "train_limit = 600\ntest_limit = 200\n";
+    let args: Vec<String> = ["--rounds", "1", "--data", &data.display().to_string(), "--test-limit", "200"].iter().map(|a| a.to_string()).collect();
+    let mut aggregator = Running::spawn(
+        "aggregator",
+        devnet.aggregator_command(&workspace_bin("fl-aggregator")?, &args),
+        &dir.path().join("aggregator.log"),
+        false,
+    )?;
+    let launchers = [Command::new(workspace_bin("fl-agent")?), AARCH64.command()?, ARMV7.command()?];
+    let mut learners = Vec::new();
+    for (i, launcher) in launchers.into_iter().enumerate() {
+        let node_id = i + 1;
+        let config = devnet.write_agent_config(node_id, &data, 1, 1, extra)?;
+        learners.push(Running::spawn(
+            &format!("learner {node_id}"),
+            devnet.agent_command_via(launcher, node_id, &config),
+            &dir.path().join(format!("learner-{node_id}.log")),
+            false,
+        )?);
+    }
+    aggregator.wait_success(Duration::from_secs(1200))?;
+    for learner in &mut learners {
+        learner.wait_success(Duration::from_secs(300))?;
+    }
+    let client = devnet.read_client()?;
+    let registry = fl_contracts::Registry::at(&client, devnet.registry);
+    let latest = client.rpc().block_number()?;
+    let round_1 = registry
+        .global_updates(0, latest)?
+        .into_iter()
+        .find(|g| g.round == 1)
+        .context("round 1 was not published")?;
+    assert_eq!(round_1.node_ids, vec![1, 2, 3], "the native and both emulated learners are averaged");
+    let endpoints = fl_aggregator::endpoints::Endpoints {
+        rpc_url: devnet.anvil.url().to_string(),
+        chain_id: Some(devnet.anvil.chain_id()),
+        registry: Some(devnet.registry),
+        key: Default::default(),
+        ipfs_api: devnet.ipfs[0].api_url.clone(),
+    };
+    let verdict = fl_aggregator::verify::verify(&endpoints, 1, None)?;
+    assert!(verdict.ok(), "{verdict:?}");
     Ok(())
 }
