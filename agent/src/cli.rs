@@ -11,6 +11,18 @@ use crate::data::Mnist;
 use crate::train::{self, TrainConfig};
 use crate::weights::{hex, ModelFile};
 
+/// How every binary of the project ends: the error chain on stderr (`{:#}`: each context
+/// on one line) and a failing exit status.
+pub fn exit_code(program: &str, result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{program}: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses a flag's value (a number, a split, ...), naming the flag in the error.
 pub fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
 where

@@ -43,11 +43,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("fl-agent: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    fl_agent::cli::exit_code("fl-agent", result)
 }

@@ -47,11 +47,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("fl-aggregator: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    fl_agent::cli::exit_code("fl-aggregator", result)
 }

@@ -92,13 +92,7 @@ fn main() -> ExitCode {
         Some(config) => run(&config),
         None => Ok(()),
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("fl-demo: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    fl_agent::cli::exit_code("fl-demo", result)
 }
 
 fn run(config: &DemoConfig) -> Result<()> {
