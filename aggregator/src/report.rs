@@ -131,15 +131,15 @@ impl Results {
         let rounds: Vec<u64> = plotted.iter().map(|r| r.round).collect();
         let min_round = rounds.iter().copied().min().unwrap_or(0) as f64;
         let max_round = (rounds.iter().copied().max().unwrap_or(1) as f64).max(min_round + 1.0);
-        let accuracies: Vec<f64> = self
-            .rounds
+        let accuracies: Vec<f64> = plotted
             .iter()
             .flat_map(|r| r.learners.iter().filter_map(|l| l.model.accuracy).chain(r.global.accuracy))
             .collect();
-        // The y axis starts at the lowest accuracy rounded down to 10%, so late rounds near
-        // 99% are not squashed against the top.
-        let low = accuracies.iter().copied().fold(1.0f64, f64::min);
-        let y_min = ((low * 10.0).floor() / 10.0).clamp(0.0, 0.9);
+        // The y axis starts just below the lowest accuracy, on a tick of a step that gives
+        // at most ten ticks, so rounds between 98% and 99.5% are not squashed at the top.
+        let low = accuracies.iter().copied().fold(1.0f64, f64::min).clamp(0.0, 0.995);
+        let tick = [0.005, 0.01, 0.02, 0.05, 0.1].into_iter().find(|step| (1.0 - low) / step <= 9.0).unwrap_or(0.1);
+        let y_min = ((low / tick).floor() * tick).clamp(0.0, 1.0 - tick);
         let x = |round: f64| left + (width - left - right) * (round - min_round) / (max_round - min_round);
         let y = |acc: f64| top + (height - top - bottom) * (1.0 - (acc - y_min) / (1.0 - y_min));
         let mut svg = String::new();
@@ -154,12 +154,13 @@ impl Results {
             (left + width - right) / 2.0
         );
         // Axes, grid and ticks.
-        let steps = ((1.0 - y_min) * 20.0).round() as usize;
+        let steps = ((1.0 - y_min) / tick).round() as usize;
+        let decimals = if tick < 0.01 { 1 } else { 0 };
         for i in 0..=steps {
             let acc = y_min + i as f64 * (1.0 - y_min) / steps.max(1) as f64;
             let _ = writeln!(
                 svg,
-                r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{:.0}%</text>"##,
+                r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{:.decimals$}%</text>"##,
                 width - right,
                 left - 6.0,
                 y(acc) + 4.0,
@@ -297,6 +298,8 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 3, "two learners and the global model");
         assert!(!svg.contains(">0</text>"), "round 0 is left out of the plot once later rounds exist");
+        // Accuracies of 80-95% get an axis from 80% in 5% steps, not from 0%.
+        assert!(svg.contains(">80%</text>") && svg.contains(">100%</text>") && !svg.contains(">0%</text>"), "{svg}");
         assert!(svg.contains("learner 2") && svg.contains("global"));
     }
 }
