@@ -356,6 +356,22 @@ fn profile(args: &Args) -> Result<()> {
                     .backward()?;
                 Ok(())
             })?;
+            // The fused op as the model uses it: conv1's input (the images) needs no gradient.
+            let x_in = if c_in == 1 {
+                x.as_tensor().detach()
+            } else {
+                x.as_tensor().clone()
+            };
+            let fused_fwd = time_ms(5, || {
+                Ok(kernels::conv3x3_relu_pool(&x_in, &w, &b).map(|_| ())?)
+            })?;
+            let fused_all = time_ms(5, || {
+                kernels::conv3x3_relu_pool(&x_in, &w, &b)?
+                    .sum_all()?
+                    .backward()?;
+                Ok(())
+            })?;
+            println!("layer {name} fused bs={bs} fwd_ms={fused_fwd:.2} fwd_bwd_ms={fused_all:.2}");
             println!(
                 "layer {name}+relu+pool bs={bs} stock_fwd_ms={stock_fwd:.2} stock_fwd_bwd_ms={stock_all:.2} \
                  kernels_fwd_ms={fast_fwd:.2} kernels_fwd_bwd_ms={fast_all:.2}"

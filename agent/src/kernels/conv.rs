@@ -241,7 +241,8 @@ pub fn conv3x3_relu_pool(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<
 }
 
 /// The fused op; `argmax` records, for each pooled output, which element of its 2x2
-/// window (`dy * 2 + dx`) held the first maximum, for the backward pass.
+/// window (`dy * 2 + dx`) held the first maximum, or [`NO_GRADIENT`] where the ReLU
+/// cut the output to zero, for the backward pass.
 struct ConvReluPool {
     argmax: std::sync::Mutex<Vec<u8>>,
 }
@@ -328,7 +329,7 @@ impl CustomOp3 for ConvReluPool {
                                             (best, at) = (p1[1], 3);
                                         }
                                         *o = (best + b).max(0.0);
-                                        *a = at;
+                                        *a = if best + b > 0.0 { at } else { NO_GRADIENT };
                                     }
                                 }
                                 continue;
@@ -351,7 +352,8 @@ impl CustomOp3 for ConvReluPool {
                                     // relu(max(a) + b) == max(relu(a + b)): the bias is
                                     // the same over the window.
                                     y[oy * ow + ox] = (best + b).max(0.0);
-                                    am[oy * ow + ox] = best_at;
+                                    am[oy * ow + ox] =
+                                        if best + b > 0.0 { best_at } else { NO_GRADIENT };
                                 }
                             }
                         }
@@ -370,46 +372,56 @@ impl CustomOp3 for ConvReluPool {
         xs: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let argmax = self
             .argmax
             .lock()
             .map_err(|_| candle_core::Error::Msg("argmax lock poisoned".into()))?;
-        let (_, _, h, w) = xs.dims4()?;
-        // Gradient at the convolution's output: each pooled gradient goes to its
-        // window's maximum if the ReLU let it through (output > 0), else nowhere.
-        let grad = grad_res.contiguous()?.apply_op2_no_bwd(
-            res,
-            &Unpool {
-                argmax: &argmax,
-                h,
-                w,
-            },
-        )?;
-        let grad_xs = if xs.track_op() {
-            Some(grad.apply_op2_no_bwd(weight, &Conv3x3BwdInput)?)
-        } else {
-            None
+        let c_out = weight.dim(0)?;
+        let op = ConvReluPoolBwd {
+            argmax: &argmax,
+            need_input: xs.track_op(),
+            param_grads: std::sync::Mutex::new(None),
         };
-        let grad_weight = xs.apply_op2_no_bwd(&grad, &Conv3x3BwdWeight)?;
-        let grad_bias = grad.apply_op1_no_bwd(&ChannelSum)?;
-        Ok((grad_xs, Some(grad_weight), Some(grad_bias)))
+        let grad_xs = xs.apply_op3_no_bwd(weight, &grad_res.contiguous()?, &op)?;
+        let (grad_weight, grad_bias) = op
+            .param_grads
+            .into_inner()
+            .map_err(|_| candle_core::Error::Msg("gradient lock poisoned".into()))?
+            .ok_or_else(|| candle_core::Error::Msg("conv3x3-relu-pool-bwd: no gradients".into()))?;
+        let grad_weight = Tensor::from_vec(grad_weight, weight.shape(), xs.device())?;
+        let grad_bias = Tensor::from_vec(grad_bias, c_out, xs.device())?;
+        Ok((
+            op.need_input.then_some(grad_xs),
+            Some(grad_weight),
+            Some(grad_bias),
+        ))
     }
 }
 
-/// `(grad (N, C, OH, OW), res (N, C, OH, OW)) -> (N, C, H, W)`: the ReLU and max-pool
-/// backward of [`ConvReluPool`], from its recorded window maxima.
-struct Unpool<'a> {
+/// Marks a pooled output whose ReLU was closed (output 0): no gradient flows back.
+const NO_GRADIENT: u8 = 4;
+
+/// The whole backward pass of [`ConvReluPool`] in one parallel sweep over fixed groups
+/// of images: `(xs, weight, pooled gradient) -> input gradient` (a 1-element dummy if
+/// `need_input` is false), with the weight and bias gradients left in `param_grads`.
+/// Per group, the pooled gradient is scattered through the recorded window maxima
+/// straight into a small side-by-side scratch matrix (the full-size unpooled gradient
+/// never exists as a tensor, nor its zeroing and three re-reads by separate ops), the
+/// group's im2col serves the weight-gradient GEMM and its buffer then takes the
+/// input-gradient GEMM before col2im. Partial weight and bias sums per group are added
+/// in group order: deterministic whatever the thread count.
+struct ConvReluPoolBwd<'a> {
     argmax: &'a [u8],
-    h: usize,
-    w: usize,
+    need_input: bool,
+    param_grads: std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
-impl CustomOp2 for Unpool<'_> {
+impl CustomOp3 for ConvReluPoolBwd<'_> {
     fn name(&self) -> &'static str {
-        "relu-unpool"
+        "conv3x3-relu-pool-bwd"
     }
 
     fn cpu_fwd(
@@ -418,41 +430,124 @@ impl CustomOp2 for Unpool<'_> {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, oh, ow) = l1.shape().dims4()?;
-        let (h, w) = (self.h, self.w);
-        if l2.shape() != l1.shape()
-            || self.argmax.len() != n * c * oh * ow
-            || oh != h.div_ceil(2)
-            || ow != w.div_ceil(2)
+        let d = dims(self.name(), l1, l2)?;
+        let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
+        let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
+        let pooled_per_image = d.c_out * oh * ow;
+        if l3.shape().dims() != [d.n, d.c_out, oh, ow]
+            || self.argmax.len() != d.n * pooled_per_image
         {
             bail!(
                 "{}: gradient {:?} does not fit the forward pass",
                 self.name(),
-                l1.shape()
+                l3.shape()
             )
         }
-        let grad = f32_slice(s1, l1, self.name())?;
-        let res = f32_slice(s2, l2, self.name())?;
-        let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut(h * w)
-            .zip(
-                grad.par_chunks(oh * ow)
-                    .zip(res.par_chunks(oh * ow))
-                    .zip(self.argmax.par_chunks(oh * ow)),
-            )
-            .for_each(|(plane, ((g, r), am))| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let i = oy * ow + ox;
-                        if r[i] > 0.0 {
-                            let at = am[i] as usize;
-                            plane[(2 * oy + at / 2) * w + 2 * ox + at % 2] = g[i];
+        let xs = f32_slice(s1, l1, self.name())?;
+        let weight = f32_slice(s2, l2, self.name())?;
+        let grad = f32_slice(s3, l3, self.name())?;
+        let group = images_per_gemm(hw, d.n).max(IMAGES_PER_PARTIAL);
+        let n_groups = d.n.div_ceil(group);
+        let mut grad_xs = vec![
+            0f32;
+            if self.need_input {
+                d.n * d.c_in * hw
+            } else {
+                1
+            }
+        ];
+        let gx_chunks: Vec<&mut [f32]> = if self.need_input {
+            grad_xs.chunks_mut(group * d.c_in * hw).collect()
+        } else {
+            (0..n_groups).map(|_| &mut [][..]).collect()
+        };
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_chunks
+            .into_par_iter()
+            .enumerate()
+            .map_init(
+                || (vec![0f32; k * group * hw], vec![0f32; d.c_out * group * hw]),
+                |(col, g_side), (g_index, gx)| {
+                    let first = g_index * group;
+                    let m = group.min(d.n - first);
+                    let cols = m * hw;
+                    let g_side = &mut g_side[..d.c_out * cols];
+                    g_side.fill(0.0);
+                    let mut partial_b = vec![0f32; d.c_out];
+                    for i in 0..m {
+                        let image = first + i;
+                        let gp = &grad[image * pooled_per_image..][..pooled_per_image];
+                        let am = &self.argmax[image * pooled_per_image..][..pooled_per_image];
+                        for (c, (gp, am)) in gp
+                            .chunks_exact(oh * ow)
+                            .zip(am.chunks_exact(oh * ow))
+                            .enumerate()
+                        {
+                            let row = &mut g_side[c * cols + i * hw..][..hw];
+                            let mut b = 0f32;
+                            for oy in 0..oh {
+                                for ox in 0..ow {
+                                    let at = am[oy * ow + ox];
+                                    if at != NO_GRADIENT {
+                                        let g = gp[oy * ow + ox];
+                                        let at = at as usize;
+                                        row[(2 * oy + at / 2) * w + 2 * ox + at % 2] = g;
+                                        b += g;
+                                    }
+                                }
+                            }
+                            partial_b[c] += b;
+                        }
+                        let x = &xs[image * d.c_in * hw..][..d.c_in * hw];
+                        im2col(x, d.c_in, h, w, &mut col[i * hw..], cols);
+                    }
+                    // partial (Cout x K) = g (Cout x cols) * col^T (cols x K)
+                    let mut partial_w = vec![0f32; d.c_out * k];
+                    sgemm(
+                        d.c_out,
+                        k,
+                        cols,
+                        &mut partial_w,
+                        false,
+                        g_side,
+                        cols,
+                        1,
+                        col,
+                        1,
+                        cols,
+                    );
+                    if self.need_input {
+                        // col (K x cols) = W^T (K x Cout) * g (Cout x cols)
+                        sgemm(k, cols, d.c_out, col, false, weight, 1, k, g_side, cols, 1);
+                        for (i, gxi) in gx.chunks_exact_mut(d.c_in * hw).enumerate() {
+                            col2im(&col[i * hw..], d.c_in, h, w, cols, gxi);
                         }
                     }
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+                    (partial_w, partial_b)
+                },
+            )
+            .collect();
+        let mut parts = partials.into_iter();
+        let (mut total_w, mut total_b) = parts
+            .next()
+            .unwrap_or_else(|| (vec![0f32; d.c_out * k], vec![0f32; d.c_out]));
+        for (pw, pb) in parts {
+            add_assign(&mut total_w, &pw);
+            add_assign(&mut total_b, &pb);
+        }
+        *self
+            .param_grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("gradient lock poisoned".into()))? =
+            Some((total_w, total_b));
+        let shape = if self.need_input {
+            Shape::from((d.n, d.c_in, h, w))
+        } else {
+            Shape::from(1)
+        };
+        Ok((CpuStorage::F32(grad_xs), shape))
     }
 }
 
