@@ -202,7 +202,10 @@ mod tests {
                 .unwrap()
                 .max(D::Minus1)
                 .unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+            // A few ulps of the largest values (|randn| of 40,000 draws reaches ~4.5,
+            // where one f32 ulp is 4.8e-7): 1e-6 failed about one run in 30.
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(diff < 4e-6, "fused Adam differs from candle's AdamW by {diff}");
             let moved = (ours.as_tensor() - &init)
                 .unwrap()
                 .abs()
