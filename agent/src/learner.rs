@@ -382,35 +382,78 @@ pub fn run(config: &LearnerConfig) -> Result<()> {
     // Events are followed from the block where we start; anything older is already
     // reflected in the contract's current round.
     let mut cursor = client.rpc().block_number()?;
+    // A board on flaky Wi-Fi loses its node now and then: such failures are retried
+    // (everything needed to resume is on chain or in the state folder); any other error
+    // ends the run with its cause.
+    let mut retry = Backoff::new(Duration::from_secs(60));
     loop {
-        let round = registry.current_round()?;
-        if round == 0 {
-            log("waiting for the initial global model (round 0)");
-            cursor = wait_for_global(&registry, 0, cursor, config.max_poll)?;
-            continue;
+        match step(config, &registry, &ipfs, &state, &mut cursor, &train_set, &test_set) {
+            Ok(Flow::Done) => return Ok(()),
+            Ok(Flow::Continue) => retry = Backoff::new(Duration::from_secs(60)),
+            Err(err) if is_transient(&err) => {
+                log(&format!("{err:#}; retrying in {:?}", retry.next));
+                retry.wait();
+            }
+            Err(err) => return Err(err),
         }
-        // Global round `round - 1` is published: we are done once it is the last one.
-        if config.rounds.is_some_and(|last| round > last) {
-            log(&format!("global model of round {} is published; done", round - 1));
-            return Ok(());
-        }
-        let me = registry.local_update(config.node_id)?;
-        if me.account != client.address() {
-            bail!(
-                "node id {} is bound to {:?} on the registry, but this learner's key is {:?}",
-                config.node_id,
-                me.account,
-                client.address()
-            );
-        }
-        if me.latest.as_ref().is_some_and(|u| u.round == round) {
-            log(&format!("round {round}: already submitted; waiting for the global model"));
-            cursor = wait_for_global(&registry, round, cursor, config.max_poll)?;
-            continue;
-        }
-        submit_round(config, &registry, &ipfs, &state, round, &train_set, &test_set)?;
-        state.prune(round);
     }
+}
+
+/// What the loop does after one step.
+enum Flow {
+    Continue,
+    Done,
+}
+
+/// True if `err` comes from a node (chain or IPFS) that did not answer, or not in time: a
+/// later attempt may succeed. Reverts, refused or malformed replies and local errors are
+/// not transient.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<fl_contracts::Error>(),
+            Some(fl_contracts::Error::Transport { .. } | fl_contracts::Error::Timeout { .. })
+        ) || matches!(
+            cause.downcast_ref::<fl_ipfs::Error>(),
+            Some(fl_ipfs::Error::Unreachable { .. } | fl_ipfs::Error::Timeout { .. })
+        )
+    })
+}
+
+/// One pass of the learner's loop: wait, or train and submit the current round.
+fn step(
+    config: &LearnerConfig,
+    registry: &Registry,
+    ipfs: &fl_ipfs::Client,
+    state: &StateDir,
+    cursor: &mut u64,
+    train_set: &Dataset,
+    test_set: &Dataset,
+) -> Result<Flow> {
+    let round = registry.current_round()?;
+    if round == 0 {
+        log("waiting for the initial global model (round 0)");
+        *cursor = wait_for_global(registry, 0, *cursor, config.max_poll)?;
+        return Ok(Flow::Continue);
+    }
+    // Global round `round - 1` is published: we are done once it is the last one.
+    if config.rounds.is_some_and(|last| round > last) {
+        log(&format!("global model of round {} is published; done", round - 1));
+        return Ok(Flow::Done);
+    }
+    let me = registry.local_update(config.node_id)?;
+    let address = registry.client().address();
+    if me.account != address {
+        bail!("node id {} is bound to {:?} on the registry, but this learner's key is {address:?}", config.node_id, me.account);
+    }
+    if me.latest.as_ref().is_some_and(|u| u.round == round) {
+        log(&format!("round {round}: already submitted; waiting for the global model"));
+        *cursor = wait_for_global(registry, round, *cursor, config.max_poll)?;
+        return Ok(Flow::Continue);
+    }
+    submit_round(config, registry, ipfs, state, round, train_set, test_set)?;
+    state.prune(round);
+    Ok(Flow::Continue)
 }
 
 /// Trains (or reuses the saved model of) `round`, uploads it and registers it.
@@ -645,6 +688,19 @@ seed = 9
         let err = LearnerConfig::parse(args(&["--config", dir.join("missing.toml").to_str().unwrap()])).unwrap_err();
         assert!(format!("{err:#}").contains("missing.toml"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_unanswered_requests_are_retried() {
+        let transport = fl_contracts::Error::Transport { url: "http://127.0.0.1:1".into(), method: "eth_blockNumber".into(), detail: "refused".into() };
+        assert!(is_transient(&anyhow::Error::from(transport).context("waiting for round 2")));
+        let timeout = fl_ipfs::Error::Timeout { api: "http://127.0.0.1:5001".into(), op: "cat".into(), after: Duration::from_secs(1) };
+        assert!(is_transient(&anyhow::Error::from(timeout).context("fetching the global model")));
+        let revert = fl_contracts::Error::Revert { call: "setLocalWeight".into(), name: "WrongRound".into(), args: vec![], data: vec![] };
+        assert!(!is_transient(&anyhow::Error::from(revert)));
+        let tampered = fl_ipfs::Error::DigestMismatch { api: "a".into(), cid: "b".into(), expected: "c".into(), actual: "d".into() };
+        assert!(!is_transient(&anyhow::Error::from(tampered)));
+        assert!(!is_transient(&anyhow::anyhow!("training diverged")));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use fl_agent::cli::{number, positive};
 use fl_agent::data::{Dataset, Mnist};
-use fl_agent::learner::MAX_MODEL_BYTES;
+use fl_agent::learner::{is_transient, MAX_MODEL_BYTES};
 use fl_agent::train::{evaluate, Evaluation};
 use fl_agent::weights::{hex, sha256, ModelFile};
 use fl_contracts::{commitment, Event, LocalUpdate, Registry, TransactionReceipt, H256};
@@ -160,22 +160,36 @@ pub fn run(config: &RunConfig) -> Result<()> {
         None => registry.deployed_at()?,
     });
     let mut header_printed = false;
+    // The server's node or IPFS may go away for a while: such failures are retried (all
+    // progress is on chain); any other error ends the run with its cause.
+    let mut pause = Duration::from_millis(500);
     loop {
-        let round = registry.current_round()?;
-        if round > config.rounds {
-            log(&format!("global model of round {} is published; done", round - 1));
-            break;
-        }
-        let record = if round == 0 {
-            publish_initial(config, &registry, &ipfs, &test_set)?
-        } else {
-            match aggregate_round(config, &registry, &ipfs, &test_set, round, &mut cursor)? {
-                Some(record) => record,
-                None => continue,
+        let record = match step(config, &registry, &ipfs, &test_set, &mut cursor) {
+            Ok(Step::Done(round)) => {
+                log(&format!("global model of round {} is published; done", round - 1));
+                break;
             }
+            Ok(Step::Again) => continue,
+            Ok(Step::Record(record)) => {
+                pause = Duration::from_millis(500);
+                record
+            }
+            Err(err) if is_transient(&err) => {
+                log(&format!("{err:#}; retrying in {pause:?}"));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(60));
+                continue;
+            }
+            Err(err) => return Err(err),
         };
-        let mut ids = registry.learner_ids()?;
-        ids.sort_unstable();
+        let ids = match registry.learner_ids() {
+            Ok(mut ids) => {
+                ids.sort_unstable();
+                ids
+            }
+            // Only the table's columns depend on it: the round itself is published.
+            Err(_) => record.learners.iter().map(|l| l.node_id).collect(),
+        };
         if !header_printed {
             println!("{}", header(&ids));
             header_printed = true;
@@ -187,6 +201,30 @@ pub fn run(config: &RunConfig) -> Result<()> {
     save_outputs(config, &results)?;
     eprint!("\n{}", results.table());
     Ok(())
+}
+
+/// What one pass of the loop produced.
+enum Step {
+    /// Every round up to `--rounds` is published; the chain's current round.
+    Done(u64),
+    /// The round was published by someone else meanwhile: look again.
+    Again,
+    /// A round this run published.
+    Record(RoundResult),
+}
+
+fn step(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Client, test_set: &Dataset, cursor: &mut Cursor) -> Result<Step> {
+    let round = registry.current_round()?;
+    if round > config.rounds {
+        return Ok(Step::Done(round));
+    }
+    if round == 0 {
+        return publish_initial(config, registry, ipfs, test_set).map(Step::Record);
+    }
+    Ok(match aggregate_round(config, registry, ipfs, test_set, round, cursor)? {
+        Some(record) => Step::Record(record),
+        None => Step::Again,
+    })
 }
 
 fn save_outputs(config: &RunConfig, results: &Results) -> Result<()> {
