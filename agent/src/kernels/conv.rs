@@ -756,22 +756,9 @@ impl CustomOp1 for ChannelSum {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
+    use crate::kernels::testing::{assert_grads_close, max_diff};
+    use candle_core::{Device, Var};
 
-    /// Largest absolute difference between two tensors of the same shape.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.shape(), b.shape());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// candle's reference: stock conv2d, broadcast bias, relu.
     fn reference(xs: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Tensor {
@@ -812,25 +799,8 @@ mod tests {
                 "forward {n} {c_in} {c_out} {h} {w}"
             );
 
-            let g1 = (ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (theirs * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, v) in [("xs", &xs), ("weight", &wt), ("bias", &b)] {
-                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(
-                    d < 1e-4,
-                    "grad {name} differs by {d} for {n} {c_in} {c_out} {h} {w}"
-                );
-            }
+            let vars = [("xs", &xs), ("weight", &wt), ("bias", &b)];
+            assert_grads_close(ours, theirs, &probe, &vars, 1e-4, &format!("{n} {c_in} {c_out} {h} {w}"));
         }
     }
 
@@ -856,25 +826,8 @@ mod tests {
                 "forward {n} {c_in} {c_out} {h} {w}"
             );
             let probe = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();
-            let g1 = (ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (pooled * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, v) in [("xs", &xs), ("weight", &wt), ("bias", &b)] {
-                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(
-                    d < 1e-5,
-                    "grad {name} differs by {d} for {n} {c_in} {c_out} {h} {w}"
-                );
-            }
+            let vars = [("xs", &xs), ("weight", &wt), ("bias", &b)];
+            assert_grads_close(ours, pooled, &probe, &vars, 1e-5, &format!("{n} {c_in} {c_out} {h} {w}"));
         }
     }
 

@@ -226,21 +226,9 @@ impl candle_core::CustomOp1 for ColumnSum {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Module, Var, D};
+    use crate::kernels::testing::{assert_grads_close, max_diff};
+    use candle_core::{Device, Module, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.shape(), b.shape());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Values and gradients against candle_nn's `Linear` (+ `relu`), on shapes that
     /// exercise partial row and unit blocks. Tolerance 1e-4: f32 sums of up to 300 terms.
@@ -268,25 +256,8 @@ mod tests {
                 max_diff(&ours, &theirs) < 1e-4,
                 "forward {n} {n_in} {n_out}"
             );
-            let g1 = (ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (theirs * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, v) in [("xs", &xs), ("weight", &w), ("bias", &b)] {
-                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(
-                    d < 1e-4,
-                    "grad {name} differs by {d} for {n} {n_in} {n_out}"
-                );
-            }
+            let vars = [("xs", &xs), ("weight", &w), ("bias", &b)];
+            assert_grads_close(ours, theirs, &probe, &vars, 1e-4, &format!("{n} {n_in} {n_out}"));
         }
     }
 }

@@ -25,6 +25,8 @@ mod conv;
 mod dense;
 mod linalg;
 mod pool;
+#[cfg(test)]
+mod testing;
 
 pub use adam::Adam;
 pub use conv::{conv3x3_relu_pool, conv3x3_same};

@@ -200,18 +200,7 @@ mod tests {
             );
 
             let probe = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();
-            let g1 = (ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (theirs * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let (g1, g2) = crate::kernels::testing::probe_grads(ours, theirs, &probe);
             let (g1, g2) = (g1.get(&xs).unwrap(), g2.get(&xs).unwrap());
             let same = g1.flatten_all().unwrap().to_vec1::<f32>().unwrap()
                 == g2.flatten_all().unwrap().to_vec1::<f32>().unwrap();
