@@ -251,16 +251,27 @@ impl Dataset {
         Ok(self)
     }
 
-    /// A batch as tensors: images `(n, 1, 28, 28)` f32 scaled to [0, 1] (as in the
-    /// paper's Keras code) and labels `(n,)` u32. Panics if an index is out of range,
-    /// which is a programming error (indices come from `0..len()`).
-    pub fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-        let mut pixels = Vec::with_capacity(indices.len() * IMAGE_BYTES);
-        let mut labels = Vec::with_capacity(indices.len());
-        for &i in indices {
-            pixels.extend(self.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].iter().map(|&p| p as f32 / 255.0));
-            labels.push(self.labels[i] as u32);
+    /// Fills `pixels` (`indices.len() * 784` values) with the images at `indices` as f32
+    /// scaled to [0, 1] (as in the paper's Keras code) and `labels` with their labels.
+    /// Panics if an index is out of range or a buffer has the wrong size, which are
+    /// programming errors (indices come from `0..len()`).
+    pub fn fill_batch(&self, indices: &[usize], pixels: &mut [f32], labels: &mut [u32]) {
+        assert_eq!(pixels.len(), indices.len() * IMAGE_BYTES, "batch pixel buffer size");
+        assert_eq!(labels.len(), indices.len(), "batch label buffer size");
+        for ((&i, dst), label) in indices.iter().zip(pixels.chunks_exact_mut(IMAGE_BYTES)).zip(labels.iter_mut()) {
+            for (d, &p) in dst.iter_mut().zip(&self.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]) {
+                *d = p as f32 / 255.0;
+            }
+            *label = self.labels[i] as u32;
         }
+    }
+
+    /// A batch as tensors: images `(n, 1, 28, 28)` and labels `(n,)` u32, as
+    /// [`Dataset::fill_batch`] makes them.
+    pub fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut pixels = vec![0f32; indices.len() * IMAGE_BYTES];
+        let mut labels = vec![0u32; indices.len()];
+        self.fill_batch(indices, &mut pixels, &mut labels);
         let xs = Tensor::from_vec(pixels, (indices.len(), 1, IMAGE_SIDE, IMAGE_SIDE), device)?;
         let ys = Tensor::from_vec(labels, indices.len(), device)?;
         Ok((xs, ys))

@@ -7,6 +7,7 @@ pub mod data;
 pub mod kernels;
 pub mod learner;
 pub mod model;
+pub mod network;
 pub mod rng;
 pub mod train;
 pub mod weights;

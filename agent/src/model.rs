@@ -127,7 +127,7 @@ impl Model {
 
     /// The same network in candle's stock operations: the reference for [`Model::forward`].
     #[cfg(test)]
-    fn forward_stock(&self, xs: &Tensor, dropout_mask: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn forward_stock(&self, xs: &Tensor, dropout_mask: Option<&Tensor>) -> Result<Tensor> {
         use candle_core::{Module, D};
         let xs = self.conv1.forward(xs)?.relu()?.max_pool2d(2)?; // 28 -> 14
         let xs = self.conv2.forward(&xs)?.relu()?.max_pool2d(2)?; // 14 -> 7
@@ -146,9 +146,18 @@ impl Model {
     /// An inverted-dropout mask `(n, 256)` drawn from `rng`: each unit kept with
     /// probability 1 - [`DROPOUT`] and scaled by 1/(1 - rate), as Keras does.
     pub fn dropout_mask(n: usize, rng: &mut Rng, device: &Device) -> Result<Tensor> {
-        let scale = 1.0 / (1.0 - DROPOUT);
-        let values: Vec<f32> = (0..n * HIDDEN).map(|_| if rng.next_f32() < DROPOUT { 0.0 } else { scale }).collect();
+        let mut values = vec![0f32; n * HIDDEN];
+        fill_dropout_mask(rng, &mut values);
         Tensor::from_vec(values, (n, HIDDEN), device)
+    }
+}
+
+/// Fills `mask` with an inverted-dropout mask drawn from `rng`, one draw per value:
+/// 0 with probability [`DROPOUT`], 1/(1 - rate) otherwise (Keras' scaling).
+pub fn fill_dropout_mask(rng: &mut Rng, mask: &mut [f32]) {
+    let scale = 1.0 / (1.0 - DROPOUT);
+    for m in mask {
+        *m = if rng.next_f32() < DROPOUT { 0.0 } else { scale };
     }
 }
 

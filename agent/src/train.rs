@@ -6,11 +6,10 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use candle_core::{DType, Device, D};
-use candle_nn::optim::{Optimizer, ParamsAdamW};
+use candle_nn::optim::ParamsAdamW;
 
 use crate::data::Dataset;
-use crate::model::Model;
+use crate::network::{Network, Trainer};
 use crate::rng::Rng;
 use crate::weights::ModelFile;
 
@@ -81,14 +80,10 @@ pub fn train(
 ) -> Result<Trained> {
     ensure!(config.batch_size > 0, "batch size must be at least 1");
     ensure!(!train_set.is_empty(), "the training set is empty");
-    let device = Device::Cpu;
-    let varmap = start.to_varmap(&device)?;
-    let model = Model::from_varmap(&varmap, &device)?;
-    // Adam as AdamW without weight decay; eps 1e-7 is Keras' default (the paper's
-    // framework), betas 0.9 / 0.999 are the defaults of every framework.
-    let params = ParamsAdamW { lr: config.learning_rate, beta1: 0.9, beta2: 0.999, eps: 1e-7, weight_decay: 0.0 };
-    // The fused in-place Adam of crate::kernels (same formula as candle_nn's AdamW).
-    let mut optimizer = crate::kernels::Adam::new(varmap.all_vars(), params)?;
+    // Adam with Keras' defaults (the paper's framework): betas 0.9 / 0.999, eps 1e-7,
+    // no weight decay; the same formula as candle_nn's AdamW.
+    let adam = ParamsAdamW { lr: config.learning_rate, beta1: 0.9, beta2: 0.999, eps: 1e-7, weight_decay: 0.0 };
+    let mut trainer = Trainer::new(start, adam)?;
     let mut rng = Rng::new(config.seed);
     let mut order: Vec<usize> = (0..train_set.len()).collect();
     let mut reports = Vec::with_capacity(config.epochs);
@@ -102,12 +97,7 @@ pub fn train(
         let mut n_batches = 0usize;
         let mut done = 0usize;
         for batch in order.chunks(config.batch_size) {
-            let (xs, ys) = train_set.batch(batch, &device)?;
-            let mask = Model::dropout_mask(batch.len(), &mut rng, &device)?;
-            let logits = model.forward(&xs, Some(&mask))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
-            optimizer.backward_step(&loss)?;
-            let loss = loss.to_scalar::<f32>()? as f64;
+            let loss = trainer.step(train_set, batch, &mut rng);
             ensure!(loss.is_finite(), "training diverged: loss is {loss} in epoch {epoch}");
             loss_sum += loss;
             n_batches += 1;
@@ -120,40 +110,20 @@ pub fn train(
             p.finish(done, loss_sum / n_batches as f64);
         }
         let test = match test_set {
-            Some(test_set) => Some(evaluate_model(&model, test_set, &device)?),
+            Some(test_set) => Some(trainer.network().evaluate(test_set, EVAL_BATCH)?),
             None => None,
         };
         let report = EpochReport { epoch, train_loss: loss_sum / n_batches as f64, test };
         on_epoch(&report);
         reports.push(report);
     }
-    let model = ModelFile::from_varmap(&varmap, start.round, train_set.len() as u64)?;
+    let model = trainer.network().to_model(start.round, train_set.len() as u64);
     Ok(Trained { model, epochs: reports })
 }
 
 /// Accuracy and loss of a model file on `test_set`.
 pub fn evaluate(model: &ModelFile, test_set: &Dataset) -> Result<Evaluation> {
-    let device = Device::Cpu;
-    let varmap = model.to_varmap(&device)?;
-    evaluate_model(&Model::from_varmap(&varmap, &device)?, test_set, &device)
-}
-
-/// Accuracy and loss of a built model on `test_set` (no dropout).
-pub fn evaluate_model(model: &Model, test_set: &Dataset, device: &Device) -> Result<Evaluation> {
-    ensure!(!test_set.is_empty(), "the test set is empty");
-    let indices: Vec<usize> = (0..test_set.len()).collect();
-    let mut correct = 0usize;
-    let mut loss_sum = 0.0f64;
-    for batch in indices.chunks(EVAL_BATCH) {
-        let (xs, ys) = test_set.batch(batch, device)?;
-        let logits = model.forward(&xs, None)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()? as f64;
-        loss_sum += loss * batch.len() as f64;
-        let predicted = logits.argmax(D::Minus1)?;
-        correct += predicted.eq(&ys)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
-    }
-    let n = test_set.len();
-    Ok(Evaluation { accuracy: correct as f64 / n as f64, loss: loss_sum / n as f64, n })
+    Network::from_model(model)?.evaluate(test_set, EVAL_BATCH)
 }
 
 /// Progress of an epoch on stderr: a redrawn bar on a terminal, a log line every

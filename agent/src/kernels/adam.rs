@@ -55,23 +55,13 @@ impl candle_nn::Optimizer for Adam {
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step_t += 1;
-        let p = &self.params;
-        let update = Update {
-            lr: p.lr as f32,
-            beta1: p.beta1 as f32,
-            beta2: p.beta2 as f32,
-            eps: p.eps as f32,
-            decay: (1.0 - p.lr * p.weight_decay) as f32,
-            scale_m: (1.0 / (1.0 - p.beta1.powi(self.step_t))) as f32,
-            scale_v: (1.0 / (1.0 - p.beta2.powi(self.step_t))) as f32,
-            moments: None,
-        };
+        let step = AdamStep::new(&self.params, self.step_t);
         for slot in &self.slots {
             if let Some(grad) = grads.get(&slot.var) {
                 let grad = grad.contiguous()?;
                 let op = Update {
-                    moments: Some(&slot.moments),
-                    ..update
+                    step,
+                    moments: &slot.moments,
                 };
                 slot.var.inplace_op2(&grad, &op)?;
             }
@@ -88,9 +78,9 @@ impl candle_nn::Optimizer for Adam {
     }
 }
 
-/// The in-place update of one parameter given its gradient.
-#[derive(Clone, Copy)]
-struct Update<'a> {
+/// The constants of Adam(W) step `t` (1-based), in f32.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -100,7 +90,54 @@ struct Update<'a> {
     /// Bias corrections `1 / (1 - beta^t)`.
     scale_m: f32,
     scale_v: f32,
-    moments: Option<&'a Mutex<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl AdamStep {
+    /// Step `t` (counted from 1) with `params`.
+    pub fn new(p: &ParamsAdamW, t: i32) -> AdamStep {
+        AdamStep {
+            lr: p.lr as f32,
+            beta1: p.beta1 as f32,
+            beta2: p.beta2 as f32,
+            eps: p.eps as f32,
+            decay: (1.0 - p.lr * p.weight_decay) as f32,
+            scale_m: (1.0 / (1.0 - p.beta1.powi(t))) as f32,
+            scale_v: (1.0 / (1.0 - p.beta2.powi(t))) as f32,
+        }
+    }
+
+    /// Updates the parameters `theta` and their moments `m`, `v` in place from `grad`,
+    /// in parallel over fixed chunks (element-wise, so the thread count changes nothing).
+    ///
+    /// # Panics
+    /// If the four slices differ in length (a caller's bug).
+    pub fn apply(&self, theta: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32]) {
+        assert!(
+            theta.len() == grad.len() && m.len() == grad.len() && v.len() == grad.len(),
+            "adam: slices of different lengths"
+        );
+        let u = *self;
+        theta
+            .par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(m.par_chunks_mut(ELEMENTS_PER_TASK))
+            .zip(v.par_chunks_mut(ELEMENTS_PER_TASK))
+            .zip(grad.par_chunks(ELEMENTS_PER_TASK))
+            .for_each(|(((theta, m), v), g)| {
+                for (((t, m), v), g) in theta.iter_mut().zip(m).zip(v).zip(g) {
+                    *m = *m * u.beta1 + *g * (1.0 - u.beta1);
+                    *v = *v * u.beta2 + *g * *g * (1.0 - u.beta2);
+                    let m_hat = *m * u.scale_m;
+                    let v_hat = *v * u.scale_v;
+                    *t = *t * u.decay - m_hat / (v_hat.sqrt() + u.eps) * u.lr;
+                }
+            });
+    }
+}
+
+/// The in-place update of one candle parameter given its gradient.
+struct Update<'a> {
+    step: AdamStep,
+    moments: &'a Mutex<(Vec<f32>, Vec<f32>)>,
 }
 
 impl InplaceOp2 for Update<'_> {
@@ -123,10 +160,8 @@ impl InplaceOp2 for Update<'_> {
             bail!("{}: expected an f32 parameter", self.name())
         };
         let theta = &mut theta[start..end];
-        let Some(moments) = self.moments else {
-            bail!("{}: no moments given", self.name())
-        };
-        let mut moments = moments
+        let mut moments = self
+            .moments
             .lock()
             .map_err(|_| candle_core::Error::Msg("adam moments poisoned".into()))?;
         let (m, v) = &mut *moments;
@@ -138,21 +173,7 @@ impl InplaceOp2 for Update<'_> {
                 grad.len()
             )
         }
-        let u = *self;
-        theta
-            .par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(m.par_chunks_mut(ELEMENTS_PER_TASK))
-            .zip(v.par_chunks_mut(ELEMENTS_PER_TASK))
-            .zip(grad.par_chunks(ELEMENTS_PER_TASK))
-            .for_each(|(((theta, m), v), g)| {
-                for (((t, m), v), g) in theta.iter_mut().zip(m).zip(v).zip(g) {
-                    *m = *m * u.beta1 + *g * (1.0 - u.beta1);
-                    *v = *v * u.beta2 + *g * *g * (1.0 - u.beta2);
-                    let m_hat = *m * u.scale_m;
-                    let v_hat = *v * u.scale_v;
-                    *t = *t * u.decay - m_hat / (v_hat.sqrt() + u.eps) * u.lr;
-                }
-            });
+        self.step.apply(theta, m, v, grad);
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! gradient is W^T x dY followed by col2im; the weight gradient is dY x col^T summed over
 //! images in fixed groups; the bias gradient is a per-channel sum.
 
-use super::linalg::{add_assign, sgemm, sum};
+use super::linalg::{add_assign, sgemm, sum, with_scratch};
 use super::{f32_slice, ELEMENTS_PER_TASK, IMAGES_PER_PARTIAL};
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
@@ -22,14 +22,19 @@ pub fn conv3x3_same(xs: &Tensor, weight: &Tensor, bias: &Tensor, relu: bool) -> 
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Conv3x3 { relu })
 }
 
-/// Shapes of a convolution, checked once.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    n: usize,
-    c_in: usize,
-    c_out: usize,
-    h: usize,
-    w: usize,
+/// Shapes of a 3x3 convolution: `n` images of `c_in x h x w` in, `c_out` channels out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Images.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Height of the input (and of the convolution's output).
+    pub h: usize,
+    /// Width of the input (and of the convolution's output).
+    pub w: usize,
 }
 
 impl Dims {
@@ -39,6 +44,15 @@ impl Dims {
     /// Rows of the im2col matrix (the GEMM's inner dimension).
     fn k(&self) -> usize {
         self.c_in * 9
+    }
+    /// Height and width after the 2x2 "same" max-pool.
+    pub fn pooled(&self) -> (usize, usize) {
+        (self.h.div_ceil(2), self.w.div_ceil(2))
+    }
+    /// Values per image after the pool.
+    pub fn pooled_per_image(&self) -> usize {
+        let (oh, ow) = self.pooled();
+        self.c_out * oh * ow
     }
 }
 
@@ -273,97 +287,14 @@ impl CustomOp3 for ConvReluPool {
         let xs = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let bias = f32_slice(s3, l3, self.name())?;
-        let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
-        let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
-        let out_per_image = d.c_out * oh * ow;
-        let group = images_per_gemm(hw, d.n);
-        let mut ys = vec![0f32; d.n * out_per_image];
-        let mut argmax = vec![0u8; d.n * out_per_image];
-        ys.par_chunks_mut(group * out_per_image)
-            .zip(argmax.par_chunks_mut(group * out_per_image))
-            .zip(xs.par_chunks(group * d.c_in * hw))
-            .for_each_init(
-                || (vec![0f32; k * group * hw], vec![0f32; d.c_out * group * hw]),
-                |(col, conv), ((y, am), x)| {
-                    // The group's images side by side: col is K x (images * HW).
-                    let cols = x.len() / d.c_in;
-                    for (i, image) in x.chunks_exact(d.c_in * hw).enumerate() {
-                        im2col(image, d.c_in, h, w, &mut col[i * hw..], cols);
-                    }
-                    sgemm(d.c_out, cols, k, conv, false, weight, k, 1, col, cols, 1);
-                    for (i, (y, am)) in y
-                        .chunks_exact_mut(out_per_image)
-                        .zip(am.chunks_exact_mut(out_per_image))
-                        .enumerate()
-                    {
-                        for (c, ((b, y), am)) in bias
-                            .iter()
-                            .zip(y.chunks_exact_mut(oh * ow))
-                            .zip(am.chunks_exact_mut(oh * ow))
-                            .enumerate()
-                        {
-                            let plane = &conv[c * cols + i * hw..][..hw];
-                            if h % 2 == 0 && w % 2 == 0 {
-                                // Full windows (28x28, 14x14): no bounds checks.
-                                for (oy, (y_row, am_row)) in y
-                                    .chunks_exact_mut(ow)
-                                    .zip(am.chunks_exact_mut(ow))
-                                    .enumerate()
-                                {
-                                    let r0 = &plane[2 * oy * w..][..w];
-                                    let r1 = &plane[(2 * oy + 1) * w..][..w];
-                                    for (((o, a), p0), p1) in y_row
-                                        .iter_mut()
-                                        .zip(am_row.iter_mut())
-                                        .zip(r0.chunks_exact(2))
-                                        .zip(r1.chunks_exact(2))
-                                    {
-                                        let (mut best, mut at) = (p0[0], 0u8);
-                                        if p0[1] > best {
-                                            (best, at) = (p0[1], 1);
-                                        }
-                                        if p1[0] > best {
-                                            (best, at) = (p1[0], 2);
-                                        }
-                                        if p1[1] > best {
-                                            (best, at) = (p1[1], 3);
-                                        }
-                                        *o = (best + b).max(0.0);
-                                        *a = if best + b > 0.0 { at } else { NO_GRADIENT };
-                                    }
-                                }
-                                continue;
-                            }
-                            for oy in 0..oh {
-                                for ox in 0..ow {
-                                    let (y0, x0) = (2 * oy, 2 * ox);
-                                    let mut best = plane[y0 * w + x0];
-                                    let mut best_at = 0u8;
-                                    for (at, (yy, xx)) in [
-                                        (1u8, (y0, x0 + 1)),
-                                        (2, (y0 + 1, x0)),
-                                        (3, (y0 + 1, x0 + 1)),
-                                    ] {
-                                        if yy < h && xx < w && plane[yy * w + xx] > best {
-                                            best = plane[yy * w + xx];
-                                            best_at = at;
-                                        }
-                                    }
-                                    // relu(max(a) + b) == max(relu(a + b)): the bias is
-                                    // the same over the window.
-                                    y[oy * ow + ox] = (best + b).max(0.0);
-                                    am[oy * ow + ox] =
-                                        if best + b > 0.0 { best_at } else { NO_GRADIENT };
-                                }
-                            }
-                        }
-                    }
-                },
-            );
+        let mut ys = vec![0f32; d.n * d.pooled_per_image()];
+        let mut argmax = vec![0u8; ys.len()];
+        conv_relu_pool_forward(d, xs, weight, bias, &mut ys, &mut argmax);
         *self
             .argmax
             .lock()
             .map_err(|_| candle_core::Error::Msg("argmax lock poisoned".into()))? = argmax;
+        let (oh, ow) = d.pooled();
         Ok((CpuStorage::F32(ys), Shape::from((d.n, d.c_out, oh, ow))))
     }
 
@@ -404,15 +335,216 @@ impl CustomOp3 for ConvReluPool {
 /// Marks a pooled output whose ReLU was closed (output 0): no gradient flows back.
 const NO_GRADIENT: u8 = 4;
 
-/// The whole backward pass of [`ConvReluPool`] in one parallel sweep over fixed groups
-/// of images: `(xs, weight, pooled gradient) -> input gradient` (a 1-element dummy if
-/// `need_input` is false), with the weight and bias gradients left in `param_grads`.
+/// `max_pool2x2_same(relu(conv3x3_same(xs, weight) + bias))` on slices: `xs` holds
+/// `d.n` images of `d.c_in x d.h x d.w`; `ys` and `argmax` take `d.n *
+/// d.pooled_per_image()` values each. `argmax` records, per pooled output, the first
+/// maximal element of its window (`dy * 2 + dx`), or [`NO_GRADIENT`] where the ReLU cut
+/// the output to zero: it is what [`conv_relu_pool_backward`] needs of this pass.
+///
+/// Per fixed group of images: im2col side by side, one GEMM, then bias, ReLU and pool
+/// straight out of the GEMM's output, which stays in a per-thread scratch buffer.
+///
+/// # Panics
+/// If a slice length does not match `d` (a caller's bug: shapes are checked by the
+/// tensor-level ops and by `crate::network`).
+pub fn conv_relu_pool_forward(
+    d: Dims,
+    xs: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    ys: &mut [f32],
+    argmax: &mut [u8],
+) {
+    let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
+    let (oh, ow) = d.pooled();
+    let out_per_image = d.pooled_per_image();
+    assert_eq!(xs.len(), d.n * d.c_in * hw, "conv forward: input size");
+    assert_eq!(weight.len(), d.c_out * k, "conv forward: weight size");
+    assert_eq!(bias.len(), d.c_out, "conv forward: bias size");
+    assert_eq!(ys.len(), d.n * out_per_image, "conv forward: output size");
+    assert_eq!(argmax.len(), ys.len(), "conv forward: argmax size");
+    let group = images_per_gemm(hw, d.n);
+    ys.par_chunks_mut(group * out_per_image)
+        .zip(argmax.par_chunks_mut(group * out_per_image))
+        .zip(xs.par_chunks(group * d.c_in * hw))
+        .for_each(|((y, am), x)| {
+            // The group's images side by side: col is K x (images * HW).
+            let cols = x.len() / d.c_in;
+            with_scratch(k * cols, d.c_out * cols, |col, conv| {
+                for (i, image) in x.chunks_exact(d.c_in * hw).enumerate() {
+                    im2col(image, d.c_in, h, w, &mut col[i * hw..], cols);
+                }
+                sgemm(d.c_out, cols, k, conv, false, weight, k, 1, col, cols, 1);
+                for (i, (y, am)) in y
+                    .chunks_exact_mut(out_per_image)
+                    .zip(am.chunks_exact_mut(out_per_image))
+                    .enumerate()
+                {
+                    for (c, ((b, y), am)) in bias
+                        .iter()
+                        .zip(y.chunks_exact_mut(oh * ow))
+                        .zip(am.chunks_exact_mut(oh * ow))
+                        .enumerate()
+                    {
+                        let plane = &conv[c * cols + i * hw..][..hw];
+                        pool_plane(plane, h, w, *b, y, am);
+                    }
+                }
+            });
+        });
+}
+
+/// Bias, ReLU and 2x2 "same" max-pool of one `h x w` convolution output plane into
+/// `y` (ceil(h/2) x ceil(w/2)), with the window argmax (see [`conv_relu_pool_forward`]).
+fn pool_plane(plane: &[f32], h: usize, w: usize, b: f32, y: &mut [f32], am: &mut [u8]) {
+    let ow = w.div_ceil(2);
+    if h % 2 == 0 && w % 2 == 0 {
+        // Full windows (28x28, 14x14): no bounds checks.
+        for (oy, (y_row, am_row)) in y.chunks_exact_mut(ow).zip(am.chunks_exact_mut(ow)).enumerate() {
+            let r0 = &plane[2 * oy * w..][..w];
+            let r1 = &plane[(2 * oy + 1) * w..][..w];
+            for (((o, a), p0), p1) in y_row
+                .iter_mut()
+                .zip(am_row.iter_mut())
+                .zip(r0.chunks_exact(2))
+                .zip(r1.chunks_exact(2))
+            {
+                let (mut best, mut at) = (p0[0], 0u8);
+                if p0[1] > best {
+                    (best, at) = (p0[1], 1);
+                }
+                if p1[0] > best {
+                    (best, at) = (p1[0], 2);
+                }
+                if p1[1] > best {
+                    (best, at) = (p1[1], 3);
+                }
+                *o = (best + b).max(0.0);
+                *a = if best + b > 0.0 { at } else { NO_GRADIENT };
+            }
+        }
+        return;
+    }
+    for (oy, (y_row, am_row)) in y.chunks_exact_mut(ow).zip(am.chunks_exact_mut(ow)).enumerate() {
+        for (ox, (o, a)) in y_row.iter_mut().zip(am_row.iter_mut()).enumerate() {
+            let (y0, x0) = (2 * oy, 2 * ox);
+            let mut best = plane[y0 * w + x0];
+            let mut best_at = 0u8;
+            for (at, (yy, xx)) in [(1u8, (y0, x0 + 1)), (2, (y0 + 1, x0)), (3, (y0 + 1, x0 + 1))] {
+                if yy < h && xx < w && plane[yy * w + xx] > best {
+                    best = plane[yy * w + xx];
+                    best_at = at;
+                }
+            }
+            // relu(max(a) + b) == max(relu(a + b)): the bias is the same over the window.
+            *o = (best + b).max(0.0);
+            *a = if best + b > 0.0 { best_at } else { NO_GRADIENT };
+        }
+    }
+}
+
+/// The backward pass of [`conv_relu_pool_forward`] in one parallel sweep over fixed
+/// groups of images: from the input `xs`, the `weight`, the forward's `argmax` and the
+/// gradient of the pooled output `grad`, writes the weight and bias gradients
+/// (overwritten) and, if `grad_xs` is given, the input gradient.
+///
 /// Per group, the pooled gradient is scattered through the recorded window maxima
-/// straight into a small side-by-side scratch matrix (the full-size unpooled gradient
-/// never exists as a tensor, nor its zeroing and three re-reads by separate ops), the
-/// group's im2col serves the weight-gradient GEMM and its buffer then takes the
-/// input-gradient GEMM before col2im. Partial weight and bias sums per group are added
-/// in group order: deterministic whatever the thread count.
+/// straight into a side-by-side scratch matrix (the full-size unpooled gradient never
+/// exists, nor its zeroing and re-reads by separate ops); the group's im2col serves the
+/// weight-gradient GEMM and its buffer then takes the input-gradient GEMM before col2im.
+/// Partial weight and bias sums per group are added in group order: deterministic
+/// whatever the thread count.
+///
+/// # Panics
+/// If a slice length does not match `d` (a caller's bug).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_relu_pool_backward(
+    d: Dims,
+    xs: &[f32],
+    weight: &[f32],
+    argmax: &[u8],
+    grad: &[f32],
+    grad_xs: Option<&mut [f32]>,
+    grad_weight: &mut [f32],
+    grad_bias: &mut [f32],
+) {
+    let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
+    let (oh, ow) = d.pooled();
+    let pooled_per_image = d.pooled_per_image();
+    assert_eq!(xs.len(), d.n * d.c_in * hw, "conv backward: input size");
+    assert_eq!(weight.len(), d.c_out * k, "conv backward: weight size");
+    assert_eq!(grad.len(), d.n * pooled_per_image, "conv backward: gradient size");
+    assert_eq!(argmax.len(), grad.len(), "conv backward: argmax size");
+    assert_eq!(grad_weight.len(), d.c_out * k, "conv backward: weight gradient size");
+    assert_eq!(grad_bias.len(), d.c_out, "conv backward: bias gradient size");
+    let group = images_per_gemm(hw, d.n).max(IMAGES_PER_PARTIAL);
+    let n_groups = d.n.div_ceil(group);
+    let need_input = grad_xs.is_some();
+    let gx_chunks: Vec<&mut [f32]> = match grad_xs {
+        Some(gx) => {
+            assert_eq!(gx.len(), xs.len(), "conv backward: input gradient size");
+            gx.chunks_mut(group * d.c_in * hw).collect()
+        }
+        None => (0..n_groups).map(|_| &mut [][..]).collect(),
+    };
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(g_index, gx)| {
+            let first = g_index * group;
+            let m = group.min(d.n - first);
+            let cols = m * hw;
+            with_scratch(k * cols, d.c_out * cols, |col, g_side| {
+                g_side.fill(0.0);
+                let mut partial_b = vec![0f32; d.c_out];
+                for i in 0..m {
+                    let image = first + i;
+                    let gp = &grad[image * pooled_per_image..][..pooled_per_image];
+                    let am = &argmax[image * pooled_per_image..][..pooled_per_image];
+                    for (c, (gp, am)) in gp.chunks_exact(oh * ow).zip(am.chunks_exact(oh * ow)).enumerate() {
+                        let row = &mut g_side[c * cols + i * hw..][..hw];
+                        let mut b = 0f32;
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let at = am[oy * ow + ox];
+                                if at != NO_GRADIENT {
+                                    let g = gp[oy * ow + ox];
+                                    let at = at as usize;
+                                    row[(2 * oy + at / 2) * w + 2 * ox + at % 2] = g;
+                                    b += g;
+                                }
+                            }
+                        }
+                        partial_b[c] += b;
+                    }
+                    let x = &xs[image * d.c_in * hw..][..d.c_in * hw];
+                    im2col(x, d.c_in, h, w, &mut col[i * hw..], cols);
+                }
+                // partial (Cout x K) = g (Cout x cols) * col^T (cols x K)
+                let mut partial_w = vec![0f32; d.c_out * k];
+                sgemm(d.c_out, k, cols, &mut partial_w, false, g_side, cols, 1, col, 1, cols);
+                if need_input {
+                    // col (K x cols) = W^T (K x Cout) * g (Cout x cols)
+                    sgemm(k, cols, d.c_out, col, false, weight, 1, k, g_side, cols, 1);
+                    for (i, gxi) in gx.chunks_exact_mut(d.c_in * hw).enumerate() {
+                        col2im(&col[i * hw..], d.c_in, h, w, cols, gxi);
+                    }
+                }
+                (partial_w, partial_b)
+            })
+        })
+        .collect();
+    grad_weight.fill(0.0);
+    grad_bias.fill(0.0);
+    for (pw, pb) in &partials {
+        add_assign(grad_weight, pw);
+        add_assign(grad_bias, pb);
+    }
+}
+
+/// The backward pass of [`ConvReluPool`] as a candle op over [`conv_relu_pool_backward`]:
+/// `(xs, weight, pooled gradient) -> input gradient` (a 1-element dummy if `need_input`
+/// is false), with the weight and bias gradients left in `param_grads`.
 struct ConvReluPoolBwd<'a> {
     argmax: &'a [u8],
     need_input: bool,
@@ -434,119 +566,23 @@ impl CustomOp3 for ConvReluPoolBwd<'_> {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims(self.name(), l1, l2)?;
-        let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
-        let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
-        let pooled_per_image = d.c_out * oh * ow;
-        if l3.shape().dims() != [d.n, d.c_out, oh, ow]
-            || self.argmax.len() != d.n * pooled_per_image
-        {
-            bail!(
-                "{}: gradient {:?} does not fit the forward pass",
-                self.name(),
-                l3.shape()
-            )
+        let (oh, ow) = d.pooled();
+        if l3.shape().dims() != [d.n, d.c_out, oh, ow] || self.argmax.len() != d.n * d.pooled_per_image() {
+            bail!("{}: gradient {:?} does not fit the forward pass", self.name(), l3.shape())
         }
         let xs = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let grad = f32_slice(s3, l3, self.name())?;
-        let group = images_per_gemm(hw, d.n).max(IMAGES_PER_PARTIAL);
-        let n_groups = d.n.div_ceil(group);
-        let mut grad_xs = vec![
-            0f32;
-            if self.need_input {
-                d.n * d.c_in * hw
-            } else {
-                1
-            }
-        ];
-        let gx_chunks: Vec<&mut [f32]> = if self.need_input {
-            grad_xs.chunks_mut(group * d.c_in * hw).collect()
-        } else {
-            (0..n_groups).map(|_| &mut [][..]).collect()
-        };
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_chunks
-            .into_par_iter()
-            .enumerate()
-            .map_init(
-                || (vec![0f32; k * group * hw], vec![0f32; d.c_out * group * hw]),
-                |(col, g_side), (g_index, gx)| {
-                    let first = g_index * group;
-                    let m = group.min(d.n - first);
-                    let cols = m * hw;
-                    let g_side = &mut g_side[..d.c_out * cols];
-                    g_side.fill(0.0);
-                    let mut partial_b = vec![0f32; d.c_out];
-                    for i in 0..m {
-                        let image = first + i;
-                        let gp = &grad[image * pooled_per_image..][..pooled_per_image];
-                        let am = &self.argmax[image * pooled_per_image..][..pooled_per_image];
-                        for (c, (gp, am)) in gp
-                            .chunks_exact(oh * ow)
-                            .zip(am.chunks_exact(oh * ow))
-                            .enumerate()
-                        {
-                            let row = &mut g_side[c * cols + i * hw..][..hw];
-                            let mut b = 0f32;
-                            for oy in 0..oh {
-                                for ox in 0..ow {
-                                    let at = am[oy * ow + ox];
-                                    if at != NO_GRADIENT {
-                                        let g = gp[oy * ow + ox];
-                                        let at = at as usize;
-                                        row[(2 * oy + at / 2) * w + 2 * ox + at % 2] = g;
-                                        b += g;
-                                    }
-                                }
-                            }
-                            partial_b[c] += b;
-                        }
-                        let x = &xs[image * d.c_in * hw..][..d.c_in * hw];
-                        im2col(x, d.c_in, h, w, &mut col[i * hw..], cols);
-                    }
-                    // partial (Cout x K) = g (Cout x cols) * col^T (cols x K)
-                    let mut partial_w = vec![0f32; d.c_out * k];
-                    sgemm(
-                        d.c_out,
-                        k,
-                        cols,
-                        &mut partial_w,
-                        false,
-                        g_side,
-                        cols,
-                        1,
-                        col,
-                        1,
-                        cols,
-                    );
-                    if self.need_input {
-                        // col (K x cols) = W^T (K x Cout) * g (Cout x cols)
-                        sgemm(k, cols, d.c_out, col, false, weight, 1, k, g_side, cols, 1);
-                        for (i, gxi) in gx.chunks_exact_mut(d.c_in * hw).enumerate() {
-                            col2im(&col[i * hw..], d.c_in, h, w, cols, gxi);
-                        }
-                    }
-                    (partial_w, partial_b)
-                },
-            )
-            .collect();
-        let mut parts = partials.into_iter();
-        let (mut total_w, mut total_b) = parts
-            .next()
-            .unwrap_or_else(|| (vec![0f32; d.c_out * k], vec![0f32; d.c_out]));
-        for (pw, pb) in parts {
-            add_assign(&mut total_w, &pw);
-            add_assign(&mut total_b, &pb);
-        }
+        let mut grad_xs = vec![0f32; if self.need_input { xs.len() } else { 1 }];
+        let mut grad_w = vec![0f32; weight.len()];
+        let mut grad_b = vec![0f32; d.c_out];
+        let gx = self.need_input.then_some(&mut grad_xs[..]);
+        conv_relu_pool_backward(d, xs, weight, self.argmax, grad, gx, &mut grad_w, &mut grad_b);
         *self
             .param_grads
             .lock()
-            .map_err(|_| candle_core::Error::Msg("gradient lock poisoned".into()))? =
-            Some((total_w, total_b));
-        let shape = if self.need_input {
-            Shape::from((d.n, d.c_in, h, w))
-        } else {
-            Shape::from(1)
-        };
+            .map_err(|_| candle_core::Error::Msg("gradient lock poisoned".into()))? = Some((grad_w, grad_b));
+        let shape = if self.need_input { Shape::from((d.n, d.c_in, d.h, d.w)) } else { Shape::from(1) };
         Ok((CpuStorage::F32(grad_xs), shape))
     }
 }

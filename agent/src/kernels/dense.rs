@@ -33,6 +33,84 @@ struct Linear {
     relu: bool,
 }
 
+/// `ys = relu?(xs * weight^T + bias)` on slices: `xs` (n x n_in), `weight` (n_out x n_in),
+/// `bias` (n_out), `ys` (n x n_out), all row-major. Fixed row blocks in parallel.
+///
+/// # Panics
+/// If a slice length does not match the dimensions (a caller's bug).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    n: usize,
+    n_in: usize,
+    n_out: usize,
+    xs: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    relu: bool,
+    ys: &mut [f32],
+) {
+    assert_eq!(xs.len(), n * n_in, "linear forward: input size");
+    assert_eq!(weight.len(), n_out * n_in, "linear forward: weight size");
+    assert_eq!(bias.len(), n_out, "linear forward: bias size");
+    assert_eq!(ys.len(), n * n_out, "linear forward: output size");
+    ys.par_chunks_mut(rows_per_task(n) * n_out)
+        .zip(xs.par_chunks(rows_per_task(n) * n_in))
+        .for_each(|(y, x)| {
+            let rows = x.len() / n_in;
+            // y (rows x out) = x (rows x in) * W^T (in x out)
+            sgemm(rows, n_out, n_in, y, false, x, n_in, 1, weight, 1, n_in);
+            for row in y.chunks_exact_mut(n_out) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = if relu { (*v + b).max(0.0) } else { *v + b };
+                }
+            }
+        });
+}
+
+/// `grad_xs = grad * weight` (n x n_in) for `grad` (n x n_out), `weight` (n_out x n_in).
+pub fn linear_backward_input(n: usize, n_in: usize, n_out: usize, grad: &[f32], weight: &[f32], grad_xs: &mut [f32]) {
+    assert_eq!(grad.len(), n * n_out, "linear backward: gradient size");
+    assert_eq!(weight.len(), n_out * n_in, "linear backward: weight size");
+    assert_eq!(grad_xs.len(), n * n_in, "linear backward: input gradient size");
+    grad_xs
+        .par_chunks_mut(rows_per_task(n) * n_in)
+        .zip(grad.par_chunks(rows_per_task(n) * n_out))
+        .for_each(|(gx, g)| {
+            let rows = g.len() / n_out;
+            sgemm(rows, n_in, n_out, gx, false, g, n_out, 1, weight, n_in, 1);
+        });
+}
+
+/// `grad_weight = grad^T * xs` (n_out x n_in) in fixed blocks of output units, and
+/// `grad_bias` = the column sums of `grad` (rows added in order); both overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_params(
+    n: usize,
+    n_in: usize,
+    n_out: usize,
+    grad: &[f32],
+    xs: &[f32],
+    grad_weight: &mut [f32],
+    grad_bias: &mut [f32],
+) {
+    assert_eq!(grad.len(), n * n_out, "linear backward: gradient size");
+    assert_eq!(xs.len(), n * n_in, "linear backward: input size");
+    assert_eq!(grad_weight.len(), n_out * n_in, "linear backward: weight gradient size");
+    assert_eq!(grad_bias.len(), n_out, "linear backward: bias gradient size");
+    grad_weight
+        .par_chunks_mut(UNITS_PER_TASK * n_in)
+        .enumerate()
+        .for_each(|(block, gw)| {
+            let units = gw.len() / n_in;
+            // gw (units x in) = g[:, block]^T (units x N) * xs (N x in)
+            sgemm(units, n_in, n, gw, false, &grad[block * UNITS_PER_TASK..], 1, n_out, xs, n_in, 1);
+        });
+    grad_bias.fill(0.0);
+    for row in grad.chunks_exact(n_out) {
+        add_assign(grad_bias, row);
+    }
+}
+
 fn dims(op: &str, xs: &Layout, weight: &Layout) -> Result<(usize, usize, usize)> {
     let (n, n_in) = xs.shape().dims2()?;
     let (n_out, w_in) = weight.shape().dims2()?;
@@ -71,20 +149,8 @@ impl CustomOp3 for Linear {
         let xs = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let bias = f32_slice(s3, l3, self.name())?;
-        let relu = self.relu;
         let mut ys = vec![0f32; n * n_out];
-        ys.par_chunks_mut(rows_per_task(n) * n_out)
-            .zip(xs.par_chunks(rows_per_task(n) * n_in))
-            .for_each(|(y, x)| {
-                let rows = x.len() / n_in;
-                // y (rows x out) = x (rows x in) * W^T (in x out)
-                sgemm(rows, n_out, n_in, y, false, x, n_in, 1, weight, 1, n_in);
-                for row in y.chunks_exact_mut(n_out) {
-                    for (v, b) in row.iter_mut().zip(bias) {
-                        *v = if relu { (*v + b).max(0.0) } else { *v + b };
-                    }
-                }
-            });
+        linear_forward(n, n_in, n_out, xs, weight, bias, self.relu, &mut ys);
         Ok((CpuStorage::F32(ys), Shape::from((n, n_out))))
     }
 
@@ -141,13 +207,7 @@ impl CustomOp2 for LinearBwdInput {
         let grad = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let mut grad_xs = vec![0f32; n * n_in];
-        grad_xs
-            .par_chunks_mut(rows_per_task(n) * n_in)
-            .zip(grad.par_chunks(rows_per_task(n) * n_out))
-            .for_each(|(gx, g)| {
-                let rows = g.len() / n_out;
-                sgemm(rows, n_in, n_out, gx, false, g, n_out, 1, weight, n_in, 1);
-            });
+        linear_backward_input(n, n_in, n_out, grad, weight, &mut grad_xs);
         Ok((CpuStorage::F32(grad_xs), Shape::from((n, n_in))))
     }
 }
@@ -180,26 +240,10 @@ impl CustomOp2 for LinearBwdWeight {
         let grad = f32_slice(s1, l1, self.name())?;
         let xs = f32_slice(s2, l2, self.name())?;
         let mut grad_weight = vec![0f32; n_out * n_in];
-        grad_weight
-            .par_chunks_mut(UNITS_PER_TASK * n_in)
-            .enumerate()
-            .for_each(|(block, gw)| {
-                let units = gw.len() / n_in;
-                // gw (units x in) = g[:, block]^T (units x N) * xs (N x in)
-                sgemm(
-                    units,
-                    n_in,
-                    n,
-                    gw,
-                    false,
-                    &grad[block * UNITS_PER_TASK..],
-                    1,
-                    n_out,
-                    xs,
-                    n_in,
-                    1,
-                );
-            });
+        // The bias gradient comes separately from ColumnSum (candle wants one op per
+        // output); recomputing it here costs n_out additions per row.
+        let mut grad_bias = vec![0f32; n_out];
+        linear_backward_params(n, n_in, n_out, grad, xs, &mut grad_weight, &mut grad_bias);
         Ok((CpuStorage::F32(grad_weight), Shape::from((n_out, n_in))))
     }
 }

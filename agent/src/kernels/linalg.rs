@@ -89,3 +89,30 @@ pub(super) fn add_assign(dst: &mut [f32], src: &[f32]) {
         *d += s;
     }
 }
+
+thread_local! {
+    /// Per-thread scratch memory of the convolution passes, kept between calls so that a
+    /// training step allocates (and zeroes) nothing of its size.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with two scratch buffers of `a` and `b` values from this thread's reusable
+/// scratch memory. Their contents are arbitrary: `f` must write before it reads.
+pub(super) fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < a + b {
+                buf.resize(a + b, 0.0);
+            }
+            let (x, y) = buf[..a + b].split_at_mut(a);
+            f(x, y)
+        }
+        // Re-entered on this thread (rayon may run another task while one waits): a
+        // fresh buffer keeps the two apart.
+        Err(_) => {
+            let mut buf = vec![0f32; a + b];
+            let (x, y) = buf.split_at_mut(a);
+            f(x, y)
+        }
+    })
+}

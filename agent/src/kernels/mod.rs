@@ -28,9 +28,11 @@ mod pool;
 #[cfg(test)]
 mod testing;
 
-pub use adam::Adam;
-pub use conv::{conv3x3_relu_pool, conv3x3_same};
-pub use dense::linear;
+pub use adam::{Adam, AdamStep};
+pub use conv::{
+    conv3x3_relu_pool, conv3x3_same, conv_relu_pool_backward, conv_relu_pool_forward, Dims as ConvDims,
+};
+pub use dense::{linear, linear_backward_input, linear_backward_params, linear_forward};
 pub use pool::max_pool2x2_same;
 
 use candle_core::backend::BackendStorage;
