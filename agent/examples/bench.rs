@@ -20,6 +20,7 @@ use candle_nn::Optimizer;
 use fl_agent::data::{partition, Dataset, Mnist, Split};
 use fl_agent::kernels;
 use fl_agent::model::Model;
+use fl_agent::network::Trainer;
 use fl_agent::rng::Rng;
 use fl_agent::train::{evaluate, train, TrainConfig};
 use fl_agent::weights::ModelFile;
@@ -208,173 +209,78 @@ fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(best)
 }
 
-/// Where the time of a training step goes, and stock candle vs. kernels per layer.
+/// Where the time of a training step goes: the network's own step against the same
+/// kernels driven by candle's autograd, and per layer stock candle against the kernels.
 fn profile(args: &Args) -> Result<()> {
     let mnist = load(args)?;
     let device = Device::Cpu;
+    let start = ModelFile::initial(1)?;
+    let params = candle_nn::ParamsAdamW { eps: 1e-7, weight_decay: 0.0, ..Default::default() };
     for &bs in &args.batch_sizes {
-        let varmap = ModelFile::initial(1)?.to_varmap(&device)?;
-        let model = Model::from_varmap(&varmap, &device)?;
-        let params = candle_nn::ParamsAdamW {
-            eps: 1e-7,
-            weight_decay: 0.0,
-            ..Default::default()
-        };
-        let mut candle_adam = candle_nn::AdamW::new(varmap.all_vars(), params.clone())?;
-        let mut fused_adam = kernels::Adam::new(varmap.all_vars(), params)?;
         let indices: Vec<usize> = (0..bs).collect();
         let mut rng = Rng::new(1);
+        // The network's step (what `train` runs): batch, forward, backward and Adam.
+        let mut trainer = Trainer::new(&start, params.clone())?;
+        let step = time_ms(20, || {
+            trainer.step(&mnist.train, &indices, &mut rng);
+            Ok(())
+        })?;
+        println!("step network bs={bs} step_ms={step:.2} => {:.0} images/s", bs as f64 / step * 1e3);
+        // The same kernels as candle ops, with candle's autograd and the fused Adam.
+        let varmap = start.to_varmap(&device)?;
+        let model = Model::from_varmap(&varmap, &device)?;
+        let mut adam = kernels::Adam::new(varmap.all_vars(), params.clone())?;
         let (xs, ys) = mnist.train.batch(&indices, &device)?;
         let mask = Model::dropout_mask(bs, &mut rng, &device)?;
-        let reps = if std::env::var_os("BENCH_KERNELS_ONLY").is_some() {
-            1
-        } else {
-            10
-        };
-        let batch = time_ms(reps, || {
-            mnist.train.batch(&indices, &device)?;
-            Model::dropout_mask(bs, &mut rng, &device)?;
-            Ok(())
-        })?;
-        let forward = time_ms(reps, || {
-            candle_nn::loss::cross_entropy(&model.forward(&xs, Some(&mask))?, &ys)?;
-            Ok(())
-        })?;
-        let loss = candle_nn::loss::cross_entropy(&model.forward(&xs, Some(&mask))?, &ys)?;
-        let backward = time_ms(reps, || {
-            loss.backward()?;
-            Ok(())
-        })?;
-        let grads = loss.backward()?;
-        let step_candle = time_ms(reps, || Ok(candle_adam.step(&grads)?))?;
-        let step_fused = time_ms(reps, || Ok(fused_adam.step(&grads)?))?;
-        let total = batch + forward + backward + step_fused;
-        // The same network written directly with the kernels (for comparison with
-        // whatever `Model::forward` uses).
-        let vars = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?
-            .clone();
-        let v = |name: &str| -> Result<Tensor> {
-            Ok(vars
-                .get(name)
-                .with_context(|| format!("no parameter {name}"))?
-                .as_tensor()
-                .clone())
-        };
-        let (w1, b1, w2, b2, w3, b3) = (
-            v("conv1.weight")?,
-            v("conv1.bias")?,
-            v("conv2.weight")?,
-            v("conv2.bias")?,
-            v("conv3.weight")?,
-            v("conv3.bias")?,
-        );
-        let (wf1, bf1, wf2, bf2) = (
-            v("fc1.weight")?,
-            v("fc1.bias")?,
-            v("fc2.weight")?,
-            v("fc2.bias")?,
-        );
-        let fast_forward = || -> Result<Tensor> {
-            let h = kernels::max_pool2x2_same(&kernels::conv3x3_same(&xs, &w1, &b1, true)?)?;
-            let h = kernels::max_pool2x2_same(&kernels::conv3x3_same(&h, &w2, &b2, true)?)?;
-            let h = kernels::max_pool2x2_same(&kernels::conv3x3_same(&h, &w3, &b3, true)?)?;
-            let h = (kernels::linear(&h.flatten_from(1)?, &wf1, &bf1, true)? * &mask)?;
-            Ok(candle_nn::loss::cross_entropy(
-                &kernels::linear(&h, &wf2, &bf2, false)?,
-                &ys,
-            )?)
-        };
-        let forward_k = time_ms(reps, || fast_forward().map(|_| ()))?;
-        let loss_k = fast_forward()?;
-        let backward_k = time_ms(reps, || Ok(loss_k.backward().map(|_| ())?))?;
-        if std::env::var_os("BENCH_KERNELS_ONLY").is_some() {
-            // For `perf record`: many steps of the kernels path alone.
-            for _ in 0..100 {
-                let grads = fast_forward()?.backward()?;
-                fused_adam.step(&grads)?;
-            }
-            continue;
-        }
-        let total_k = batch + forward_k + backward_k + step_fused;
+        let loss = || candle_nn::loss::cross_entropy(&model.forward(&xs, Some(&mask))?, &ys);
+        let forward = time_ms(10, || Ok(loss().map(|_| ())?))?;
+        let backward = time_ms(10, || Ok(loss()?.backward().map(|_| ())?))? - forward;
+        let grads = loss()?.backward()?;
+        let adam_ms = time_ms(10, || Ok(adam.step(&grads)?))?;
+        let total = forward + backward + adam_ms;
         println!(
-            "step-with-kernels bs={bs} forward_ms={forward_k:.2} backward_ms={backward_k:.2} => {:.0} images/s",
-            bs as f64 / total_k * 1e3
-        );
-        println!(
-            "step bs={bs} batch_ms={batch:.2} forward_ms={forward:.2} backward_ms={backward:.2} \
-             adam_candle_ms={step_candle:.2} adam_fused_ms={step_fused:.2} => {:.0} images/s",
+            "step candle-autograd bs={bs} forward_ms={forward:.2} backward_ms={backward:.2} adam_ms={adam_ms:.2} => {:.0} images/s",
             bs as f64 / total * 1e3
         );
-        // Per layer: forward + backward of conv(+relu) and pool, stock vs kernels.
-        for (name, c_in, c_out, side) in [
-            ("conv1", 1, 32, 28),
-            ("conv2", 32, 64, 14),
-            ("conv3", 64, 128, 7),
-        ] {
+        // Per layer: conv + relu + pool, forward and backward.
+        for (name, c_in, c_out, side) in [("conv1", 1, 32, 28), ("conv2", 32, 64, 14), ("conv3", 64, 128, 7)] {
             let x = Var::randn(0f32, 1.0, (bs, c_in, side, side), &device)?;
             let w = Var::randn(0f32, 0.1, (c_out, c_in, 3, 3), &device)?;
             let b = Var::randn(0f32, 0.1, c_out, &device)?;
             let stock_conv = candle_nn::Conv2d::new(
                 w.as_tensor().clone(),
                 Some(b.as_tensor().clone()),
-                candle_nn::Conv2dConfig {
-                    padding: 1,
-                    ..Default::default()
-                },
+                candle_nn::Conv2dConfig { padding: 1, ..Default::default() },
             );
-            let pad = |t: Tensor| -> candle_core::Result<Tensor> {
-                if side % 2 == 1 {
-                    t.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)
-                } else {
-                    Ok(t)
-                }
+            let stock = || -> candle_core::Result<Tensor> {
+                let t = stock_conv.forward(&x)?.relu()?;
+                let t = if side % 2 == 1 { t.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)? } else { t };
+                t.max_pool2d(2)
             };
-            let stock_fwd = time_ms(5, || {
-                Ok(pad(stock_conv.forward(&x)?.relu()?)?
-                    .max_pool2d(2)
-                    .map(|_| ())?)
-            })?;
-            let stock_all = time_ms(5, || {
-                pad(stock_conv.forward(&x)?.relu()?)?
-                    .max_pool2d(2)?
-                    .sum_all()?
-                    .backward()?;
+            let stock_fwd = time_ms(5, || Ok(stock().map(|_| ())?))?;
+            let stock_all = time_ms(5, || Ok(stock()?.sum_all()?.backward().map(|_| ())?))?;
+            // The kernels on NHWC slices, as the network calls them (the first layer's
+            // input needs no gradient).
+            let d = kernels::ConvDims { n: bs, c_in, c_out, h: side, w: side };
+            let xs = x.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let ws = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let bias = b.as_tensor().to_vec1::<f32>()?;
+            let mut ys = vec![0f32; bs * d.pooled_per_image()];
+            let mut argmax = vec![0u8; ys.len()];
+            let fwd = time_ms(20, || {
+                kernels::conv_relu_pool_forward(d, &xs, &ws, &bias, &mut ys, &mut argmax);
                 Ok(())
             })?;
-            let fast_fwd = time_ms(5, || {
-                Ok(
-                    kernels::max_pool2x2_same(&kernels::conv3x3_same(&x, &w, &b, true)?)
-                        .map(|_| ())?,
-                )
-            })?;
-            let fast_all = time_ms(5, || {
-                kernels::max_pool2x2_same(&kernels::conv3x3_same(&x, &w, &b, true)?)?
-                    .sum_all()?
-                    .backward()?;
+            let (mut gx, mut gw, mut gb) = (vec![0f32; xs.len()], vec![0f32; ws.len()], vec![0f32; c_out]);
+            let bwd = time_ms(20, || {
+                let gx = (c_in > 1).then_some(&mut gx[..]);
+                kernels::conv_relu_pool_backward(d, &xs, &ws, &argmax, &ys, gx, &mut gw, &mut gb);
                 Ok(())
             })?;
-            // The fused op as the model uses it: conv1's input (the images) needs no gradient.
-            let x_in = if c_in == 1 {
-                x.as_tensor().detach()
-            } else {
-                x.as_tensor().clone()
-            };
-            let fused_fwd = time_ms(5, || {
-                Ok(kernels::conv3x3_relu_pool(&x_in, &w, &b).map(|_| ())?)
-            })?;
-            let fused_all = time_ms(5, || {
-                kernels::conv3x3_relu_pool(&x_in, &w, &b)?
-                    .sum_all()?
-                    .backward()?;
-                Ok(())
-            })?;
-            println!("layer {name} fused bs={bs} fwd_ms={fused_fwd:.2} fwd_bwd_ms={fused_all:.2}");
             println!(
                 "layer {name}+relu+pool bs={bs} stock_fwd_ms={stock_fwd:.2} stock_fwd_bwd_ms={stock_all:.2} \
-                 kernels_fwd_ms={fast_fwd:.2} kernels_fwd_bwd_ms={fast_all:.2}"
+                 kernels_fwd_ms={fwd:.2} kernels_fwd_bwd_ms={:.2}",
+                fwd + bwd
             );
         }
     }

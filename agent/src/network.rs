@@ -66,9 +66,11 @@ pub struct Network {
     capacity: usize,
     pixels: Vec<f32>,
     labels: Vec<u32>,
-    /// Output of each convolution layer after ReLU and pool, and its window argmax.
+    /// Output of each convolution layer after ReLU and pool (NHWC), and its argmax.
     pooled: [Vec<f32>; 3],
     argmax: [Vec<u8>; 3],
+    /// The last pooled output flattened channel-major (NCHW), fc1's input.
+    flat: Vec<f32>,
     /// `relu(fc1)`, the dropout mask and `relu(fc1) * mask` (training only).
     hidden: Vec<f32>,
     mask: Vec<f32>,
@@ -91,6 +93,7 @@ impl Network {
             labels: Vec::new(),
             pooled: Default::default(),
             argmax: Default::default(),
+            flat: Vec::new(),
             hidden: Vec::new(),
             mask: Vec::new(),
             dropped: Vec::new(),
@@ -126,6 +129,7 @@ impl Network {
             self.pooled[layer].resize(n * pooled_per_image(layer), 0.0);
             self.argmax[layer].resize(n * pooled_per_image(layer), 0);
         }
+        self.flat.resize(n * FLAT, 0.0);
         for buffer in [&mut self.hidden, &mut self.mask, &mut self.dropped] {
             buffer.resize(n * HIDDEN, 0.0);
         }
@@ -150,8 +154,11 @@ impl Network {
         kernels::conv_relu_pool_forward(conv_dims(0, n), &self.pixels[..n * IMAGE_BYTES], w1, b1, p1, a1);
         kernels::conv_relu_pool_forward(conv_dims(1, n), p1, w2, b2, p2, a2);
         kernels::conv_relu_pool_forward(conv_dims(2, n), p2, w3, b3, p3, a3);
+        // The model's flatten is channel-major (candle's NCHW): fc1's weights expect it.
+        let flat = &mut self.flat[..n * FLAT];
+        kernels::nhwc_to_nchw(p3, CONVS[2].1, FLAT / CONVS[2].1, flat);
         let hidden = &mut self.hidden[..n * HIDDEN];
-        kernels::linear_forward(n, FLAT, HIDDEN, p3, fc1_w, fc1_b, true, hidden);
+        kernels::linear_forward(n, FLAT, HIDDEN, flat, fc1_w, fc1_b, true, hidden);
         let fc2_in: &[f32] = if dropout {
             let dropped = &mut self.dropped[..n * HIDDEN];
             for ((d, h), m) in dropped.iter_mut().zip(&*hidden).zip(&self.mask) {
@@ -223,6 +230,7 @@ pub struct Trainer {
     v: Vec<f32>,
     grad_logits: Vec<f32>,
     grad_hidden: Vec<f32>,
+    grad_flat: Vec<f32>,
     /// Gradients at the pooled outputs of the convolution layers.
     grad_pooled: [Vec<f32>; 3],
 }
@@ -241,6 +249,7 @@ impl Trainer {
             v: vec![0.0; n],
             grad_logits: Vec::new(),
             grad_hidden: Vec::new(),
+            grad_flat: Vec::new(),
             grad_pooled: Default::default(),
         })
     }
@@ -269,6 +278,7 @@ impl Trainer {
         let net = &self.net;
         self.grad_logits.resize(n * CLASSES, 0.0);
         self.grad_hidden.resize(n * HIDDEN, 0.0);
+        self.grad_flat.resize(n * FLAT, 0.0);
         for (layer, grad) in self.grad_pooled.iter_mut().enumerate() {
             grad.resize(n * pooled_per_image(layer), 0.0);
         }
@@ -286,10 +296,12 @@ impl Trainer {
         }
         let [g1, g2, g3] = &mut self.grad_pooled;
         let (g1, g2, g3) = (&mut g1[..n * pooled_per_image(0)], &mut g2[..n * pooled_per_image(1)], &mut g3[..n * FLAT]);
-        let (p1, p2, p3) = (&net.pooled[0][..g1.len()], &net.pooled[1][..g2.len()], &net.pooled[2][..g3.len()]);
+        let (p1, p2) = (&net.pooled[0][..g1.len()], &net.pooled[1][..g2.len()]);
         let (a1, a2, a3) = (&net.argmax[0][..g1.len()], &net.argmax[1][..g2.len()], &net.argmax[2][..g3.len()]);
-        kernels::linear_backward_params(n, FLAT, HIDDEN, grad_hidden, p3, g_fc1_w, g_fc1_b);
-        kernels::linear_backward_input(n, FLAT, HIDDEN, grad_hidden, fc1_w, g3);
+        kernels::linear_backward_params(n, FLAT, HIDDEN, grad_hidden, &net.flat[..n * FLAT], g_fc1_w, g_fc1_b);
+        let grad_flat = &mut self.grad_flat[..n * FLAT];
+        kernels::linear_backward_input(n, FLAT, HIDDEN, grad_hidden, fc1_w, grad_flat);
+        kernels::nchw_to_nhwc(grad_flat, CONVS[2].1, FLAT / CONVS[2].1, g3);
         kernels::conv_relu_pool_backward(conv_dims(2, n), p2, w3, a3, g3, Some(g2), gw3, gb3);
         kernels::conv_relu_pool_backward(conv_dims(1, n), p1, w2, a2, g2, Some(g1), gw2, gb2);
         // The images need no gradient: the costliest pass of the first layer is skipped.

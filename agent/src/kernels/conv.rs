@@ -1,26 +1,31 @@
-//! 3x3 convolution with "same" padding (zero padding 1, stride 1), bias and optional ReLU
-//! fused, as a candle custom op with a custom backward pass.
+//! 3x3 convolution with "same" padding (zero padding 1, stride 1), bias, ReLU and a 2x2
+//! max-pool with Keras' "same" padding (7 -> 4), fused, forward and backward.
 //!
-//! Forward, per image: im2col (Cin*9 x H*W) then one GEMM with the weights viewed as a
-//! Cout x Cin*9 matrix, which writes the NCHW output directly. Backward: the input
-//! gradient is W^T x dY followed by col2im; the weight gradient is dY x col^T summed over
-//! images in fixed groups; the bias gradient is a per-channel sum.
+//! Activations are channels-last (NHWC: each pixel's channels side by side), so that
+//! a pixel's 3x3 patch is three contiguous runs of `3 * C` values (one per kernel row)
+//! and pooling compares whole rows of channels. Per fixed group of images:
+//! - forward: the group's patch rows (one per output pixel, `9 * Cin` values ordered
+//!   (ky, kx, c)) times the weights (one GEMM), then bias, ReLU and pool straight out
+//!   of the GEMM's output, which stays in a per-thread scratch buffer; the window argmax
+//!   is kept for the backward pass;
+//! - backward: the pooled gradient scattered through the argmax into a scratch matrix,
+//!   one GEMM for the weight gradient against the patch rows, one for the patch
+//!   gradients, then their scatter-add back onto the input pixels.
+//!
+//! Weights and their gradients stay in candle's OIHW layout (the model file's); they are
+//! reordered to the patch order, a few thousand values, once per call. Measured on two
+//! cores against the earlier channels-first im2col (9 x Cin rows of H x W): the patch
+//! copies are 3 runs of 3 x Cin values instead of 9 x Cin runs of W (7 at the third
+//! layer), and the GEMM runs 10-20% faster in this orientation.
+//!
+//! [`conv3x3_relu_pool`] wraps the same kernels as a candle op on NCHW tensors
+//! (transposing at its edges), which the tests check against candle's stock conv2d.
 
-use super::linalg::{add_assign, sgemm, sum, with_scratch};
-use super::{f32_slice, ELEMENTS_PER_TASK, IMAGES_PER_PARTIAL};
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
-};
+use super::linalg::{add_assign, multiversion, sgemm, with_scratch};
+use super::{f32_slice, IMAGES_PER_PARTIAL};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-/// `relu?(conv2d(xs, weight, padding 1) + bias)` for a 3x3 kernel: `xs` is (N, Cin, H, W),
-/// `weight` (Cout, Cin, 3, 3), `bias` (Cout); the result is (N, Cout, H, W). Same
-/// values as candle's `conv2d(.., padding 1, stride 1, dilation 1, groups 1)` followed by
-/// a broadcast bias add (and `relu`), with gradients for all three inputs.
-pub fn conv3x3_same(xs: &Tensor, weight: &Tensor, bias: &Tensor, relu: bool) -> Result<Tensor> {
-    xs.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Conv3x3 { relu })
-}
+use std::sync::Mutex;
 
 /// Shapes of a 3x3 convolution: `n` images of `c_in x h x w` in, `c_out` channels out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +46,7 @@ impl Dims {
     fn hw(&self) -> usize {
         self.h * self.w
     }
-    /// Rows of the im2col matrix (the GEMM's inner dimension).
+    /// Values in a patch row (the GEMM's inner dimension).
     fn k(&self) -> usize {
         self.c_in * 9
     }
@@ -56,209 +61,465 @@ impl Dims {
     }
 }
 
-fn dims(op: &str, xs: &Layout, weight: &Layout) -> Result<Dims> {
-    let (n, c_in, h, w) = xs.shape().dims4()?;
-    let (c_out, w_in, kh, kw) = weight.shape().dims4()?;
-    if w_in != c_in || kh != 3 || kw != 3 {
-        bail!(
-            "{op}: weight shape {:?} does not fit input shape {:?}",
-            weight.shape(),
-            xs.shape()
-        )
-    }
-    if n == 0 || c_in == 0 || c_out == 0 || h == 0 || w == 0 {
-        bail!(
-            "{op}: empty tensor (input {:?}, weight {:?})",
-            xs.shape(),
-            weight.shape()
-        )
-    }
-    Ok(Dims {
-        n,
-        c_in,
-        c_out,
-        h,
-        w,
-    })
-}
-
-/// Images per GEMM in the convolution passes for a batch of `n`: enough columns
-/// (images x H*W, about 512) to amortise the packing of the weights in the small late
-/// layers, spread evenly over the batch (32 images of 7x7 make 4 groups of 8, not
-/// 10+10+10+2, which would leave a core idle). Depends on the shapes only, never on
-/// the thread count.
+/// Images per GEMM for a batch of `n`: enough rows (images x H*W, about 512) to amortise
+/// the packing of the weights in the small late layers, spread evenly over the batch
+/// (32 images of 7x7 make 4 groups of 8, not 10+10+10+2, which would leave a core
+/// idle). Depends on the shapes only, never on the thread count.
 fn images_per_gemm(hw: usize, n: usize) -> usize {
     let target = (512 / hw).clamp(1, 16);
     n.div_ceil(n.div_ceil(target)).max(1)
 }
 
-/// Copies one image's `rows x hw` matrix into columns `[offset, offset + hw)` of a
-/// `rows x row_stride` matrix (to put several images side by side for one GEMM).
-fn place_columns(src: &[f32], hw: usize, dst: &mut [f32], offset: usize, row_stride: usize) {
-    for (r, src_row) in src.chunks_exact(hw).enumerate() {
-        dst[r * row_stride + offset..][..hw].copy_from_slice(src_row);
+/// Marks a pooled output whose ReLU was closed (output 0): no gradient flows back.
+const NO_GRADIENT: u8 = 4;
+
+/// OIHW weights as a `c_out x 9*c_in` matrix whose columns follow the patch order
+/// (ky, kx, c).
+fn to_patch_order(weight: &[f32], c_in: usize) -> Vec<f32> {
+    let mut out = vec![0f32; weight.len()];
+    for (src, dst) in weight.chunks_exact(c_in * 9).zip(out.chunks_exact_mut(c_in * 9)) {
+        for (c, taps) in src.chunks_exact(9).enumerate() {
+            for (tap, &v) in taps.iter().enumerate() {
+                dst[tap * c_in + c] = v;
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`to_patch_order`], into `weight` (OIHW).
+fn from_patch_order(patch: &[f32], c_in: usize, weight: &mut [f32]) {
+    for (src, dst) in patch.chunks_exact(c_in * 9).zip(weight.chunks_exact_mut(c_in * 9)) {
+        for (c, taps) in dst.chunks_exact_mut(9).enumerate() {
+            for (tap, v) in taps.iter_mut().enumerate() {
+                *v = src[tap * c_in + c];
+            }
+        }
     }
 }
 
-/// Fills `col` (Cin*9 rows, `row_stride` apart, of H*W values) with the zero-padded 3x3 neighbourhoods of one image:
-/// `col[(c*9 + ky*3 + kx), y*W + x] = image[c, y+ky-1, x+kx-1]` (0 outside).
-fn im2col(image: &[f32], c_in: usize, h: usize, w: usize, col: &mut [f32], row_stride: usize) {
-    let hw = h * w;
-    for c in 0..c_in {
-        let plane = &image[c * hw..(c + 1) * hw];
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let row = &mut col[(c * 9 + ky * 3 + kx) * row_stride..][..hw];
-                for (oy, dst) in row.chunks_exact_mut(w).enumerate() {
-                    let iy = oy + ky;
-                    if iy == 0 || iy > h {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[(iy - 1) * w..][..w];
-                    match kx {
-                        0 => {
-                            dst[0] = 0.0;
-                            dst[1..].copy_from_slice(&src[..w - 1]);
-                        }
-                        1 => dst.copy_from_slice(src),
-                        _ => {
-                            dst[..w - 1].copy_from_slice(&src[1..]);
-                            dst[w - 1] = 0.0;
-                        }
-                    }
+/// Fills `rows` (H*W rows of 9*C values) with the zero-padded 3x3 patches of one NHWC
+/// image: `rows[y*W + x][(ky*3 + kx)*C + c] = image[y+ky-1][x+kx-1][c]` (0 outside).
+#[inline(always)]
+fn im2row_body(image: &[f32], c: usize, h: usize, w: usize, rows: &mut [f32]) {
+    if c == 1 {
+        // The first layer: element by element (copies of 1-3 values would be calls).
+        for (p, row) in rows.chunks_exact_mut(9).take(h * w).enumerate() {
+            let (y, x) = (p / w, p % w);
+            for (tap, v) in row.iter_mut().enumerate() {
+                let (iy, ix) = (y + tap / 3, x + tap % 3);
+                *v = if iy == 0 || iy > h || ix == 0 || ix > w { 0.0 } else { image[(iy - 1) * w + ix - 1] };
+            }
+        }
+        return;
+    }
+    for (p, row) in rows.chunks_exact_mut(9 * c).take(h * w).enumerate() {
+        let (y, x) = (p / w, p % w);
+        for (ky, dst) in row.chunks_exact_mut(3 * c).enumerate() {
+            let iy = y + ky; // row in the padded image
+            if iy == 0 || iy > h {
+                dst.fill(0.0);
+                continue;
+            }
+            let line = &image[(iy - 1) * w * c..][..w * c];
+            if x >= 1 && x + 1 < w {
+                dst.copy_from_slice(&line[(x - 1) * c..][..3 * c]);
+                continue;
+            }
+            for (kx, d) in dst.chunks_exact_mut(c).enumerate() {
+                let ix = x + kx;
+                if ix == 0 || ix > w {
+                    d.fill(0.0);
+                } else {
+                    d.copy_from_slice(&line[(ix - 1) * c..][..c]);
                 }
             }
         }
     }
 }
 
-/// The adjoint of [`im2col`]: scatters-and-adds the column gradients into one image's
-/// input gradient (overwritten).
-fn col2im(col: &[f32], c_in: usize, h: usize, w: usize, row_stride: usize, image: &mut [f32]) {
-    let hw = h * w;
+/// The convolution of one single-channel image (the first layer) without patches, for
+/// `C_OUT` output channels: each pixel's `C_OUT` sums live in registers while its nine
+/// taps are added, a broadcast multiply-add each. `weight_t` is the weight matrix in
+/// tap order, transposed (9 x C_OUT). Output NHWC, `h * w * C_OUT` values.
+/// A single-channel `h x w` image with a zero border of one pixel, so that every pixel
+/// takes all nine taps without a branch; and its row length, `w + 2`.
+fn pad_image(image: &[f32], h: usize, w: usize) -> (Vec<f32>, usize) {
+    let pw = w + 2;
+    let mut padded = vec![0f32; (h + 2) * pw];
+    for (src, dst) in image.chunks_exact(w).take(h).zip(padded[pw..].chunks_exact_mut(pw)) {
+        dst[1..=w].copy_from_slice(src);
+    }
+    (padded, pw)
+}
+
+/// The weight gradient of [`conv_direct`] for one image, added into `acc` (9 x C_OUT,
+/// tap-major): `acc[t][o] += sum over pixels p of image[neighbour t of p] * g[p][o]`,
+/// the nine taps' sums in registers.
+#[inline(always)]
+fn weight_grad_direct<const C_OUT: usize>(image: &[f32], h: usize, w: usize, g: &[f32], acc: &mut [f32]) {
+    let (padded, pw) = pad_image(image, h, w);
+    let mut sums = [[0f32; C_OUT]; 9];
+    for (p, g) in g.chunks_exact(C_OUT).take(h * w).enumerate() {
+        let at = (p / w) * pw + p % w;
+        for (tap, s) in sums.iter_mut().enumerate() {
+            let v = padded[at + (tap / 3) * pw + tap % 3];
+            for (s, &gv) in s.iter_mut().zip(g) {
+                *s += v * gv;
+            }
+        }
+    }
+    for (a, s) in acc.chunks_exact_mut(C_OUT).zip(&sums) {
+        add_assign(a, s);
+    }
+}
+
+/// Scatters one image's pooled gradient (ceil(H/2) x ceil(W/2) pixels of C) through
+/// the forward's argmax onto the convolution output's pixels (H x W pixels of C, all
+/// overwritten: the windows tile the image, so nothing needs zeroing first), and adds
+/// the gradient that reaches each channel's bias (where the ReLU was open) to `bias`.
+#[inline(always)]
+fn unpool_body(grad: &[f32], am: &[u8], c: usize, h: usize, w: usize, g_img: &mut [f32], bias: &mut [f32]) {
+    let ow = w.div_ceil(2);
+    for (q, (gq, aq)) in grad.chunks_exact(c).zip(am.chunks_exact(c)).enumerate() {
+        let (y0, x0) = (2 * (q / ow), 2 * (q % ow));
+        for (index, (dy, dx)) in [(0u8, (0, 0)), (1, (0, 1)), (2, (1, 0)), (3, (1, 1))] {
+            if y0 + dy < h && x0 + dx < w {
+                let row = &mut g_img[((y0 + dy) * w + x0 + dx) * c..][..c];
+                for ((r, &g), &a) in row.iter_mut().zip(gq).zip(aq) {
+                    *r = if a == index { g } else { 0.0 };
+                }
+            }
+        }
+        for ((b, &g), &a) in bias.iter_mut().zip(gq).zip(aq) {
+            *b += if a != NO_GRADIENT { g } else { 0.0 };
+        }
+    }
+}
+
+#[inline(always)]
+fn conv_direct<const C_OUT: usize>(image: &[f32], h: usize, w: usize, weight_t: &[f32], out: &mut [f32]) {
+    let taps: Vec<[f32; C_OUT]> = weight_t
+        .chunks_exact(C_OUT)
+        .map(|row| std::array::from_fn(|o| row[o]))
+        .collect();
+    let Ok(taps) = <[[f32; C_OUT]; 9]>::try_from(taps) else {
+        panic!("conv_direct: expected 9 x {C_OUT} weights, found {}", weight_t.len())
+    };
+    let (padded, pw) = pad_image(image, h, w);
+    for (p, dst) in out.chunks_exact_mut(C_OUT).take(h * w).enumerate() {
+        let at = (p / w) * pw + p % w; // top-left tap in the padded image
+        let mut acc = [0f32; C_OUT];
+        for (tap, weights) in taps.iter().enumerate() {
+            let v = padded[at + (tap / 3) * pw + tap % 3];
+            for (a, wv) in acc.iter_mut().zip(weights) {
+                *a += v * wv;
+            }
+        }
+        // An element loop, not copy_from_slice: that would be a memcpy call per pixel.
+        for (d, a) in dst.iter_mut().zip(acc) {
+            *d = a;
+        }
+    }
+}
+
+/// The adjoint of [`im2row`]: adds each patch row's gradient back onto the pixels it was
+/// copied from, into one image's gradient (overwritten).
+#[inline(always)]
+fn row2im_body(rows: &[f32], c: usize, h: usize, w: usize, image: &mut [f32]) {
     image.fill(0.0);
-    for c in 0..c_in {
-        let plane = &mut image[c * hw..(c + 1) * hw];
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let row = &col[(c * 9 + ky * 3 + kx) * row_stride..][..hw];
-                for (oy, src) in row.chunks_exact(w).enumerate() {
-                    let iy = oy + ky;
-                    if iy == 0 || iy > h {
-                        continue;
-                    }
-                    let dst = &mut plane[(iy - 1) * w..][..w];
-                    match kx {
-                        0 => add_assign(&mut dst[..w - 1], &src[1..]),
-                        1 => add_assign(dst, src),
-                        _ => add_assign(&mut dst[1..], &src[..w - 1]),
-                    }
+    for (p, row) in rows.chunks_exact(9 * c).take(h * w).enumerate() {
+        let (y, x) = (p / w, p % w);
+        for (ky, src) in row.chunks_exact(3 * c).enumerate() {
+            let iy = y + ky;
+            if iy == 0 || iy > h {
+                continue;
+            }
+            let line = &mut image[(iy - 1) * w * c..][..w * c];
+            if x >= 1 && x + 1 < w {
+                add_assign(&mut line[(x - 1) * c..][..3 * c], src);
+                continue;
+            }
+            for (kx, s) in src.chunks_exact(c).enumerate() {
+                let ix = x + kx;
+                if ix != 0 && ix <= w {
+                    add_assign(&mut line[(ix - 1) * c..][..c], s);
                 }
             }
         }
     }
 }
 
-/// The forward op; `relu` says whether the ReLU is fused in.
-struct Conv3x3 {
-    relu: bool,
+/// Bias, ReLU and 2x2 "same" max-pool of one image's convolution output `conv` (H*W
+/// pixels of C channels) into `y` (ceil(H/2)*ceil(W/2) pixels of C), with the argmax.
+#[inline(always)]
+fn pool_image_body(conv: &[f32], c: usize, h: usize, w: usize, bias: &[f32], y: &mut [f32], am: &mut [u8]) {
+    let ow = w.div_ceil(2);
+    let pixel = |yy: usize, xx: usize| &conv[(yy * w + xx) * c..][..c];
+    for (q, (out, at)) in y.chunks_exact_mut(c).zip(am.chunks_exact_mut(c)).enumerate() {
+        let (y0, x0) = (2 * (q / ow), 2 * (q % ow));
+        // A window cut by the bottom or right edge repeats its first element instead:
+        // an equal later element never wins, so the result is the same.
+        let p0 = pixel(y0, x0);
+        let p1 = if x0 + 1 < w { pixel(y0, x0 + 1) } else { p0 };
+        let p2 = if y0 + 1 < h { pixel(y0 + 1, x0) } else { p0 };
+        let p3 = if x0 + 1 < w && y0 + 1 < h { pixel(y0 + 1, x0 + 1) } else { p0 };
+        // One branch-free pass over the channels (it vectorises). Window order (0,0),
+        // (0,1), (1,0), (1,1); a later element wins only if larger, so ties go to the
+        // first maximum in row-major order, as in TensorFlow. relu(max(a) + b) ==
+        // max(relu(a + b)): the bias is the same over the window.
+        let windows = p0.iter().zip(p1).zip(p2.iter().zip(p3));
+        for (((o, a), b), ((&v0, &v1), (&v2, &v3))) in out.iter_mut().zip(at.iter_mut()).zip(bias).zip(windows) {
+            let (mut best, mut index) = (v0, 0u8);
+            for (v, i) in [(v1, 1u8), (v2, 2), (v3, 3)] {
+                let larger = v > best;
+                best = if larger { v } else { best };
+                index = if larger { i } else { index };
+            }
+            let s = best + b;
+            *o = s.max(0.0);
+            *a = if s > 0.0 { index } else { NO_GRADIENT };
+        }
+    }
 }
 
-impl CustomOp3 for Conv3x3 {
-    fn name(&self) -> &'static str {
-        "conv3x3-same"
-    }
+multiversion!(fn im2row(image: &[f32], c: usize, h: usize, w: usize, rows: &mut [f32]) => im2row_body);
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = dims(self.name(), l1, l2)?;
-        if l3.shape().dims() != [d.c_out] {
-            bail!(
-                "{}: bias shape {:?}, expected ({},)",
-                self.name(),
-                l3.shape(),
-                d.c_out
-            )
+multiversion!(fn row2im(rows: &[f32], c: usize, h: usize, w: usize, image: &mut [f32]) => row2im_body);
+
+multiversion!(fn pool_image(conv: &[f32], c: usize, h: usize, w: usize, bias: &[f32], y: &mut [f32], am: &mut [u8]) => pool_image_body);
+
+#[inline(always)]
+fn conv_direct32_body(image: &[f32], h: usize, w: usize, weight_t: &[f32], out: &mut [f32]) {
+    conv_direct::<32>(image, h, w, weight_t, out)
+}
+multiversion!(fn unpool(grad: &[f32], am: &[u8], c: usize, h: usize, w: usize, g_img: &mut [f32], bias: &mut [f32]) => unpool_body);
+
+#[inline(always)]
+fn weight_grad_direct32_body(image: &[f32], h: usize, w: usize, g: &[f32], acc: &mut [f32]) {
+    weight_grad_direct::<32>(image, h, w, g, acc)
+}
+multiversion!(fn weight_grad_direct32(image: &[f32], h: usize, w: usize, g: &[f32], acc: &mut [f32]) => weight_grad_direct32_body);
+
+multiversion!(fn conv_direct32(image: &[f32], h: usize, w: usize, weight_t: &[f32], out: &mut [f32]) => conv_direct32_body);
+
+/// Whether a layer runs without patches and GEMMs ([`conv_direct`],
+/// [`weight_grad_direct`]): the paper's first layer, 1 -> 32 channels, whose 9-value
+/// patches made a GEMM mostly packing (direct: forward 4.2 -> 2.7 ms for 500 images).
+fn is_direct(d: Dims) -> bool {
+    d.c_in == 1 && d.c_out == 32
+}
+
+/// Checks the slices of a convolution call against `d` (a caller's bug otherwise).
+fn check_sizes(d: Dims, xs: &[f32], weight: &[f32], pooled: usize, what: &str) {
+    assert_eq!(xs.len(), d.n * d.c_in * d.hw(), "conv {what}: input size");
+    assert_eq!(weight.len(), d.c_out * d.k(), "conv {what}: weight size");
+    assert_eq!(pooled, d.n * d.pooled_per_image(), "conv {what}: pooled size");
+}
+
+/// `max_pool2x2_same(relu(conv3x3_same(xs, weight) + bias))` on NHWC slices: `xs` holds
+/// `d.n` images of `d.h x d.w x d.c_in`, `weight` is OIHW, `ys` and `argmax` take `d.n
+/// * d.pooled_per_image()` values each (NHWC). `argmax` records, per pooled output, the
+/// first maximal element of its window (`dy * 2 + dx`), or [`NO_GRADIENT`] where the
+/// ReLU cut the output to zero: it is what [`conv_relu_pool_backward`] needs.
+///
+/// # Panics
+/// If a slice length does not match `d` (a caller's bug: the tensor-level op and
+/// `crate::network` size them from the same shapes).
+pub fn conv_relu_pool_forward(d: Dims, xs: &[f32], weight: &[f32], bias: &[f32], ys: &mut [f32], argmax: &mut [u8]) {
+    check_sizes(d, xs, weight, ys.len(), "forward");
+    assert_eq!(bias.len(), d.c_out, "conv forward: bias size");
+    assert_eq!(argmax.len(), ys.len(), "conv forward: argmax size");
+    let (hw, k, c_out) = (d.hw(), d.k(), d.c_out);
+    let out_per_image = d.pooled_per_image();
+    let patch_weight = to_patch_order(weight, d.c_in);
+    let direct = is_direct(d);
+    let weight_t: Vec<f32> = if direct {
+        (0..k).flat_map(|t| (0..c_out).map(move |o| (t, o))).map(|(t, o)| patch_weight[o * k + t]).collect()
+    } else {
+        Vec::new()
+    };
+    let group = images_per_gemm(hw, d.n);
+    ys.par_chunks_mut(group * out_per_image)
+        .zip(argmax.par_chunks_mut(group * out_per_image))
+        .zip(xs.par_chunks(group * d.c_in * hw))
+        .for_each(|((y, am), x)| {
+            let rows = x.len() / d.c_in; // output pixels of the group
+            let patch_values = if direct { 0 } else { rows * k };
+            with_scratch(patch_values, rows * c_out, |patches, conv| {
+                if direct {
+                    for (image, out) in x.chunks_exact(d.c_in * hw).zip(conv.chunks_exact_mut(hw * c_out)) {
+                        conv_direct32(image, d.h, d.w, &weight_t, out);
+                    }
+                } else {
+                    for (image, dst) in x.chunks_exact(d.c_in * hw).zip(patches.chunks_exact_mut(hw * k)) {
+                        im2row(image, d.c_in, d.h, d.w, dst);
+                    }
+                    // conv (pixels x Cout) = patches (pixels x K) * W^T (K x Cout)
+                    sgemm(rows, c_out, k, conv, false, patches, k, 1, &patch_weight, 1, k);
+                }
+                for ((conv, y), am) in conv
+                    .chunks_exact(hw * c_out)
+                    .zip(y.chunks_exact_mut(out_per_image))
+                    .zip(am.chunks_exact_mut(out_per_image))
+                {
+                    pool_image(conv, c_out, d.h, d.w, bias, y, am);
+                }
+            });
+        });
+}
+
+/// The backward pass of [`conv_relu_pool_forward`]: from the input `xs`, the `weight`,
+/// the forward's `argmax` and the gradient of the pooled output `grad` (all as there),
+/// writes the weight (OIHW) and bias gradients and, if `grad_xs` is given, the input
+/// gradient (NHWC), all overwritten.
+///
+/// Per fixed group of images, in parallel: the pooled gradient scattered through the
+/// argmax into a (pixels x Cout) scratch matrix (the full-size unpooled gradient is
+/// never zeroed and re-read as a tensor), the group's patch rows for the weight-gradient
+/// GEMM, whose buffer then takes the patch gradients before they are scattered back.
+/// Partial weight and bias sums per group are added in group order: deterministic
+/// whatever the thread count.
+///
+/// # Panics
+/// If a slice length does not match `d` (a caller's bug).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_relu_pool_backward(
+    d: Dims,
+    xs: &[f32],
+    weight: &[f32],
+    argmax: &[u8],
+    grad: &[f32],
+    grad_xs: Option<&mut [f32]>,
+    grad_weight: &mut [f32],
+    grad_bias: &mut [f32],
+) {
+    check_sizes(d, xs, weight, grad.len(), "backward");
+    assert_eq!(argmax.len(), grad.len(), "conv backward: argmax size");
+    assert_eq!(grad_weight.len(), weight.len(), "conv backward: weight gradient size");
+    assert_eq!(grad_bias.len(), d.c_out, "conv backward: bias gradient size");
+    let (hw, k, c_out, w) = (d.hw(), d.k(), d.c_out, d.w);
+    let pooled_per_image = d.pooled_per_image();
+    let patch_weight = to_patch_order(weight, d.c_in);
+    let direct = is_direct(d);
+    let group = images_per_gemm(hw, d.n).max(IMAGES_PER_PARTIAL);
+    let need_input = grad_xs.is_some();
+    let gx_chunks: Vec<&mut [f32]> = match grad_xs {
+        Some(gx) => {
+            assert_eq!(gx.len(), xs.len(), "conv backward: input gradient size");
+            gx.chunks_mut(group * d.c_in * hw).collect()
         }
-        let xs = f32_slice(s1, l1, self.name())?;
-        let weight = f32_slice(s2, l2, self.name())?;
-        let bias = f32_slice(s3, l3, self.name())?;
-        let (hw, k, relu) = (d.hw(), d.k(), self.relu);
-        let mut ys = vec![0f32; d.n * d.c_out * hw];
-        ys.par_chunks_mut(d.c_out * hw)
-            .zip(xs.par_chunks(d.c_in * hw))
-            .for_each_init(
-                || vec![0f32; k * hw],
-                |col, (y, x)| {
-                    im2col(x, d.c_in, d.h, d.w, col, hw);
-                    sgemm(d.c_out, hw, k, y, false, weight, k, 1, col, hw, 1);
-                    for (plane, b) in y.chunks_exact_mut(hw).zip(bias) {
-                        if relu {
-                            plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-                        } else {
-                            plane.iter_mut().for_each(|v| *v += b);
+        None => (0..d.n.div_ceil(group)).map(|_| &mut [][..]).collect(),
+    };
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(g_index, gx)| {
+            let first = g_index * group;
+            let m = group.min(d.n - first);
+            let rows = m * hw;
+            // Patch rows are needed for the weight gradient unless it runs direct, and
+            // their buffer then takes the patch gradients.
+            let patch_values = if direct && !need_input { 0 } else { rows * k };
+            with_scratch(patch_values, rows * c_out, |patches, g_conv| {
+                let mut partial_b = vec![0f32; c_out];
+                let mut taps_w = vec![0f32; if direct { 9 * c_out } else { 0 }];
+                for i in 0..m {
+                    let image = first + i;
+                    let gp = &grad[image * pooled_per_image..][..pooled_per_image];
+                    let am = &argmax[image * pooled_per_image..][..pooled_per_image];
+                    let gi = &mut g_conv[i * hw * c_out..][..hw * c_out];
+                    unpool(gp, am, c_out, d.h, w, gi, &mut partial_b);
+                    let x = &xs[image * d.c_in * hw..][..d.c_in * hw];
+                    if direct {
+                        weight_grad_direct32(x, d.h, w, gi, &mut taps_w);
+                    } else {
+                        im2row(x, d.c_in, d.h, w, &mut patches[i * hw * k..][..hw * k]);
+                    }
+                }
+                let mut partial_w = vec![0f32; c_out * k];
+                if direct {
+                    // Tap-major (9 x Cout) to the patch order (Cout x 9).
+                    for (tap, row) in taps_w.chunks_exact(c_out).enumerate() {
+                        for (o, &v) in row.iter().enumerate() {
+                            partial_w[o * 9 + tap] = v;
                         }
                     }
-                },
-            );
-        Ok((CpuStorage::F32(ys), Shape::from((d.n, d.c_out, d.h, d.w))))
+                } else {
+                    // partial (Cout x K) = g^T (Cout x pixels) * patches (pixels x K)
+                    sgemm(c_out, k, rows, &mut partial_w, false, g_conv, 1, c_out, patches, k, 1);
+                }
+                if need_input {
+                    // patch gradients (pixels x K) = g (pixels x Cout) * W (Cout x K)
+                    sgemm(rows, k, c_out, patches, false, g_conv, c_out, 1, &patch_weight, k, 1);
+                    for (src, gxi) in patches.chunks_exact(hw * k).zip(gx.chunks_exact_mut(d.c_in * hw)) {
+                        row2im(src, d.c_in, d.h, w, gxi);
+                    }
+                }
+                (partial_w, partial_b)
+            })
+        })
+        .collect();
+    let mut total_w = vec![0f32; c_out * k];
+    grad_bias.fill(0.0);
+    for (pw, pb) in &partials {
+        add_assign(&mut total_w, pw);
+        add_assign(grad_bias, pb);
     }
+    from_patch_order(&total_w, d.c_in, grad_weight);
+}
 
-    fn bwd(
-        &self,
-        xs: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
-        res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_res = grad_res.contiguous()?;
-        // Gradient at the pre-activation: ReLU passes it where its output was positive.
-        let grad = if self.relu {
-            grad_res.apply_op2_no_bwd(res, &ReluMask)?
-        } else {
-            grad_res
-        };
-        // The network's input (the images) needs no gradient: skip the costliest pass.
-        let grad_xs = if xs.track_op() {
-            Some(grad.apply_op2_no_bwd(weight, &Conv3x3BwdInput)?)
-        } else {
-            None
-        };
-        let grad_weight = xs.apply_op2_no_bwd(&grad, &Conv3x3BwdWeight)?;
-        let grad_bias = grad.apply_op1_no_bwd(&ChannelSum)?;
-        Ok((grad_xs, Some(grad_weight), Some(grad_bias)))
+/// `src` (images of C channel planes of HW values, NCHW) into `dst` (NHWC).
+pub fn nchw_to_nhwc(src: &[f32], c: usize, hw: usize, dst: &mut [f32]) {
+    for (s, d) in src.chunks_exact(c * hw).zip(dst.chunks_exact_mut(c * hw)) {
+        for (ch, plane) in s.chunks_exact(hw).enumerate() {
+            for (p, &v) in plane.iter().enumerate() {
+                d[p * c + ch] = v;
+            }
+        }
     }
 }
 
-/// `max_pool2x2_same(relu(conv3x3_same(xs, weight) + bias))` in one op: the full-size
-/// convolution output never becomes a tensor (it lives in a per-image scratch buffer
-/// that stays in cache), and the backward pass needs no separate ReLU and pool passes
-/// nor candle's zero-initialised gradient accumulators for it. Same values and
-/// gradients as [`conv3x3_same`] followed by [`super::max_pool2x2_same`].
+/// `src` (NHWC) into `dst` (NCHW): the inverse of [`nchw_to_nhwc`].
+pub fn nhwc_to_nchw(src: &[f32], c: usize, hw: usize, dst: &mut [f32]) {
+    for (s, d) in src.chunks_exact(c * hw).zip(dst.chunks_exact_mut(c * hw)) {
+        for (ch, plane) in d.chunks_exact_mut(hw).enumerate() {
+            for (p, v) in plane.iter_mut().enumerate() {
+                *v = s[p * c + ch];
+            }
+        }
+    }
+}
+
+/// `max_pool2x2_same(relu(conv2d(xs, weight, padding 1) + bias))` as a differentiable
+/// candle op on NCHW tensors: `xs` (N, Cin, H, W), `weight` (Cout, Cin, 3, 3), `bias`
+/// (Cout) -> (N, Cout, ceil(H/2), ceil(W/2)). The same values as candle's conv2d, a
+/// broadcast bias add, relu and Keras' "same" 2x2 max-pool, with gradients for all
+/// three inputs (ties in a window go to its first maximum, as in TensorFlow).
 pub fn conv3x3_relu_pool(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        ConvReluPool {
-            argmax: std::sync::Mutex::new(Vec::new()),
-        },
-    )
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, ConvReluPool { saved: Mutex::new(None) })
 }
 
-/// The fused op; `argmax` records, for each pooled output, which element of its 2x2
-/// window (`dy * 2 + dx`) held the first maximum, or [`NO_GRADIENT`] where the ReLU
-/// cut the output to zero, for the backward pass.
+/// The candle op; `saved` keeps the forward's NHWC input and argmax for the backward.
 struct ConvReluPool {
-    argmax: std::sync::Mutex<Vec<u8>>,
+    saved: Mutex<Option<(Vec<f32>, Vec<u8>)>>,
+}
+
+fn dims(op: &str, xs: &Layout, weight: &Layout) -> Result<Dims> {
+    let (n, c_in, h, w) = xs.shape().dims4()?;
+    let (c_out, w_in, kh, kw) = weight.shape().dims4()?;
+    if w_in != c_in || kh != 3 || kw != 3 {
+        bail!("{op}: weight shape {:?} does not fit input shape {:?}", weight.shape(), xs.shape())
+    }
+    if n == 0 || c_in == 0 || c_out == 0 || h == 0 || w == 0 {
+        bail!("{op}: empty tensor (input {:?}, weight {:?})", xs.shape(), weight.shape())
+    }
+    Ok(Dims { n, c_in, c_out, h, w })
+}
+
+fn lock_error<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("conv3x3-relu-pool: state lock poisoned".into())
 }
 
 impl CustomOp3 for ConvReluPool {
@@ -277,25 +538,21 @@ impl CustomOp3 for ConvReluPool {
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims(self.name(), l1, l2)?;
         if l3.shape().dims() != [d.c_out] {
-            bail!(
-                "{}: bias shape {:?}, expected ({},)",
-                self.name(),
-                l3.shape(),
-                d.c_out
-            )
+            bail!("{}: bias shape {:?}, expected ({},)", self.name(), l3.shape(), d.c_out)
         }
         let xs = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let bias = f32_slice(s3, l3, self.name())?;
+        let mut xs_nhwc = vec![0f32; xs.len()];
+        nchw_to_nhwc(xs, d.c_in, d.hw(), &mut xs_nhwc);
         let mut ys = vec![0f32; d.n * d.pooled_per_image()];
         let mut argmax = vec![0u8; ys.len()];
-        conv_relu_pool_forward(d, xs, weight, bias, &mut ys, &mut argmax);
-        *self
-            .argmax
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("argmax lock poisoned".into()))? = argmax;
+        conv_relu_pool_forward(d, &xs_nhwc, weight, bias, &mut ys, &mut argmax);
         let (oh, ow) = d.pooled();
-        Ok((CpuStorage::F32(ys), Shape::from((d.n, d.c_out, oh, ow))))
+        let mut ys_nchw = vec![0f32; ys.len()];
+        nhwc_to_nchw(&ys, d.c_out, oh * ow, &mut ys_nchw);
+        *self.saved.lock().map_err(lock_error)? = Some((xs_nhwc, argmax));
+        Ok((CpuStorage::F32(ys_nchw), Shape::from((d.n, d.c_out, oh, ow))))
     }
 
     fn bwd(
@@ -306,486 +563,39 @@ impl CustomOp3 for ConvReluPool {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let argmax = self
-            .argmax
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("argmax lock poisoned".into()))?;
+        let (n, c_in, h, w) = xs.dims4()?;
         let c_out = weight.dim(0)?;
-        let op = ConvReluPoolBwd {
-            argmax: &argmax,
-            need_input: xs.track_op(),
-            param_grads: std::sync::Mutex::new(None),
-        };
-        let grad_xs = xs.apply_op3_no_bwd(weight, &grad_res.contiguous()?, &op)?;
-        let (grad_weight, grad_bias) = op
-            .param_grads
-            .into_inner()
-            .map_err(|_| candle_core::Error::Msg("gradient lock poisoned".into()))?
-            .ok_or_else(|| candle_core::Error::Msg("conv3x3-relu-pool-bwd: no gradients".into()))?;
-        let grad_weight = Tensor::from_vec(grad_weight, weight.shape(), xs.device())?;
-        let grad_bias = Tensor::from_vec(grad_bias, c_out, xs.device())?;
-        Ok((
-            op.need_input.then_some(grad_xs),
-            Some(grad_weight),
-            Some(grad_bias),
-        ))
-    }
-}
-
-/// Marks a pooled output whose ReLU was closed (output 0): no gradient flows back.
-const NO_GRADIENT: u8 = 4;
-
-/// `max_pool2x2_same(relu(conv3x3_same(xs, weight) + bias))` on slices: `xs` holds
-/// `d.n` images of `d.c_in x d.h x d.w`; `ys` and `argmax` take `d.n *
-/// d.pooled_per_image()` values each. `argmax` records, per pooled output, the first
-/// maximal element of its window (`dy * 2 + dx`), or [`NO_GRADIENT`] where the ReLU cut
-/// the output to zero: it is what [`conv_relu_pool_backward`] needs of this pass.
-///
-/// Per fixed group of images: im2col side by side, one GEMM, then bias, ReLU and pool
-/// straight out of the GEMM's output, which stays in a per-thread scratch buffer.
-///
-/// # Panics
-/// If a slice length does not match `d` (a caller's bug: shapes are checked by the
-/// tensor-level ops and by `crate::network`).
-pub fn conv_relu_pool_forward(
-    d: Dims,
-    xs: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    ys: &mut [f32],
-    argmax: &mut [u8],
-) {
-    let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
-    let (oh, ow) = d.pooled();
-    let out_per_image = d.pooled_per_image();
-    assert_eq!(xs.len(), d.n * d.c_in * hw, "conv forward: input size");
-    assert_eq!(weight.len(), d.c_out * k, "conv forward: weight size");
-    assert_eq!(bias.len(), d.c_out, "conv forward: bias size");
-    assert_eq!(ys.len(), d.n * out_per_image, "conv forward: output size");
-    assert_eq!(argmax.len(), ys.len(), "conv forward: argmax size");
-    let group = images_per_gemm(hw, d.n);
-    ys.par_chunks_mut(group * out_per_image)
-        .zip(argmax.par_chunks_mut(group * out_per_image))
-        .zip(xs.par_chunks(group * d.c_in * hw))
-        .for_each(|((y, am), x)| {
-            // The group's images side by side: col is K x (images * HW).
-            let cols = x.len() / d.c_in;
-            with_scratch(k * cols, d.c_out * cols, |col, conv| {
-                for (i, image) in x.chunks_exact(d.c_in * hw).enumerate() {
-                    im2col(image, d.c_in, h, w, &mut col[i * hw..], cols);
-                }
-                sgemm(d.c_out, cols, k, conv, false, weight, k, 1, col, cols, 1);
-                for (i, (y, am)) in y
-                    .chunks_exact_mut(out_per_image)
-                    .zip(am.chunks_exact_mut(out_per_image))
-                    .enumerate()
-                {
-                    for (c, ((b, y), am)) in bias
-                        .iter()
-                        .zip(y.chunks_exact_mut(oh * ow))
-                        .zip(am.chunks_exact_mut(oh * ow))
-                        .enumerate()
-                    {
-                        let plane = &conv[c * cols + i * hw..][..hw];
-                        pool_plane(plane, h, w, *b, y, am);
-                    }
-                }
-            });
-        });
-}
-
-/// Bias, ReLU and 2x2 "same" max-pool of one `h x w` convolution output plane into
-/// `y` (ceil(h/2) x ceil(w/2)), with the window argmax (see [`conv_relu_pool_forward`]).
-fn pool_plane(plane: &[f32], h: usize, w: usize, b: f32, y: &mut [f32], am: &mut [u8]) {
-    let ow = w.div_ceil(2);
-    if h % 2 == 0 && w % 2 == 0 {
-        // Full windows (28x28, 14x14): no bounds checks.
-        for (oy, (y_row, am_row)) in y.chunks_exact_mut(ow).zip(am.chunks_exact_mut(ow)).enumerate() {
-            let r0 = &plane[2 * oy * w..][..w];
-            let r1 = &plane[(2 * oy + 1) * w..][..w];
-            for (((o, a), p0), p1) in y_row
-                .iter_mut()
-                .zip(am_row.iter_mut())
-                .zip(r0.chunks_exact(2))
-                .zip(r1.chunks_exact(2))
-            {
-                let (mut best, mut at) = (p0[0], 0u8);
-                if p0[1] > best {
-                    (best, at) = (p0[1], 1);
-                }
-                if p1[0] > best {
-                    (best, at) = (p1[0], 2);
-                }
-                if p1[1] > best {
-                    (best, at) = (p1[1], 3);
-                }
-                *o = (best + b).max(0.0);
-                *a = if best + b > 0.0 { at } else { NO_GRADIENT };
-            }
-        }
-        return;
-    }
-    for (oy, (y_row, am_row)) in y.chunks_exact_mut(ow).zip(am.chunks_exact_mut(ow)).enumerate() {
-        for (ox, (o, a)) in y_row.iter_mut().zip(am_row.iter_mut()).enumerate() {
-            let (y0, x0) = (2 * oy, 2 * ox);
-            let mut best = plane[y0 * w + x0];
-            let mut best_at = 0u8;
-            for (at, (yy, xx)) in [(1u8, (y0, x0 + 1)), (2, (y0 + 1, x0)), (3, (y0 + 1, x0 + 1))] {
-                if yy < h && xx < w && plane[yy * w + xx] > best {
-                    best = plane[yy * w + xx];
-                    best_at = at;
-                }
-            }
-            // relu(max(a) + b) == max(relu(a + b)): the bias is the same over the window.
-            *o = (best + b).max(0.0);
-            *a = if best + b > 0.0 { best_at } else { NO_GRADIENT };
-        }
-    }
-}
-
-/// The backward pass of [`conv_relu_pool_forward`] in one parallel sweep over fixed
-/// groups of images: from the input `xs`, the `weight`, the forward's `argmax` and the
-/// gradient of the pooled output `grad`, writes the weight and bias gradients
-/// (overwritten) and, if `grad_xs` is given, the input gradient.
-///
-/// Per group, the pooled gradient is scattered through the recorded window maxima
-/// straight into a side-by-side scratch matrix (the full-size unpooled gradient never
-/// exists, nor its zeroing and re-reads by separate ops); the group's im2col serves the
-/// weight-gradient GEMM and its buffer then takes the input-gradient GEMM before col2im.
-/// Partial weight and bias sums per group are added in group order: deterministic
-/// whatever the thread count.
-///
-/// # Panics
-/// If a slice length does not match `d` (a caller's bug).
-#[allow(clippy::too_many_arguments)]
-pub fn conv_relu_pool_backward(
-    d: Dims,
-    xs: &[f32],
-    weight: &[f32],
-    argmax: &[u8],
-    grad: &[f32],
-    grad_xs: Option<&mut [f32]>,
-    grad_weight: &mut [f32],
-    grad_bias: &mut [f32],
-) {
-    let (hw, k, h, w) = (d.hw(), d.k(), d.h, d.w);
-    let (oh, ow) = d.pooled();
-    let pooled_per_image = d.pooled_per_image();
-    assert_eq!(xs.len(), d.n * d.c_in * hw, "conv backward: input size");
-    assert_eq!(weight.len(), d.c_out * k, "conv backward: weight size");
-    assert_eq!(grad.len(), d.n * pooled_per_image, "conv backward: gradient size");
-    assert_eq!(argmax.len(), grad.len(), "conv backward: argmax size");
-    assert_eq!(grad_weight.len(), d.c_out * k, "conv backward: weight gradient size");
-    assert_eq!(grad_bias.len(), d.c_out, "conv backward: bias gradient size");
-    let group = images_per_gemm(hw, d.n).max(IMAGES_PER_PARTIAL);
-    let n_groups = d.n.div_ceil(group);
-    let need_input = grad_xs.is_some();
-    let gx_chunks: Vec<&mut [f32]> = match grad_xs {
-        Some(gx) => {
-            assert_eq!(gx.len(), xs.len(), "conv backward: input gradient size");
-            gx.chunks_mut(group * d.c_in * hw).collect()
-        }
-        None => (0..n_groups).map(|_| &mut [][..]).collect(),
-    };
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_chunks
-        .into_par_iter()
-        .enumerate()
-        .map(|(g_index, gx)| {
-            let first = g_index * group;
-            let m = group.min(d.n - first);
-            let cols = m * hw;
-            with_scratch(k * cols, d.c_out * cols, |col, g_side| {
-                g_side.fill(0.0);
-                let mut partial_b = vec![0f32; d.c_out];
-                for i in 0..m {
-                    let image = first + i;
-                    let gp = &grad[image * pooled_per_image..][..pooled_per_image];
-                    let am = &argmax[image * pooled_per_image..][..pooled_per_image];
-                    for (c, (gp, am)) in gp.chunks_exact(oh * ow).zip(am.chunks_exact(oh * ow)).enumerate() {
-                        let row = &mut g_side[c * cols + i * hw..][..hw];
-                        let mut b = 0f32;
-                        for oy in 0..oh {
-                            for ox in 0..ow {
-                                let at = am[oy * ow + ox];
-                                if at != NO_GRADIENT {
-                                    let g = gp[oy * ow + ox];
-                                    let at = at as usize;
-                                    row[(2 * oy + at / 2) * w + 2 * ox + at % 2] = g;
-                                    b += g;
-                                }
-                            }
-                        }
-                        partial_b[c] += b;
-                    }
-                    let x = &xs[image * d.c_in * hw..][..d.c_in * hw];
-                    im2col(x, d.c_in, h, w, &mut col[i * hw..], cols);
-                }
-                // partial (Cout x K) = g (Cout x cols) * col^T (cols x K)
-                let mut partial_w = vec![0f32; d.c_out * k];
-                sgemm(d.c_out, k, cols, &mut partial_w, false, g_side, cols, 1, col, 1, cols);
-                if need_input {
-                    // col (K x cols) = W^T (K x Cout) * g (Cout x cols)
-                    sgemm(k, cols, d.c_out, col, false, weight, 1, k, g_side, cols, 1);
-                    for (i, gxi) in gx.chunks_exact_mut(d.c_in * hw).enumerate() {
-                        col2im(&col[i * hw..], d.c_in, h, w, cols, gxi);
-                    }
-                }
-                (partial_w, partial_b)
-            })
-        })
-        .collect();
-    grad_weight.fill(0.0);
-    grad_bias.fill(0.0);
-    for (pw, pb) in &partials {
-        add_assign(grad_weight, pw);
-        add_assign(grad_bias, pb);
-    }
-}
-
-/// The backward pass of [`ConvReluPool`] as a candle op over [`conv_relu_pool_backward`]:
-/// `(xs, weight, pooled gradient) -> input gradient` (a 1-element dummy if `need_input`
-/// is false), with the weight and bias gradients left in `param_grads`.
-struct ConvReluPoolBwd<'a> {
-    argmax: &'a [u8],
-    need_input: bool,
-    param_grads: std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>,
-}
-
-impl CustomOp3 for ConvReluPoolBwd<'_> {
-    fn name(&self) -> &'static str {
-        "conv3x3-relu-pool-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = dims(self.name(), l1, l2)?;
+        let d = Dims { n, c_in, c_out, h, w };
         let (oh, ow) = d.pooled();
-        if l3.shape().dims() != [d.n, d.c_out, oh, ow] || self.argmax.len() != d.n * d.pooled_per_image() {
-            bail!("{}: gradient {:?} does not fit the forward pass", self.name(), l3.shape())
-        }
-        let xs = f32_slice(s1, l1, self.name())?;
-        let weight = f32_slice(s2, l2, self.name())?;
-        let grad = f32_slice(s3, l3, self.name())?;
-        let mut grad_xs = vec![0f32; if self.need_input { xs.len() } else { 1 }];
-        let mut grad_w = vec![0f32; weight.len()];
-        let mut grad_b = vec![0f32; d.c_out];
-        let gx = self.need_input.then_some(&mut grad_xs[..]);
-        conv_relu_pool_backward(d, xs, weight, self.argmax, grad, gx, &mut grad_w, &mut grad_b);
-        *self
-            .param_grads
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("gradient lock poisoned".into()))? = Some((grad_w, grad_b));
-        let shape = if self.need_input { Shape::from((d.n, d.c_in, d.h, d.w)) } else { Shape::from(1) };
-        Ok((CpuStorage::F32(grad_xs), shape))
-    }
-}
-
-/// `grad * (res > 0)`: the ReLU backward, given the ReLU's output.
-pub(super) struct ReluMask;
-
-impl CustomOp2 for ReluMask {
-    fn name(&self) -> &'static str {
-        "relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            bail!(
-                "{}: shapes {:?} and {:?} differ",
-                self.name(),
-                l1.shape(),
-                l2.shape()
-            )
-        }
-        let grad = f32_slice(s1, l1, self.name())?;
-        let res = f32_slice(s2, l2, self.name())?;
-        let mut out = vec![0f32; grad.len()];
-        out.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(
-                grad.par_chunks(ELEMENTS_PER_TASK)
-                    .zip(res.par_chunks(ELEMENTS_PER_TASK)),
-            )
-            .for_each(|(o, (g, r))| {
-                for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
-                    *o = if *r > 0.0 { *g } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// Input gradient: `(grad (N, Cout, H, W), weight) -> (N, Cin, H, W)`.
-struct Conv3x3BwdInput;
-
-impl CustomOp2 for Conv3x3BwdInput {
-    fn name(&self) -> &'static str {
-        "conv3x3-same-bwd-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, c_out, h, w) = l1.shape().dims4()?;
-        let (w_out, c_in, _, _) = l2.shape().dims4()?;
-        if w_out != c_out {
-            bail!(
-                "{}: weight {:?} does not fit gradient {:?}",
-                self.name(),
-                l2.shape(),
-                l1.shape()
-            )
-        }
-        let d = Dims {
-            n,
-            c_in,
-            c_out,
-            h,
-            w,
+        let saved = self.saved.lock().map_err(lock_error)?;
+        let Some((xs_nhwc, argmax)) = saved.as_ref() else {
+            bail!("{}: backward before forward", self.name())
         };
-        let grad = f32_slice(s1, l1, self.name())?;
-        let weight = f32_slice(s2, l2, self.name())?;
-        let (hw, k) = (d.hw(), d.k());
-        let group = images_per_gemm(hw, n);
-        let mut grad_xs = vec![0f32; n * c_in * hw];
-        grad_xs
-            .par_chunks_mut(group * c_in * hw)
-            .zip(grad.par_chunks(group * c_out * hw))
-            .for_each_init(
-                || (vec![0f32; k * group * hw], vec![0f32; c_out * group * hw]),
-                |(col, g_side), (gx, g)| {
-                    let cols = g.len() / c_out;
-                    let g_side: &[f32] = if cols == hw {
-                        g
-                    } else {
-                        for (i, gi) in g.chunks_exact(c_out * hw).enumerate() {
-                            place_columns(gi, hw, g_side, i * hw, cols);
-                        }
-                        &g_side[..c_out * cols]
-                    };
-                    // col (K x cols) = W^T (K x Cout) * g (Cout x cols)
-                    sgemm(k, cols, c_out, col, false, weight, 1, k, g_side, cols, 1);
-                    for (i, gxi) in gx.chunks_exact_mut(c_in * hw).enumerate() {
-                        col2im(&col[i * hw..], c_in, h, w, cols, gxi);
-                    }
-                },
-            );
-        Ok((CpuStorage::F32(grad_xs), Shape::from((n, c_in, h, w))))
-    }
-}
-
-/// Weight gradient: `(xs (N, Cin, H, W), grad (N, Cout, H, W)) -> (Cout, Cin, 3, 3)`.
-struct Conv3x3BwdWeight;
-
-impl CustomOp2 for Conv3x3BwdWeight {
-    fn name(&self) -> &'static str {
-        "conv3x3-same-bwd-weight"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, c_in, h, w) = l1.shape().dims4()?;
-        let (g_n, c_out, g_h, g_w) = l2.shape().dims4()?;
-        if (g_n, g_h, g_w) != (n, h, w) {
-            bail!(
-                "{}: gradient {:?} does not fit input {:?}",
-                self.name(),
-                l2.shape(),
-                l1.shape()
-            )
+        let grad_res = grad_res.contiguous()?;
+        let grad_nchw = grad_res.flatten_all()?.to_vec1::<f32>()?;
+        if grad_nchw.len() != argmax.len() {
+            bail!("{}: gradient {:?} does not fit the forward pass", self.name(), grad_res.shape())
         }
-        let xs = f32_slice(s1, l1, self.name())?;
-        let grad = f32_slice(s2, l2, self.name())?;
-        let (hw, k) = (h * w, c_in * 9);
-        // One partial sum per fixed group of images (one GEMM over the group's images
-        // side by side), computed in parallel, then added in group order: deterministic
-        // whatever the thread count.
-        let group = images_per_gemm(hw, n).max(IMAGES_PER_PARTIAL);
-        let partials: Vec<Vec<f32>> = xs
-            .par_chunks(group * c_in * hw)
-            .zip(grad.par_chunks(group * c_out * hw))
-            .map_init(
-                || (vec![0f32; k * group * hw], vec![0f32; c_out * group * hw]),
-                |(col, g_side), (x_group, g_group)| {
-                    let cols = x_group.len() / c_in;
-                    for (i, (x, g)) in x_group
-                        .chunks_exact(c_in * hw)
-                        .zip(g_group.chunks_exact(c_out * hw))
-                        .enumerate()
-                    {
-                        im2col(x, c_in, h, w, &mut col[i * hw..], cols);
-                        place_columns(g, hw, g_side, i * hw, cols);
-                    }
-                    let mut partial = vec![0f32; c_out * k];
-                    // partial (Cout x K) = g (Cout x cols) * col^T (cols x K)
-                    sgemm(
-                        c_out,
-                        k,
-                        cols,
-                        &mut partial,
-                        false,
-                        &g_side[..c_out * cols],
-                        cols,
-                        1,
-                        col,
-                        1,
-                        cols,
-                    );
-                    partial
-                },
-            )
-            .collect();
-        let mut total = partials
-            .first()
-            .cloned()
-            .unwrap_or_else(|| vec![0f32; c_out * k]);
-        for partial in partials.iter().skip(1) {
-            add_assign(&mut total, partial);
-        }
-        Ok((CpuStorage::F32(total), Shape::from((c_out, c_in, 3, 3))))
-    }
-}
-
-/// Bias gradient: `(N, C, H, W) -> (C)`, summed image by image in order.
-struct ChannelSum;
-
-impl CustomOp1 for ChannelSum {
-    fn name(&self) -> &'static str {
-        "channel-sum"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = layout.shape().dims4()?;
-        let grad = f32_slice(storage, layout, self.name())?;
-        let hw = h * w;
-        let mut sums = vec![0f32; c];
-        for image in grad.chunks_exact(c * hw).take(n) {
-            for (s, plane) in sums.iter_mut().zip(image.chunks_exact(hw)) {
-                *s += sum(plane);
+        let mut grad = vec![0f32; grad_nchw.len()];
+        nchw_to_nhwc(&grad_nchw, c_out, oh * ow, &mut grad);
+        let weights = weight.flatten_all()?.to_vec1::<f32>()?;
+        let mut grad_w = vec![0f32; weights.len()];
+        let mut grad_b = vec![0f32; c_out];
+        let mut grad_xs = xs.track_op().then(|| vec![0f32; xs_nhwc.len()]);
+        conv_relu_pool_backward(d, xs_nhwc, &weights, argmax, &grad, grad_xs.as_deref_mut(), &mut grad_w, &mut grad_b);
+        let grad_xs = match grad_xs {
+            Some(nhwc) => {
+                let mut nchw = vec![0f32; nhwc.len()];
+                nhwc_to_nchw(&nhwc, c_in, h * w, &mut nchw);
+                Some(Tensor::from_vec(nchw, (n, c_in, h, w), xs.device())?)
             }
-        }
-        Ok((CpuStorage::F32(sums), Shape::from(c)))
+            None => None,
+        };
+        Ok((
+            grad_xs,
+            Some(Tensor::from_vec(grad_w, weight.shape(), xs.device())?),
+            Some(Tensor::from_vec(grad_b, c_out, xs.device())?),
+        ))
     }
 }
 
@@ -795,98 +605,111 @@ mod tests {
     use crate::kernels::testing::{assert_grads_close, max_diff};
     use candle_core::{Device, Var};
 
+    /// Keras' "same" 2x2 max-pool in candle's stock ops: pad odd sides with -inf, then
+    /// the maximum over each window (reshape + max, whose gradient goes to the maximum;
+    /// candle's own max_pool2d backward scales gradients wrongly, see `crate::network`).
+    fn pool_reference(xs: &Tensor) -> Tensor {
+        let (n, c, h, w) = xs.dims4().unwrap();
+        let mut xs = xs.clone();
+        if h % 2 == 1 {
+            let pad = Tensor::full(f32::NEG_INFINITY, (n, c, 1, w), xs.device()).unwrap();
+            xs = Tensor::cat(&[&xs, &pad], 2).unwrap();
+        }
+        if w % 2 == 1 {
+            let pad = Tensor::full(f32::NEG_INFINITY, (n, c, h.div_ceil(2) * 2, 1), xs.device()).unwrap();
+            xs = Tensor::cat(&[&xs, &pad], 3).unwrap();
+        }
+        let (n, c, h, w) = xs.dims4().unwrap();
+        xs.reshape((n, c, h / 2, 2, w / 2, 2)).unwrap().max(5).unwrap().max(3).unwrap()
+    }
 
-    /// candle's reference: stock conv2d, broadcast bias, relu.
-    fn reference(xs: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Tensor {
+    /// candle's reference: stock conv2d, broadcast bias, relu, then [`pool_reference`].
+    fn reference(xs: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
         let ys = xs.conv2d(w, 1, 1, 1, 1).unwrap();
-        let ys = ys
-            .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
-            .unwrap();
-        if relu {
-            ys.relu().unwrap()
-        } else {
-            ys
-        }
+        let ys = ys.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap()).unwrap();
+        pool_reference(&ys.relu().unwrap())
     }
 
-    /// Values and all three gradients against candle's conv2d on random shapes, with and
-    /// without ReLU, odd and even sizes. Tolerance 1e-4 absolute: both sides are f32 sums
-    /// of at most a few hundred products of O(1) values in different orders.
+    /// Values and all three gradients against candle's stock ops, on even, odd, tiny and
+    /// one-channel shapes (the first layer's) and on the paper's layer sizes. Tolerance
+    /// 1e-4 absolute: f32 sums of at most a few hundred O(1) products in other orders.
     #[test]
-    fn matches_candle_conv2d_values_and_gradients() {
-        let dev = Device::Cpu;
-        for &(n, c_in, c_out, h, w, relu) in &[
-            (2, 1, 4, 5, 5, true),
-            (3, 3, 5, 7, 6, true),
-            (5, 4, 2, 4, 9, false),
-            (9, 2, 3, 3, 3, true),
-            (1, 6, 8, 1, 2, false),
-        ] {
-            let xs = Var::randn(0f32, 1.0, (n, c_in, h, w), &dev).unwrap();
-            let wt = Var::randn(0f32, 0.5, (c_out, c_in, 3, 3), &dev).unwrap();
-            let b = Var::randn(0f32, 0.5, c_out, &dev).unwrap();
-            // A random linear functional of the output makes every gradient entry count.
-            let probe = Tensor::randn(0f32, 1.0, (n, c_out, h, w), &dev).unwrap();
-
-            let ours = conv3x3_same(&xs, &wt, &b, relu).unwrap();
-            let theirs = reference(&xs, &wt, &b, relu);
-            assert!(
-                max_diff(&ours, &theirs) < 1e-4,
-                "forward {n} {c_in} {c_out} {h} {w}"
-            );
-
-            let vars = [("xs", &xs), ("weight", &wt), ("bias", &b)];
-            assert_grads_close(ours, theirs, &probe, &vars, 1e-4, &format!("{n} {c_in} {c_out} {h} {w}"));
-        }
-    }
-
-    /// The fused conv+ReLU+pool equals the separate ops in values and all gradients.
-    #[test]
-    fn fused_conv_relu_pool_matches_separate_ops() {
+    fn matches_candle_conv2d_relu_and_pool() {
         let dev = Device::Cpu;
         for &(n, c_in, c_out, h, w) in &[
             (2, 1, 4, 6, 6),
             (3, 3, 5, 7, 7),
             (5, 4, 2, 4, 9),
             (1, 2, 3, 1, 1),
+            (9, 2, 3, 3, 3),
+            (2, 1, 32, 28, 28),
+            (2, 32, 64, 14, 14),
+            (3, 64, 128, 7, 7),
         ] {
             let xs = Var::randn(0f32, 1.0, (n, c_in, h, w), &dev).unwrap();
-            let wt = Var::randn(0f32, 0.5, (c_out, c_in, 3, 3), &dev).unwrap();
-            let b = Var::randn(0f32, 0.5, c_out, &dev).unwrap();
+            let wt = Var::randn(0f32, 0.2, (c_out, c_in, 3, 3), &dev).unwrap();
+            let b = Var::randn(0f32, 0.2, c_out, &dev).unwrap();
             let ours = conv3x3_relu_pool(&xs, &wt, &b).unwrap();
-            let pooled =
-                crate::kernels::max_pool2x2_same(&conv3x3_same(&xs, &wt, &b, true).unwrap())
-                    .unwrap();
-            assert!(
-                max_diff(&ours, &pooled) < 1e-5,
-                "forward {n} {c_in} {c_out} {h} {w}"
-            );
+            let theirs = reference(&xs, &wt, &b);
+            let case = format!("{n} {c_in} {c_out} {h} {w}");
+            assert!(max_diff(&ours, &theirs) < 1e-4, "forward {case}");
             let probe = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();
             let vars = [("xs", &xs), ("weight", &wt), ("bias", &b)];
-            assert_grads_close(ours, pooled, &probe, &vars, 1e-5, &format!("{n} {c_in} {c_out} {h} {w}"));
+            assert_grads_close(ours, theirs, &probe, &vars, 1e-3, &case);
         }
     }
 
-    /// The weight gradient does not depend on the number of threads (fixed groups).
+    /// Ties in a window go to its first maximum (TensorFlow's choice): a constant image
+    /// sends each window's gradient to its top-left element only.
     #[test]
-    fn weight_gradient_is_deterministic_across_thread_counts() {
+    fn ties_go_to_the_first_element() {
         let dev = Device::Cpu;
-        let xs = Tensor::randn(0f32, 1.0, (13, 3, 6, 6), &dev).unwrap();
-        let grad = Tensor::randn(0f32, 1.0, (13, 5, 6, 6), &dev).unwrap();
+        let xs = Var::ones((1, 1, 4, 4), candle_core::DType::F32, &dev).unwrap();
+        // A single centre tap: the convolution copies the (positive) image.
+        let mut taps = vec![0f32; 9];
+        taps[4] = 1.0;
+        let wt = Var::from_vec(taps, (1, 1, 3, 3), &dev).unwrap();
+        let b = Var::zeros(1, candle_core::DType::F32, &dev).unwrap();
+        let ys = conv3x3_relu_pool(&xs, &wt, &b).unwrap();
+        let grads = ys.sum_all().unwrap().backward().unwrap();
+        let gx = grads.get(&xs).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let expected: Vec<f32> = (0..16).map(|i| if i % 2 == 0 && (i / 4) % 2 == 0 { 1.0 } else { 0.0 }).collect();
+        assert_eq!(gx, expected);
+    }
+
+    /// The gradients do not depend on the number of threads (fixed groups, fixed order).
+    #[test]
+    fn backward_is_deterministic_across_thread_counts() {
+        let d = Dims { n: 13, c_in: 3, c_out: 5, h: 6, w: 6 };
+        let mut rng = crate::rng::Rng::new(1);
+        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f32() - 0.5).collect() };
+        let (xs, weight, bias) = (random(13 * 3 * 36), random(5 * 27), random(5));
+        let grad = random(d.n * d.pooled_per_image());
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| xs.apply_op2_no_bwd(&grad, &Conv3x3BwdWeight).unwrap())
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut ys = vec![0f32; grad.len()];
+                let mut argmax = vec![0u8; grad.len()];
+                conv_relu_pool_forward(d, &xs, &weight, &bias, &mut ys, &mut argmax);
+                let (mut gx, mut gw, mut gb) = (vec![0f32; xs.len()], vec![0f32; weight.len()], vec![0f32; 5]);
+                conv_relu_pool_backward(d, &xs, &weight, &argmax, &grad, Some(&mut gx), &mut gw, &mut gb);
+                (ys, gx, gw, gb)
+            })
         };
         let one = run(1);
         assert_eq!(one, run(2));
         assert_eq!(one, run(3));
+    }
+
+    #[test]
+    fn layout_transposes_are_inverse() {
+        let src: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32).collect();
+        let mut nhwc = vec![0f32; src.len()];
+        nchw_to_nhwc(&src, 3, 4, &mut nhwc);
+        assert_eq!(&nhwc[..6], &[0.0, 4.0, 8.0, 1.0, 5.0, 9.0]);
+        let mut back = vec![0f32; src.len()];
+        nhwc_to_nchw(&nhwc, 3, 4, &mut back);
+        assert_eq!(back, src);
     }
 
     #[test]
@@ -895,7 +718,7 @@ mod tests {
         let xs = Tensor::zeros((1, 2, 4, 4), candle_core::DType::F32, &dev).unwrap();
         let w = Tensor::zeros((3, 1, 3, 3), candle_core::DType::F32, &dev).unwrap();
         let b = Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap();
-        let err = conv3x3_same(&xs, &w, &b, true).unwrap_err().to_string();
+        let err = conv3x3_relu_pool(&xs, &w, &b).unwrap_err().to_string();
         assert!(err.contains("does not fit"), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 //! parameter's own layout, and the work is split into fixed row blocks (so results do
 //! not depend on the thread count).
 
-use super::f32_slice;
+use super::{f32_slice, ELEMENTS_PER_TASK};
 use super::linalg::{add_assign, sgemm};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -164,7 +164,7 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad_res = grad_res.contiguous()?;
         let grad = if self.relu {
-            grad_res.apply_op2_no_bwd(res, &super::conv::ReluMask)?
+            grad_res.apply_op2_no_bwd(res, &ReluMask)?
         } else {
             grad_res
         };
@@ -176,6 +176,46 @@ impl CustomOp3 for Linear {
         let grad_weight = grad.apply_op2_no_bwd(xs, &LinearBwdWeight)?;
         let grad_bias = grad.apply_op1_no_bwd(&ColumnSum)?;
         Ok((grad_xs, Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// `grad * (res > 0)`: the ReLU backward, given the ReLU's output.
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            bail!(
+                "{}: shapes {:?} and {:?} differ",
+                self.name(),
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let grad = f32_slice(s1, l1, self.name())?;
+        let res = f32_slice(s2, l2, self.name())?;
+        let mut out = vec![0f32; grad.len()];
+        out.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(
+                grad.par_chunks(ELEMENTS_PER_TASK)
+                    .zip(res.par_chunks(ELEMENTS_PER_TASK)),
+            )
+            .for_each(|(o, (g, r))| {
+                for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
+                    *o = if *r > 0.0 { *g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 

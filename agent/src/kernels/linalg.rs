@@ -65,24 +65,6 @@ pub(super) fn sgemm(
     }
 }
 
-/// Sum of a slice with eight independent accumulators, so that the loop vectorises
-/// (a single f32 accumulator cannot be reordered by the compiler). The order is fixed,
-/// so the result is deterministic.
-pub(super) fn sum(xs: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut chunks = xs.chunks_exact(8);
-    for chunk in &mut chunks {
-        for (lane, x) in lanes.iter_mut().zip(chunk) {
-            *lane += x;
-        }
-    }
-    let mut total = lanes.iter().sum::<f32>();
-    for x in chunks.remainder() {
-        total += x;
-    }
-    total
-}
-
 /// `dst += src`, element-wise.
 pub(super) fn add_assign(dst: &mut [f32], src: &[f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
@@ -115,4 +97,66 @@ pub(super) fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mu
             f(x, y)
         }
     })
+}
+
+/// `fn $name(args) -> R` that runs `$body_fn` (which must be `#[inline(always)]`)
+/// compiled for the best vector extension of the CPU it runs on: on x86-64, AVX-512
+/// or AVX2 + FMA when the CPU has them (detected at run time, once; the Rust target's
+/// baseline is SSE2, four lanes and no fused multiply-add), else the baseline. On ARM,
+/// NEON is the aarch64 baseline already, so the body is called as it is.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body_fn:path) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+                fn v4($($arg: $ty),*) $(-> $ret)? {
+                    $body_fn($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($arg: $ty),*) $(-> $ret)? {
+                    $body_fn($($arg),*)
+                }
+                if $crate::kernels::linalg::x86_level() >= 4 {
+                    // SAFETY: the CPU has every feature v4 is compiled for (checked above).
+                    return unsafe { v4($($arg),*) };
+                }
+                if $crate::kernels::linalg::x86_level() >= 3 {
+                    // SAFETY: as above, for v3's features.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            $body_fn($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// The x86-64 micro-architecture level the CPU supports for [`multiversion`]: 4 with
+/// AVX-512 (F, BW, VL, DQ), 3 with AVX2 and FMA, 1 otherwise. Detected once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn x86_level() -> u8 {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static LEVEL: AtomicU8 = AtomicU8::new(0);
+    match LEVEL.load(Ordering::Relaxed) {
+        0 => {
+            let level = if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                4
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                3
+            } else {
+                1
+            };
+            LEVEL.store(level, Ordering::Relaxed);
+            level
+        }
+        level => level,
+    }
 }

@@ -24,16 +24,15 @@ mod adam;
 mod conv;
 mod dense;
 mod linalg;
-mod pool;
 #[cfg(test)]
 mod testing;
 
 pub use adam::{Adam, AdamStep};
 pub use conv::{
-    conv3x3_relu_pool, conv3x3_same, conv_relu_pool_backward, conv_relu_pool_forward, Dims as ConvDims,
+    conv3x3_relu_pool, conv_relu_pool_backward, conv_relu_pool_forward, nchw_to_nhwc, nhwc_to_nchw,
+    Dims as ConvDims,
 };
 pub use dense::{linear, linear_backward_input, linear_backward_params, linear_forward};
-pub use pool::max_pool2x2_same;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result};
