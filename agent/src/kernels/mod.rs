@@ -1,24 +1,31 @@
-//! Fast CPU kernels for the paper's CNN, as candle custom operations.
+//! Fast CPU kernels for the paper's CNN: slice functions that [`crate::network`] runs
+//! directly, each also wrapped as a candle custom op (with its backward pass) so that
+//! the tests can check it against candle's stock operations.
 //!
 //! candle's stock CPU convolution backward (a direct transposed convolution), its
 //! max-pool backward (upsample, compare, mask) and its AdamW (a dozen allocating tensor
 //! ops per parameter) made training about ten times slower than Keras on the same two
-//! cores. These operations keep candle as the tensor library and its autograd, but do
-//! the heavy lifting themselves:
-//! - [`conv3x3_relu_pool`]: 3x3 "same" convolution + bias + ReLU + 2x2 max-pool with
-//!   Keras' "same" padding (7 -> 4) in one op: im2col + one GEMM per group of images
-//!   (the `gemm` crate candle itself uses: AVX2/AVX-512 on x86, NEON on ARM, picked at
-//!   run time); backward as GEMM + col2im (input) and GEMM over im2col (weights);
-//! - [`conv3x3_same`] and [`max_pool2x2_same`]: the same pieces separately;
-//! - [`linear`]: a dense layer whose gradients come out contiguous;
-//! - [`Adam`]: a fused, in-place Adam(W) step (drop-in `candle_nn::Optimizer`).
+//! cores. Here:
+//! - [`conv_relu_pool_forward`] / [`conv_relu_pool_backward`] ([`conv3x3_relu_pool`] as
+//!   a candle op): 3x3 "same" convolution + bias + ReLU + 2x2 max-pool with Keras'
+//!   "same" padding (7 -> 4), channels-last, one GEMM per group of images (the `gemm`
+//!   crate candle itself uses: AVX2/AVX-512 on x86, NEON on ARM, picked at run time);
+//!   the first layer (one input channel) runs direct;
+//! - [`linear_forward`] and its backward ([`linear`] as a candle op): dense layers;
+//! - [`AdamStep`] ([`Adam`] as a `candle_nn::Optimizer`): a fused, in-place Adam(W).
+//!
+//! Vector code: the loops outside the GEMMs (patch copies, pooling, gradient scatter)
+//! are written as plain element loops that compilers vectorise, and compiled twice more
+//! on x86-64 for AVX-512 and AVX2 + FMA, picked at run time (the x86-64 baseline is
+//! SSE2); on aarch64 NEON is the baseline.
 //!
 //! Threads: work is split with rayon over images, groups of images or row blocks whose
 //! sizes depend on the tensor shapes only; reductions across images (weight and bias
 //! gradients) add fixed groups in a fixed order. Results therefore depend on the seed
 //! and the batch, not on the thread count or scheduling.
 //!
-//! Layouts are candle's: activations NCHW, convolution weights OIHW, biases O, all f32.
+//! Layouts: the candle ops take candle's NCHW; the slice functions take channels-last
+//! (NHWC) activations. Weights are always OIHW (the model file's), biases O, all f32.
 
 mod adam;
 mod conv;
