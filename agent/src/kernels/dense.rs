@@ -7,9 +7,9 @@
 //! parameter's own layout, and the work is split into fixed row blocks (so results do
 //! not depend on the thread count).
 
-use super::{f32_slice, ELEMENTS_PER_TASK};
+use super::f32_slice;
 use super::linalg::{add_assign, sgemm};
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows of the batch per task in the forward and input-gradient products: a quarter of
@@ -162,148 +162,32 @@ impl CustomOp3 for Linear {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_res = grad_res.contiguous()?;
-        let grad = if self.relu {
-            grad_res.apply_op2_no_bwd(res, &ReluMask)?
-        } else {
-            grad_res
-        };
+        let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (n, n_in) = xs.dims2()?;
+        let n_out = weight.dim(0)?;
+        let mut grad = values(grad_res)?;
+        if self.relu {
+            // The ReLU passes the gradient where its output was positive.
+            for (g, r) in grad.iter_mut().zip(values(res)?) {
+                if r <= 0.0 {
+                    *g = 0.0;
+                }
+            }
+        }
+        let (mut grad_w, mut grad_b) = (vec![0f32; n_out * n_in], vec![0f32; n_out]);
+        linear_backward_params(n, n_in, n_out, &grad, &values(xs)?, &mut grad_w, &mut grad_b);
         let grad_xs = if xs.track_op() {
-            Some(grad.apply_op2_no_bwd(weight, &LinearBwdInput)?)
+            let mut grad_xs = vec![0f32; n * n_in];
+            linear_backward_input(n, n_in, n_out, &grad, &values(weight)?, &mut grad_xs);
+            Some(Tensor::from_vec(grad_xs, (n, n_in), xs.device())?)
         } else {
             None
         };
-        let grad_weight = grad.apply_op2_no_bwd(xs, &LinearBwdWeight)?;
-        let grad_bias = grad.apply_op1_no_bwd(&ColumnSum)?;
-        Ok((grad_xs, Some(grad_weight), Some(grad_bias)))
-    }
-}
-
-/// `grad * (res > 0)`: the ReLU backward, given the ReLU's output.
-struct ReluMask;
-
-impl CustomOp2 for ReluMask {
-    fn name(&self) -> &'static str {
-        "relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            bail!(
-                "{}: shapes {:?} and {:?} differ",
-                self.name(),
-                l1.shape(),
-                l2.shape()
-            )
-        }
-        let grad = f32_slice(s1, l1, self.name())?;
-        let res = f32_slice(s2, l2, self.name())?;
-        let mut out = vec![0f32; grad.len()];
-        out.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(
-                grad.par_chunks(ELEMENTS_PER_TASK)
-                    .zip(res.par_chunks(ELEMENTS_PER_TASK)),
-            )
-            .for_each(|(o, (g, r))| {
-                for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
-                    *o = if *r > 0.0 { *g } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// `(grad (N, out), weight (out, in)) -> grad * weight (N, in)`.
-struct LinearBwdInput;
-
-impl CustomOp2 for LinearBwdInput {
-    fn name(&self) -> &'static str {
-        "linear-bwd-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, n_out) = l1.shape().dims2()?;
-        let (w_out, n_in) = l2.shape().dims2()?;
-        if w_out != n_out {
-            bail!(
-                "{}: weight {:?} does not fit gradient {:?}",
-                self.name(),
-                l2.shape(),
-                l1.shape()
-            )
-        }
-        let grad = f32_slice(s1, l1, self.name())?;
-        let weight = f32_slice(s2, l2, self.name())?;
-        let mut grad_xs = vec![0f32; n * n_in];
-        linear_backward_input(n, n_in, n_out, grad, weight, &mut grad_xs);
-        Ok((CpuStorage::F32(grad_xs), Shape::from((n, n_in))))
-    }
-}
-
-/// `(grad (N, out), xs (N, in)) -> grad^T * xs (out, in)`, in blocks of output units.
-struct LinearBwdWeight;
-
-impl CustomOp2 for LinearBwdWeight {
-    fn name(&self) -> &'static str {
-        "linear-bwd-weight"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, n_out) = l1.shape().dims2()?;
-        let (x_n, n_in) = l2.shape().dims2()?;
-        if x_n != n {
-            bail!(
-                "{}: gradient {:?} does not fit input {:?}",
-                self.name(),
-                l1.shape(),
-                l2.shape()
-            )
-        }
-        let grad = f32_slice(s1, l1, self.name())?;
-        let xs = f32_slice(s2, l2, self.name())?;
-        let mut grad_weight = vec![0f32; n_out * n_in];
-        // The bias gradient comes separately from ColumnSum (candle wants one op per
-        // output); recomputing it here costs n_out additions per row.
-        let mut grad_bias = vec![0f32; n_out];
-        linear_backward_params(n, n_in, n_out, grad, xs, &mut grad_weight, &mut grad_bias);
-        Ok((CpuStorage::F32(grad_weight), Shape::from((n_out, n_in))))
-    }
-}
-
-/// Bias gradient: `(N, out) -> (out)`, rows added in order.
-struct ColumnSum;
-
-impl candle_core::CustomOp1 for ColumnSum {
-    fn name(&self) -> &'static str {
-        "column-sum"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (_, n_out) = layout.shape().dims2()?;
-        let grad = f32_slice(storage, layout, self.name())?;
-        let mut sums = vec![0f32; n_out];
-        for row in grad.chunks_exact(n_out) {
-            add_assign(&mut sums, row);
-        }
-        Ok((CpuStorage::F32(sums), Shape::from(n_out)))
+        Ok((
+            grad_xs,
+            Some(Tensor::from_vec(grad_w, (n_out, n_in), xs.device())?),
+            Some(Tensor::from_vec(grad_b, n_out, xs.device())?),
+        ))
     }
 }
 
