@@ -5,6 +5,10 @@
 //!
 //! Parameters are initialised from the seeded [`Rng`], never from candle's initialisers
 //! (they use an unseeded thread generator), so a seed fixes the initial model.
+//!
+//! Training and evaluation run the same network on [`crate::network`] (no autograd
+//! graph, buffers allocated once); this candle version is its reference in the tests
+//! and the way to get the model as candle tensors.
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
@@ -102,9 +106,11 @@ impl Model {
     /// Logits `(n, 10)` for images `(n, 1, 28, 28)`. `dropout_mask` (training only) is
     /// a `(n, 256)` tensor of 0 and 1/(1-rate) from [`Model::dropout_mask`].
     ///
-    /// Runs on [`crate::kernels`] (fused conv+bias+ReLU, Keras' "same" max-pool, dense
-    /// layers with contiguous gradients): candle's stock CPU ops trained about ten
-    /// times slower. `forward_stock` in the tests is the same network in stock ops.
+    /// Runs on [`crate::kernels`] as candle custom ops (fused conv+bias+ReLU+"same"
+    /// max-pool, dense layers), so candle's autograd gives the gradients that
+    /// [`crate::network`] is checked against. `forward_stock` in the tests is the same
+    /// network in candle's stock ops (values only: see `crate::network` on why not
+    /// gradients).
     pub fn forward(&self, xs: &Tensor, dropout_mask: Option<&Tensor>) -> Result<Tensor> {
         let conv = |xs: &Tensor, layer: &Conv2d| -> Result<Tensor> {
             let bias = layer.bias().ok_or_else(|| candle_core::Error::Msg("convolution without bias".into()))?;

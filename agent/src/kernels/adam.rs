@@ -6,6 +6,7 @@
 //! and updates the parameter and both moments in place. Same formula and defaults as
 //! `candle_nn::AdamW` (so it is a drop-in [`candle_nn::Optimizer`]), computed in f32.
 
+use super::linalg::multiversion;
 use super::{f32_slice, ELEMENTS_PER_TASK};
 use candle_core::backprop::GradStore;
 use candle_core::{bail, CpuStorage, InplaceOp2, Layout, Result, Var};
@@ -122,17 +123,22 @@ impl AdamStep {
             .zip(m.par_chunks_mut(ELEMENTS_PER_TASK))
             .zip(v.par_chunks_mut(ELEMENTS_PER_TASK))
             .zip(grad.par_chunks(ELEMENTS_PER_TASK))
-            .for_each(|(((theta, m), v), g)| {
-                for (((t, m), v), g) in theta.iter_mut().zip(m).zip(v).zip(g) {
-                    *m = *m * u.beta1 + *g * (1.0 - u.beta1);
-                    *v = *v * u.beta2 + *g * *g * (1.0 - u.beta2);
-                    let m_hat = *m * u.scale_m;
-                    let v_hat = *v * u.scale_v;
-                    *t = *t * u.decay - m_hat / (v_hat.sqrt() + u.eps) * u.lr;
-                }
-            });
+            .for_each(|(((theta, m), v), g)| update_chunk(u, theta, m, v, g));
     }
 }
+
+#[inline(always)]
+fn update_chunk_body(u: AdamStep, theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+    for (((t, m), v), g) in theta.iter_mut().zip(m).zip(v).zip(g) {
+        *m = *m * u.beta1 + *g * (1.0 - u.beta1);
+        *v = *v * u.beta2 + *g * *g * (1.0 - u.beta2);
+        let m_hat = *m * u.scale_m;
+        let v_hat = *v * u.scale_v;
+        *t = *t * u.decay - m_hat / (v_hat.sqrt() + u.eps) * u.lr;
+    }
+}
+
+multiversion!(fn update_chunk(u: AdamStep, theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) => update_chunk_body);
 
 /// The in-place update of one candle parameter given its gradient.
 struct Update<'a> {
