@@ -305,7 +305,8 @@ multiversion!(fn conv_direct32(image: &[f32], h: usize, w: usize, weight_t: &[f3
 
 /// Whether a layer runs without patches and GEMMs ([`conv_direct`],
 /// [`weight_grad_direct`]): the paper's first layer, 1 -> 32 channels, whose 9-value
-/// patches made a GEMM mostly packing (direct: forward 4.2 -> 2.7 ms for 500 images).
+/// patches made a GEMM mostly packing (forward of 500 images: about 4.2 ms as a GEMM,
+/// 2.7-3.9 ms direct, measured on two noisy cores).
 fn is_direct(d: Dims) -> bool {
     d.c_in == 1 && d.c_out == 32
 }
