@@ -3,7 +3,7 @@
 Same architecture (619,786 parameters), same hyper-parameters (Adam lr 0.001, Keras'
 defaults elsewhere, batch 32/128, dropout 0.5), same data (MNIST read from the IDX files
 in data/mnist, pixels / 255), same protocol: a warm-up fit of 10 batches, then one timed
-epoch over the first N training images; evaluation on the test set at batch 500.
+epoch over the first N training images; evaluation on the test set at --eval-batch (the agent's, 256).
 Prints `key=value` lines on stdout for agent/bench/vs-keras.sh.
 """
 import argparse
@@ -18,6 +18,7 @@ parser.add_argument("--batch-sizes", default="32,128")
 parser.add_argument("--train-images", type=int, default=6400)
 parser.add_argument("--eval-images", type=int, default=10000)
 parser.add_argument("--threads", type=int, default=2)
+parser.add_argument("--eval-batch", type=int, default=256)
 args = parser.parse_args()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -80,8 +81,8 @@ for bs in [int(b) for b in args.batch_sizes.split(",")]:
     model.fit(x_train[:n], y_train[:n], batch_size=bs, epochs=1, verbose=0, shuffle=True)
     print(f"train bs={bs} images_per_s={n / (time.perf_counter() - t0):.0f}", flush=True)
 
-model.evaluate(x_test[:1000], y_test[:1000], batch_size=500, verbose=0)
+model.evaluate(x_test[:1000], y_test[:1000], batch_size=args.eval_batch, verbose=0)
 n = args.eval_images
 t0 = time.perf_counter()
-model.evaluate(x_test[:n], y_test[:n], batch_size=500, verbose=0)
-print(f"eval bs=500 images_per_s={n / (time.perf_counter() - t0):.0f}", flush=True)
+model.evaluate(x_test[:n], y_test[:n], batch_size=args.eval_batch, verbose=0)
+print(f"eval bs={args.eval_batch} images_per_s={n / (time.perf_counter() - t0):.0f}", flush=True)

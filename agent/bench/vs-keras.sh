@@ -33,8 +33,12 @@ run_agent() {
         --train-images "$TRAIN_IMAGES" >>"$out/agent"
 }
 run_keras() {
+    # Keras evaluates at the agent's evaluation batch, which the agent printed first.
+    local eval_batch
+    eval_batch=$(sed -n 's/^eval bs=\([0-9]*\) .*/\1/p' "$out/agent" | head -n 1)
+    [ -n "$eval_batch" ] || { echo "vs-keras: the agent printed no eval line" >&2; exit 1; }
     "$VENV/bin/python" agent/bench/keras_bench.py --data "$DATA" --threads "$THREADS" \
-        --train-images "$TRAIN_IMAGES" >>"$out/keras"
+        --train-images "$TRAIN_IMAGES" --eval-batch "$eval_batch" >>"$out/keras"
 }
 echo "vs-keras: $THREADS threads each, $ROUNDS rounds in alternating order, best of each" >&2
 for round in $(seq 1 "$ROUNDS"); do

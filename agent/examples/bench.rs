@@ -135,9 +135,9 @@ fn speed(args: &Args) -> Result<()> {
     let t0 = Instant::now();
     let evaluation = evaluate(&start, &test)?;
     let rate = test.len() as f64 / t0.elapsed().as_secs_f64();
-    // 500 is fl_agent::train's evaluation batch.
     println!(
-        "eval bs=500 images_per_s={rate:.0} (accuracy {:.4} of an untrained model)",
+        "eval bs={} images_per_s={rate:.0} (accuracy {:.4} of an untrained model)",
+        fl_agent::train::EVAL_BATCH,
         evaluation.accuracy
     );
     Ok(())

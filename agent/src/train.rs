@@ -13,8 +13,10 @@ use crate::network::{Network, Trainer};
 use crate::rng::Rng;
 use crate::weights::ModelFile;
 
-/// Batch size used for evaluation (no gradients, so larger than training's).
-const EVAL_BATCH: usize = 500;
+/// Batch size of evaluation (no gradients, so larger than training's). 256, not more:
+/// the network's buffers grow with it, and at 500 the peak RSS of a learner's round was
+/// 86.5 MiB against 69.9 MiB at 256, for about 3% more evaluation speed.
+pub const EVAL_BATCH: usize = 256;
 
 /// How to train.
 #[derive(Debug, Clone)]
