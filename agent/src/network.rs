@@ -8,11 +8,14 @@
 //! cross-entropy), a third of the work. Here the forward pass writes into buffers that
 //! live as long as the network, the backward pass is written out layer by layer with
 //! the same kernels ([`crate::kernels`]), and Adam updates all 619,786 parameters in one
-//! sweep over one flat vector. Tests check the values and gradients against candle's
-//! autograd through the stock-op model, and training against the candle path.
+//! sweep over one flat vector. Tests check the loss and every gradient against candle's
+//! autograd through [`crate::model::Model::forward`], and evaluation against candle's
+//! stock-op model.
 //!
 //! Parameters are kept as one `Vec<f32>` in [`PARAMS`] order (the model file's order),
-//! each tensor in candle's layout (OIHW, (out, in)).
+//! each tensor in candle's layout (OIHW, (out, in)); activations are channels-last
+//! (NHWC), and the last pool's output is turned channel-major before `fc1`, whose
+//! weights expect candle's flatten order.
 
 use anyhow::{ensure, Result};
 use candle_nn::ParamsAdamW;
