@@ -65,8 +65,7 @@ fn split_mut(mut flat: &mut [f32]) -> [&mut [f32]; 10] {
 /// The network's parameters and the buffers of its forward pass.
 pub struct Network {
     params: Vec<f32>,
-    /// Images the buffers hold.
-    capacity: usize,
+    /// The current batch; `labels.len()` is how many images every buffer holds.
     pixels: Vec<f32>,
     labels: Vec<u32>,
     /// Output of each convolution layer after ReLU and pool (NHWC), and its argmax.
@@ -91,7 +90,6 @@ impl Network {
         }
         Ok(Network {
             params,
-            capacity: 0,
             pixels: Vec::new(),
             labels: Vec::new(),
             pooled: Default::default(),
@@ -122,10 +120,9 @@ impl Network {
 
     /// Grows the buffers to hold `n` images (they never shrink).
     fn reserve(&mut self, n: usize) {
-        if n <= self.capacity {
+        if n <= self.labels.len() {
             return;
         }
-        self.capacity = n;
         self.pixels.resize(n * IMAGE_BYTES, 0.0);
         self.labels.resize(n, 0);
         for layer in 0..3 {

@@ -102,17 +102,6 @@ fn from_patch_order(patch: &[f32], c_in: usize, weight: &mut [f32]) {
 /// image: `rows[y*W + x][(ky*3 + kx)*C + c] = image[y+ky-1][x+kx-1][c]` (0 outside).
 #[inline(always)]
 fn im2row_body(image: &[f32], c: usize, h: usize, w: usize, rows: &mut [f32]) {
-    if c == 1 {
-        // The first layer: element by element (copies of 1-3 values would be calls).
-        for (p, row) in rows.chunks_exact_mut(9).take(h * w).enumerate() {
-            let (y, x) = (p / w, p % w);
-            for (tap, v) in row.iter_mut().enumerate() {
-                let (iy, ix) = (y + tap / 3, x + tap % 3);
-                *v = if iy == 0 || iy > h || ix == 0 || ix > w { 0.0 } else { image[(iy - 1) * w + ix - 1] };
-            }
-        }
-        return;
-    }
     for (p, row) in rows.chunks_exact_mut(9 * c).take(h * w).enumerate() {
         let (y, x) = (p / w, p % w);
         for (ky, dst) in row.chunks_exact_mut(3 * c).enumerate() {
@@ -138,10 +127,6 @@ fn im2row_body(image: &[f32], c: usize, h: usize, w: usize, rows: &mut [f32]) {
     }
 }
 
-/// The convolution of one single-channel image (the first layer) without patches, for
-/// `C_OUT` output channels: each pixel's `C_OUT` sums live in registers while its nine
-/// taps are added, a broadcast multiply-add each. `weight_t` is the weight matrix in
-/// tap order, transposed (9 x C_OUT). Output NHWC, `h * w * C_OUT` values.
 /// A single-channel `h x w` image with a zero border of one pixel, so that every pixel
 /// takes all nine taps without a branch; and its row length, `w + 2`.
 fn pad_image(image: &[f32], h: usize, w: usize) -> (Vec<f32>, usize) {
@@ -197,15 +182,12 @@ fn unpool_body(grad: &[f32], am: &[u8], c: usize, h: usize, w: usize, g_img: &mu
     }
 }
 
+/// The convolution of one single-channel image (the first layer) without patches, for
+/// `C_OUT` output channels: each pixel's `C_OUT` sums live in registers while its nine
+/// taps are added, a broadcast multiply-add each. `taps[t][o]` is output channel `o`'s
+/// weight of tap `t` (tap-major). Output NHWC, `h * w * C_OUT` values.
 #[inline(always)]
-fn conv_direct<const C_OUT: usize>(image: &[f32], h: usize, w: usize, weight_t: &[f32], out: &mut [f32]) {
-    let taps: Vec<[f32; C_OUT]> = weight_t
-        .chunks_exact(C_OUT)
-        .map(|row| std::array::from_fn(|o| row[o]))
-        .collect();
-    let Ok(taps) = <[[f32; C_OUT]; 9]>::try_from(taps) else {
-        panic!("conv_direct: expected 9 x {C_OUT} weights, found {}", weight_t.len())
-    };
+fn conv_direct<const C_OUT: usize>(image: &[f32], h: usize, w: usize, taps: &[[f32; C_OUT]; 9], out: &mut [f32]) {
     let (padded, pw) = pad_image(image, h, w);
     for (p, dst) in out.chunks_exact_mut(C_OUT).take(h * w).enumerate() {
         let at = (p / w) * pw + p % w; // top-left tap in the padded image
@@ -284,31 +266,31 @@ fn pool_image_body(conv: &[f32], c: usize, h: usize, w: usize, bias: &[f32], y: 
 }
 
 multiversion!(fn im2row(image: &[f32], c: usize, h: usize, w: usize, rows: &mut [f32]) => im2row_body);
-
 multiversion!(fn row2im(rows: &[f32], c: usize, h: usize, w: usize, image: &mut [f32]) => row2im_body);
-
 multiversion!(fn pool_image(conv: &[f32], c: usize, h: usize, w: usize, bias: &[f32], y: &mut [f32], am: &mut [u8]) => pool_image_body);
+multiversion!(fn unpool(grad: &[f32], am: &[u8], c: usize, h: usize, w: usize, g_img: &mut [f32], bias: &mut [f32]) => unpool_body);
+
+/// The first layer's width: the direct kernels are compiled for it ([`is_direct`]).
+const DIRECT_C_OUT: usize = 32;
 
 #[inline(always)]
-fn conv_direct32_body(image: &[f32], h: usize, w: usize, weight_t: &[f32], out: &mut [f32]) {
-    conv_direct::<32>(image, h, w, weight_t, out)
+fn conv_direct32_body(image: &[f32], h: usize, w: usize, taps: &[[f32; DIRECT_C_OUT]; 9], out: &mut [f32]) {
+    conv_direct(image, h, w, taps, out)
 }
-multiversion!(fn unpool(grad: &[f32], am: &[u8], c: usize, h: usize, w: usize, g_img: &mut [f32], bias: &mut [f32]) => unpool_body);
+multiversion!(fn conv_direct32(image: &[f32], h: usize, w: usize, taps: &[[f32; DIRECT_C_OUT]; 9], out: &mut [f32]) => conv_direct32_body);
 
 #[inline(always)]
 fn weight_grad_direct32_body(image: &[f32], h: usize, w: usize, g: &[f32], acc: &mut [f32]) {
-    weight_grad_direct::<32>(image, h, w, g, acc)
+    weight_grad_direct::<DIRECT_C_OUT>(image, h, w, g, acc)
 }
 multiversion!(fn weight_grad_direct32(image: &[f32], h: usize, w: usize, g: &[f32], acc: &mut [f32]) => weight_grad_direct32_body);
-
-multiversion!(fn conv_direct32(image: &[f32], h: usize, w: usize, weight_t: &[f32], out: &mut [f32]) => conv_direct32_body);
 
 /// Whether a layer runs without patches and GEMMs ([`conv_direct`],
 /// [`weight_grad_direct`]): the paper's first layer, 1 -> 32 channels, whose 9-value
 /// patches made a GEMM mostly packing (forward of 500 images: about 4.2 ms as a GEMM,
 /// 2.7-3.9 ms direct, measured on two noisy cores).
 fn is_direct(d: Dims) -> bool {
-    d.c_in == 1 && d.c_out == 32
+    d.c_in == 1 && d.c_out == DIRECT_C_OUT
 }
 
 /// Checks the slices of a convolution call against `d` (a caller's bug otherwise).
@@ -335,11 +317,10 @@ pub fn conv_relu_pool_forward(d: Dims, xs: &[f32], weight: &[f32], bias: &[f32],
     let out_per_image = d.pooled_per_image();
     let patch_weight = to_patch_order(weight, d.c_in);
     let direct = is_direct(d);
-    let weight_t: Vec<f32> = if direct {
-        (0..k).flat_map(|t| (0..c_out).map(move |o| (t, o))).map(|(t, o)| patch_weight[o * k + t]).collect()
-    } else {
-        Vec::new()
-    };
+    // The direct kernel's weights, tap-major (for one input channel the patch order is
+    // OIHW's: `weight[o * 9 + t]`); unused otherwise.
+    let taps: [[f32; DIRECT_C_OUT]; 9] =
+        std::array::from_fn(|t| std::array::from_fn(|o| if direct { weight[o * 9 + t] } else { 0.0 }));
     let group = images_per_gemm(hw, d.n);
     ys.par_chunks_mut(group * out_per_image)
         .zip(argmax.par_chunks_mut(group * out_per_image))
@@ -350,7 +331,7 @@ pub fn conv_relu_pool_forward(d: Dims, xs: &[f32], weight: &[f32], bias: &[f32],
             with_scratch(patch_values, rows * c_out, |patches, conv| {
                 if direct {
                     for (image, out) in x.chunks_exact(d.c_in * hw).zip(conv.chunks_exact_mut(hw * c_out)) {
-                        conv_direct32(image, d.h, d.w, &weight_t, out);
+                        conv_direct32(image, d.h, d.w, &taps, out);
                     }
                 } else {
                     for (image, dst) in x.chunks_exact(d.c_in * hw).zip(patches.chunks_exact_mut(hw * k)) {
