@@ -364,7 +364,7 @@ mod tests {
 
     #[test]
     fn into_subset_keeps_the_chosen_examples_in_index_order() {
-        let images: Vec<u8> = (0..5u8).flat_map(|i| std::iter::repeat(i).take(IMAGE_BYTES)).collect();
+        let images: Vec<u8> = (0..5u8).flat_map(|i| std::iter::repeat_n(i, IMAGE_BYTES)).collect();
         let set = Dataset::from_raw(images, vec![0, 1, 2, 3, 4]).unwrap();
         let subset = set.clone().into_subset(vec![4, 1, 3]).unwrap();
         assert_eq!(subset, set.select(&[1, 3, 4]));

@@ -528,7 +528,7 @@ fn submit_round(
     if receipt.status != Some(1u64.into()) {
         // Reverted: most likely a duplicate after a restart; the chain says which.
         let me = registry.local_update(config.node_id)?;
-        if !me.latest.as_ref().is_some_and(|u| u.round == round) {
+        if me.latest.as_ref().is_none_or(|u| u.round != round) {
             bail!("round {round}: the registering transaction {:?} reverted", receipt.transaction_hash);
         }
     }
