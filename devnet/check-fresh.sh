@@ -65,17 +65,26 @@ phase "a minimal $SUITE root is ready"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 bind() { mkdir -p "$root$2"; mount "${@:3}" "$1" "$root$2"; mounted+=("$root$2"); }
 bind proc /proc -t proc
-bind /dev /dev --bind
+# /dev with its pts (apt and dpkg want a terminal); rslave so nothing propagates back.
+bind /dev /dev --rbind
+mount --make-rslave "$root/dev"
 mkdir -p "$root/opt/rust"
 mount --bind "$rust_sysroot" "$root/opt/rust"
 mounted+=("$root/opt/rust")
 mount -o remount,bind,ro "$root/opt/rust"
+# A site's own CAs (a TLS proxy's, say) are trusted in the root as on the host: Debian's
+# ca-certificates adds /usr/local/share/ca-certificates when it is installed in step 2.
+if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+fi
 git clone --quiet --no-hardlinks "$repo" "$root/src"
 say "cloned $(git -C "$root/src" rev-parse --short HEAD) (the committed HEAD: uncommitted changes are not checked)"
 
 # Everything below runs inside the fresh root, with a clean environment.
 inside() {
     chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+        NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
         PATH=/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         bash -euo pipefail -c "cd /src; $1"
 }

@@ -89,5 +89,13 @@ if ((EUID != 0)); then
     sudo=(sudo)
 fi
 say "installing ${wanted[*]}"
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${wanted[@]}" >&2
+# apt's output goes to a log, shown only when it fails: dpkg prints hundreds of lines.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! { "${sudo[@]}" apt-get update -qq &&
+       DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${wanted[@]}"; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    say "apt-get could not install: ${wanted[*]} (its last lines are above)"
+    exit 1
+fi
+say "installed ${wanted[*]}"
