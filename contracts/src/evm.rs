@@ -167,6 +167,21 @@ pub fn invalid_opcode_in(message: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::registry_bytecode;
+
+    /// The registry is compiled for Istanbul: nothing a later rule set added may appear,
+    /// or Istanbul and Berlin chains could not run it.
+    #[test]
+    fn the_registry_uses_no_opcode_newer_than_istanbul() {
+        let used = opcodes_used(&registry_bytecode());
+        let newer: Vec<&str> = used.iter().filter(|op| op.fork > Hardfork::Istanbul).map(|op| op.name).collect();
+        assert!(newer.is_empty(), "the registry's bytecode uses {newer:?}: compile it with evmVersion istanbul (contracts/build.mjs)");
+        // Not vacuous: the scan sees the Byzantium and Constantinople opcodes solc uses.
+        let names: Vec<&str> = used.iter().map(|op| op.name).collect();
+        for name in ["REVERT", "SHL", "SHR"] {
+            assert!(names.contains(&name), "{names:?}");
+        }
+    }
 
     #[test]
     fn scan_skips_push_data_and_metadata() {
