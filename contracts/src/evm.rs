@@ -1,6 +1,21 @@
-//! Which EVM rule set a contract needs: the opcodes added after Frontier with the hardfork
-//! that added each, a scan of bytecode for them, and the node errors that mean "this
-//! opcode is not enabled here".
+//! Which EVM rule set a contract needs, and whether a chain offers it: the opcodes added
+//! after Frontier with the hardfork that added each, a scan of bytecode for them, node
+//! errors that mean "this opcode is not enabled here", and [`preflight`], which asks the
+//! node itself before a deployment spends any gas.
+//!
+//! Why probing opcodes rather than running the contract: a deployment can be simulated
+//! with a plain `eth_call` of its creation code (no `to`), which every node supports, but
+//! that runs only the constructor; running the deployed code's functions before it exists
+//! needs either `eth_call`'s state-override parameter (not in the JSON-RPC specification,
+//! not offered by every node) or a wrapper that deploys inside the call, and either way
+//! only the paths a call takes are tried. An opcode fails when it is executed, whatever
+//! the path, so trying each opcode the bytecode contains, alone, covers every function,
+//! including the writes that cannot run before the registry is set up.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use ethers_core::types::transaction::eip2718::TypedTransaction;
+use ethers_core::types::{BlockNumber, Bytes, TransactionRequest};
 
 /// An Ethereum hardfork that added opcodes (the rule sets in between added none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -162,6 +177,45 @@ pub fn invalid_opcode_in(message: &str) -> Option<Vec<u8>> {
         }
     }
     Some(named)
+}
+
+/// Checks, before anything is sent, that the chain behind `client` can run the contract
+/// whose creation code is `creation`: every post-Frontier opcode the code contains is
+/// executed alone with `eth_call` (no `to`, so it runs as creation code), then the
+/// creation code itself, which runs the constructor and must return the code to deploy.
+/// Only standard `eth_call`s, so it works on any node; nothing is signed or sent.
+///
+/// An opcode the chain lacks gives [`Error::InvalidOpcode`] naming every such opcode and
+/// the hardfork that added it; a constructor that reverts gives [`Error::Revert`].
+pub fn preflight(client: &Client, what: &str, creation: &[u8]) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut node_message = String::new();
+    for op in opcodes_used(creation) {
+        match simulate_creation(client, what, probe_code(op)) {
+            // Present: it ran, or it reverted (REVERT's own probe) or failed for another
+            // reason the node could only report once it knew the opcode.
+            Ok(_) | Err(Error::Revert { .. }) => {}
+            Err(Error::InvalidOpcode { message, .. }) => {
+                missing.push(op.byte);
+                node_message = message;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::InvalidOpcode { call: what.to_string(), opcodes: missing, message: node_message });
+    }
+    let runtime = simulate_creation(client, what, creation.to_vec())?;
+    if runtime.is_empty() {
+        return Err(Error::Invalid(format!("{what}: the constructor, simulated with eth_call on {}, returned no code to deploy", client.rpc().url())));
+    }
+    Ok(())
+}
+
+/// `eth_call` of `code` as creation code from the client's account at the latest block.
+fn simulate_creation(client: &Client, what: &str, code: Vec<u8>) -> Result<Bytes> {
+    let tx = TypedTransaction::Legacy(TransactionRequest::new().from(client.address()).data(Bytes::from(code)));
+    client.rpc().call(&tx, BlockNumber::Latest).map_err(|e| crate::client::revert_or(what, e))
 }
 
 #[cfg(test)]
