@@ -5,6 +5,10 @@
 //
 //   node build.mjs           compile and (re)write artifacts/
 //   node build.mjs --check   compile and fail unless artifacts/ match byte for byte
+//   node build.mjs --evm-version cancun --print
+//                            compile for another EVM version and print the creation
+//                            bytecode (hex) on stdout, leaving artifacts/ alone; the
+//                            tests deploy such builds to check how old chains refuse them
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,13 +17,27 @@ import solc from "solc";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const SOURCE = "Registry.sol";
 const CONTRACT = "Registry";
-// solc 0.8.28 defaults to cancun; named here so a new default never changes the bytecode.
+// Istanbul, the oldest rule set we support: the bytecode then uses nothing newer than
+// Constantinople's shifts (no PUSH0 from Shanghai, no MCOPY from Cancun), so it runs on
+// every later rule set too; contracts/src/evm.rs's tests check that. solc 0.8.28 would
+// default to cancun, which Shanghai and older chains cannot run (contracts/README.md).
+const DEFAULT_EVM_VERSION = "istanbul";
+const flag = process.argv.indexOf("--evm-version");
+const evmVersion = flag >= 0 ? process.argv[flag + 1] : DEFAULT_EVM_VERSION;
+if (!evmVersion || evmVersion.startsWith("--")) {
+  process.stderr.write("build: --evm-version needs a name (e.g. cancun)\n");
+  process.exit(2);
+}
+if (evmVersion !== DEFAULT_EVM_VERSION && !process.argv.includes("--print")) {
+  process.stderr.write(`build: artifacts/ are always compiled for ${DEFAULT_EVM_VERSION}; add --print to print a ${evmVersion} build instead\n`);
+  process.exit(2);
+}
 const input = {
   language: "Solidity",
   sources: { [SOURCE]: { content: fs.readFileSync(path.join(here, SOURCE), "utf8") } },
   settings: {
     optimizer: { enabled: true, runs: 200 },
-    evmVersion: "cancun",
+    evmVersion,
     metadata: { bytecodeHash: "ipfs" },
     outputSelection: { [SOURCE]: { [CONTRACT]: ["abi", "evm.bytecode.object"] } },
   },
@@ -40,7 +58,9 @@ const files = {
 };
 
 const dir = path.join(here, "artifacts");
-if (process.argv.includes("--check")) {
+if (process.argv.includes("--print")) {
+  process.stdout.write(contract.evm.bytecode.object + "\n");
+} else if (process.argv.includes("--check")) {
   let stale = [];
   for (const [name, text] of Object.entries(files)) {
     const file = path.join(dir, name);

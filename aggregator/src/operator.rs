@@ -13,7 +13,8 @@ use crate::endpoints::{parse_address, EndpointFlags};
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
-usage: fl-aggregator deploy [FLAGS]                        deploy a registry, print its address
+usage: fl-aggregator deploy [FLAGS]                        deploy a registry, print its address (first
+                                                           checks with eth_call that the chain's EVM runs it)
        fl-aggregator learners add NODE_ID ADDRESS [FLAGS]  bind a node id to a learner's address
        fl-aggregator learners remove NODE_ID [FLAGS]       unbind a node id
        fl-aggregator learners list [FLAGS]                 node id, address, latest round and CID

@@ -236,8 +236,8 @@ impl Client {
         let mut replay = self.request(Some(to), sent.input);
         replay.set_from(sent.from);
         match self.rpc.request::<Bytes>("eth_call", serde_json::json!([replay, BlockNumber::Number(block)])) {
-            Err(err @ Error::Rpc { .. }) => match revert_or(what, err) {
-                revert @ Error::Revert { .. } => revert,
+            Err(err @ (Error::Rpc { .. } | Error::InvalidOpcode { .. })) => match revert_or(what, err) {
+                explained @ (Error::Revert { .. } | Error::InvalidOpcode { .. }) => explained,
                 _ => failed(),
             },
             _ => failed(),
@@ -245,8 +245,12 @@ impl Client {
     }
 }
 
-/// Maps an RPC error that carries revert data to [`Error::Revert`]; other errors pass through.
+/// Maps an RPC error that carries revert data to [`Error::Revert`] and names an invalid
+/// opcode after the call that hit it (`what`, not `eth_call`); other errors pass through.
 pub(crate) fn revert_or(what: &str, err: Error) -> Error {
+    if let Error::InvalidOpcode { opcodes, message, .. } = err {
+        return Error::InvalidOpcode { call: what.to_string(), opcodes, message };
+    }
     if let Error::Rpc { data: Some(data), .. } = &err {
         // Nodes put revert data either directly in `data` or in `data.data`.
         let hex = data.as_str().or_else(|| data.get("data").and_then(|d| d.as_str()));

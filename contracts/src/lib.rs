@@ -8,6 +8,7 @@ pub mod abi;
 pub mod cid;
 pub mod client;
 pub mod error;
+pub mod evm;
 pub mod registry;
 pub mod rpc;
 pub mod signer;

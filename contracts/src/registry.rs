@@ -102,8 +102,18 @@ pub struct Registry<'a> {
 
 impl<'a> Registry<'a> {
     /// Deploys a new registry owned by the client's account; returns it and the receipt.
+    /// First checks, with `eth_call`s only, that the chain's EVM runs the registry's code
+    /// ([`crate::evm::preflight`]): a chain whose rule set lacks an opcode gets
+    /// [`Error::InvalidOpcode`] naming it, and no gas is spent.
     pub fn deploy(client: &'a Client) -> Result<(Registry<'a>, TransactionReceipt)> {
-        let receipt = client.send_and_wait("deploy", None, registry_bytecode())?;
+        Registry::deploy_bytecode(client, registry_bytecode())
+    }
+
+    /// [`Registry::deploy`] with other creation code of the same contract (e.g. compiled
+    /// for another EVM version), checked the same way before anything is sent.
+    pub fn deploy_bytecode(client: &'a Client, creation: ethers_core::types::Bytes) -> Result<(Registry<'a>, TransactionReceipt)> {
+        crate::evm::preflight(client, "deploy", &creation)?;
+        let receipt = client.send_and_wait("deploy", None, creation)?;
         let address = receipt
             .contract_address
             .ok_or_else(|| Error::Invalid(format!("deploy: receipt {:?} has no contract address", receipt.transaction_hash)))?;

@@ -68,12 +68,7 @@ impl Rpc {
             .read_json()
             .map_err(map_err)?;
         if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
-            return Err(Error::Rpc {
-                method: method.to_string(),
-                code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: err.get("message").and_then(Value::as_str).unwrap_or("(no message)").to_string(),
-                data: err.get("data").cloned(),
-            });
+            return Err(node_error(method, err));
         }
         let Some(result) = reply.get("result") else {
             return Err(transport(format!("reply has neither result nor error: {}", truncate(&reply.to_string()))));
@@ -133,6 +128,26 @@ impl Rpc {
     }
 }
 
+/// The typed error for a JSON-RPC error object: [`Error::InvalidOpcode`] when the message
+/// says the EVM refused an instruction and no revert data came with it (some nodes attach
+/// an empty `data: "0x"` to every failed call, which must not read as a revert without a
+/// reason), else [`Error::Rpc`].
+fn node_error(method: &str, err: &Value) -> Error {
+    let message = err.get("message").and_then(Value::as_str).unwrap_or("(no message)").to_string();
+    let data = err.get("data").cloned();
+    let revert_data = match &data {
+        Some(Value::String(hex)) => !hex.trim_start_matches("0x").is_empty(),
+        Some(Value::Object(inner)) => inner.get("data").and_then(Value::as_str).is_some_and(|hex| !hex.trim_start_matches("0x").is_empty()),
+        _ => false,
+    };
+    if !revert_data {
+        if let Some(opcodes) = crate::evm::invalid_opcode_in(&message) {
+            return Error::InvalidOpcode { call: method.to_string(), opcodes, message };
+        }
+    }
+    Error::Rpc { method: method.to_string(), code: err.get("code").and_then(Value::as_i64).unwrap_or(0), message, data }
+}
+
 fn truncate(text: &str) -> String {
     if text.len() <= 200 {
         return text.to_string();
@@ -142,4 +157,32 @@ fn truncate(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Error objects exactly as anvil 1.7.1 sent them (`--hardfork london`, eth_call of
+    /// code using PUSH0; an empty revert; a call on a Shanghai chain).
+    #[test]
+    fn node_errors_are_typed_by_what_failed() {
+        let not_activated = json!({"code": -32603, "message": "EVM error NotActivated"});
+        let err = node_error("eth_call", &not_activated);
+        assert!(matches!(&err, Error::InvalidOpcode { call, opcodes, .. } if call == "eth_call" && opcodes.is_empty()), "{err:?}");
+
+        let reverted = json!({"code": 3, "message": "execution reverted", "data": "0x"});
+        assert!(matches!(node_error("eth_call", &reverted), Error::Rpc { code: 3, .. }));
+
+        // An empty `data` (Nethermind's habit) does not turn an opcode failure into a revert.
+        let with_empty_data = json!({"code": -32000, "message": "invalid opcode: PUSH0", "data": "0x"});
+        assert!(matches!(node_error("eth_call", &with_empty_data), Error::InvalidOpcode { opcodes, .. } if opcodes == vec![0x5f]));
+
+        // Real revert data wins over words in the message.
+        let revert_reason = json!({"code": 3, "message": "execution reverted: invalid opcode", "data": "0x08c379a0"});
+        assert!(matches!(node_error("eth_call", &revert_reason), Error::Rpc { .. }));
+
+        let other = json!({"code": -32000, "message": "nonce too low"});
+        assert!(matches!(node_error("eth_sendRawTransaction", &other), Error::Rpc { .. }));
+    }
 }

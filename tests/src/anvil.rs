@@ -28,7 +28,16 @@ pub struct AnvilOptions {
     pub no_mining: bool,
     /// A fixed base fee per gas (0 makes the chain look like one without EIP-1559 fees).
     pub base_fee: Option<u64>,
+    /// The EVM rule set (`--hardfork NAME`, one of [`HARDFORKS`]); anvil's latest when `None`.
+    pub hardfork: Option<&'static str>,
+    /// Record every EVM step (`--steps-tracing`), for `debug_traceTransaction`'s step list.
+    pub steps_tracing: bool,
 }
+
+/// The rule sets the registry supports, oldest first, as anvil 1.7.1's `--hardfork`
+/// spells them (checked: each starts; Istanbul and Berlin blocks have no base fee).
+/// anvil also accepts the glacier forks, which changed no EVM rules.
+pub const HARDFORKS: [&str; 7] = ["istanbul", "berlin", "london", "paris", "shanghai", "cancun", "prague"];
 
 /// A running anvil on 127.0.0.1.
 pub struct Anvil {
@@ -66,13 +75,23 @@ impl Anvil {
         if options.no_mining {
             command.arg("--no-mining");
         }
+        if let Some(hardfork) = options.hardfork {
+            command.args(["--hardfork", hardfork]);
+        }
+        if options.steps_tracing {
+            command.arg("--steps-tracing");
+        }
         if let Some(fee) = options.base_fee {
             command.args(["--block-base-fee-per-gas", &fee.to_string(), "--disable-min-priority-fee"]);
         }
         let mut child = command.spawn().with_context(|| format!("starting {} (run `make setup`)", path.display()))?;
         let stdout = child.stdout.take().context("anvil stdout was not captured")?;
         let guard = ChildGuard::new("anvil", child);
-        let lines = wait_for_line(stdout, "Listening on", Duration::from_secs(30), "anvil did not start; run `make setup`")?;
+        let hint = match options.hardfork {
+            Some(name) => format!("anvil did not start with --hardfork {name}; run `make setup` (anvil 1.7.1 knows {HARDFORKS:?})"),
+            None => "anvil did not start; run `make setup`".to_string(),
+        };
+        let lines = wait_for_line(stdout, "Listening on", Duration::from_secs(30), &hint)?;
         let keys = section(&lines, "Private Keys");
         if keys.len() < 4 {
             bail!("anvil printed {} private keys, expected 10:\n{}", keys.len(), lines.join("\n"));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use fl_contracts::{Address, Client, Registry, Rpc};
 
-use crate::anvil::Anvil;
+use crate::anvil::{Anvil, AnvilOptions};
 use crate::ipfs_node::{new_swarm_key, IpfsNode};
 use crate::util::ChildGuard;
 
@@ -34,11 +34,16 @@ impl Devnet {
     /// Starts anvil and `n_learners + 1` IPFS nodes, deploys the registry and registers
     /// the learners. Files go under `dir` (created).
     pub fn start(n_learners: usize, dir: &Path) -> Result<Devnet> {
+        Devnet::start_with(n_learners, dir, AnvilOptions::default())
+    }
+
+    /// [`Devnet::start`] on an anvil started with `anvil_options` (e.g. an older hardfork).
+    pub fn start_with(n_learners: usize, dir: &Path, anvil_options: AnvilOptions) -> Result<Devnet> {
         if n_learners == 0 {
             bail!("a federation needs at least one learner");
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let anvil = Anvil::start()?;
+        let anvil = Anvil::start_with(anvil_options)?;
         if n_learners + 1 > 10 {
             bail!("anvil starts with 10 development accounts: at most 9 learners here");
         }

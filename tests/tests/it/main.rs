@@ -7,5 +7,7 @@ mod chain;
 mod ipfs;
 /// The whole federation as processes: FedAvg checked byte for byte, verify, restarts.
 mod federation;
+/// One federation round, as processes, on each EVM rule set the registry supports.
+mod rule_sets;
 /// The Raspberry Pi builds (aarch64, armv7) run under qemu-user-static against the native agent.
 mod cross;
