@@ -7,6 +7,7 @@
 //! help. Every error names the API URL and, where there is one, the CID.
 
 use crate::cid::{cid_with_layout, Cid, CHUNK_SIZE, MAX_LINKS};
+use crate::retry::Backoff;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::time::Duration;
@@ -86,6 +87,15 @@ impl fmt::Display for Error {
             ),
             Error::InvalidCid { cid, detail } => write!(f, "invalid cid {cid:?}: {detail}"),
         }
+    }
+}
+
+impl Error {
+    /// True if the node did not answer, or not in time: a later attempt may succeed.
+    /// A node's own error, a refused or malformed reply and a digest or CID mismatch
+    /// would only repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. })
     }
 }
 
@@ -284,7 +294,8 @@ impl Client {
 
     /// One RPC call with bounded retries of transient failures; returns the answer's body.
     fn call(&self, op: &str, path: &str, query: &[(&str, &str)], body: Body, max_bytes: u64) -> Result<Vec<u8>, Error> {
-        let mut pause = self.config.first_backoff;
+        // Bounded by the number of attempts, so the pauses need no cap of their own.
+        let mut backoff = Backoff::new(self.config.first_backoff, Duration::MAX);
         let attempts = self.config.attempts.max(1);
         let mut last = String::new();
         for attempt in 1..=attempts {
@@ -294,8 +305,7 @@ impl Client {
                 Attempt::Transient(detail) => last = detail,
             }
             if attempt < attempts {
-                std::thread::sleep(pause);
-                pause *= 2;
+                backoff.wait();
             }
         }
         Err(Error::Unreachable { api: self.api.clone(), op: op.to_string(), attempts, detail: last })
