@@ -92,7 +92,14 @@ impl FromStr for Cid {
             Some('z') => base58_decode(&text[1..])?,
             _ => return Err("expected a CIDv0 (Qm...) or a CIDv1 in base32 (b...) or base58btc (z...)".into()),
         };
-        let mut rest = &bytes[..];
+        Cid::from_bytes(&bytes)
+    }
+}
+
+impl Cid {
+    /// Parses a binary CIDv1 (version, codec, multihash), the inverse of [`Cid::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Cid, String> {
+        let mut rest = bytes;
         let version = take_varint(&mut rest).ok_or("truncated CID version")?;
         if version != 1 {
             return Err(format!("unsupported CID version {version}"));
