@@ -31,11 +31,11 @@ paper: setup
 
 ## Training / evaluation throughput and peak memory of the agent.
 bench: setup
-	bash agent/bench/bench.sh
+	bash agent/core/bench/bench.sh
 
 ## The agent against Keras (tensorflow-cpu) on the same CPU, same run.
 bench-vs-keras: setup
-	bash agent/bench/vs-keras.sh
+	bash agent/core/bench/vs-keras.sh
 
 ## Raspberry Pi builds (aarch64, armv7) and their .deb and tarball packages in target/cross/.
 cross:

@@ -4,7 +4,7 @@ Same architecture (619,786 parameters), same hyper-parameters (Adam lr 0.001, Ke
 defaults elsewhere, batch 32/128, dropout 0.5), same data (MNIST read from the IDX files
 in data/mnist, pixels / 255), same protocol: a warm-up fit of 10 batches, then one timed
 epoch over the first N training images; evaluation on the test set at --eval-batch (the agent's, 256).
-Prints `key=value` lines on stdout for agent/bench/vs-keras.sh.
+Prints `key=value` lines on stdout for agent/core/bench/vs-keras.sh.
 """
 import argparse
 import os

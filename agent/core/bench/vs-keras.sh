@@ -7,7 +7,7 @@
 # (default 2: agent, keras, keras, agent) and each side's best rate is reported.
 # Needs python3 (3.9-3.12) with venv; installs tensorflow-cpu into .venv/ on first use.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 
 TF_VERSION=2.20.0          # tensorflow-cpu on PyPI, wheels for CPython 3.9-3.13
 THREADS="${BENCH_THREADS:-2}"
@@ -24,7 +24,7 @@ if ! "$VENV/bin/python" -c "import tensorflow as tf; assert tf.__version__ == '$
     "$VENV/bin/pip" install --quiet "tensorflow-cpu==$TF_VERSION"
 fi
 
-cargo build --quiet --release -p fl-agent --example bench
+cargo build --quiet --release -p fl-core --example bench
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
@@ -37,7 +37,7 @@ run_keras() {
     local eval_batch
     eval_batch=$(sed -n 's/^eval bs=\([0-9]*\) .*/\1/p' "$out/agent" | head -n 1)
     [ -n "$eval_batch" ] || { echo "vs-keras: the agent printed no eval line" >&2; exit 1; }
-    "$VENV/bin/python" agent/bench/keras_bench.py --data "$DATA" --threads "$THREADS" \
+    "$VENV/bin/python" agent/core/bench/keras_bench.py --data "$DATA" --threads "$THREADS" \
         --train-images "$TRAIN_IMAGES" --eval-batch "$eval_batch" >>"$out/keras"
 }
 echo "vs-keras: $THREADS threads each, $ROUNDS rounds in alternating order, best of each" >&2

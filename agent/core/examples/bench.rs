@@ -1,15 +1,15 @@
 //! Training and evaluation speed of the agent's CNN, and the peak memory of a training
-//! run: `make bench` (agent/bench/bench.sh) and the agent half of `make bench-vs-keras`.
+//! run: `make bench` (agent/core/bench/bench.sh) and the agent half of `make bench-vs-keras`.
 //!
 //! Modes (one per process, so that each peak-RSS figure is its own):
-//! - `speed`: images/s of `fl_agent::train::train` at each batch size (after a warm-up
-//!   run), and of `fl_agent::train::evaluate` on the test set;
+//! - `speed`: images/s of `fl_core::train::train` at each batch size (after a warm-up
+//!   run), and of `fl_core::train::evaluate` on the test set;
 //! - `rss`: one epoch on a 30,000-image IID shard, then the peak RSS of the training
 //!   (VmHWM, reset after the data is loaded) and of the whole process;
 //! - `profile`: where a training step's time goes (batch, forward, backward, optimizer)
-//!   and per-layer timings of candle's stock conv/pool against `fl_agent::kernels`.
+//!   and per-layer timings of candle's stock conv/pool against `fl_core::kernels`.
 //!
-//! Results go to stdout as `key=value` lines that `agent/bench/vs-keras.sh` parses.
+//! Results go to stdout as `key=value` lines that `agent/core/bench/vs-keras.sh` parses.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,13 +17,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Module, Tensor, Var};
 use candle_nn::Optimizer;
-use fl_agent::data::{partition, Dataset, Mnist, Split};
-use fl_agent::kernels;
-use fl_agent::model::Model;
-use fl_agent::network::Trainer;
-use fl_agent::rng::Rng;
-use fl_agent::train::{evaluate, train, TrainConfig};
-use fl_agent::weights::ModelFile;
+use fl_core::data::{partition, Dataset, Mnist, Split};
+use fl_core::kernels;
+use fl_core::model::Model;
+use fl_core::network::Trainer;
+use fl_core::rng::Rng;
+use fl_core::train::{evaluate, train, TrainConfig};
+use fl_core::weights::ModelFile;
 
 /// Command-line settings.
 struct Args {
@@ -137,7 +137,7 @@ fn speed(args: &Args) -> Result<()> {
     let rate = test.len() as f64 / t0.elapsed().as_secs_f64();
     println!(
         "eval bs={} images_per_s={rate:.0} (accuracy {:.4} of an untrained model)",
-        fl_agent::train::EVAL_BATCH,
+        fl_core::train::EVAL_BATCH,
         evaluation.accuracy
     );
     Ok(())

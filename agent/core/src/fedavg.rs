@@ -4,7 +4,7 @@
 //! the result depends only on the inputs and the order they are added in.
 
 use anyhow::{bail, ensure, Result};
-use fl_agent::weights::{ModelFile, NamedTensor};
+use crate::weights::{ModelFile, NamedTensor};
 
 /// A running sample-weighted sum of models.
 #[derive(Debug, Default)]
@@ -139,7 +139,7 @@ pub fn average<'a>(models: impl IntoIterator<Item = (&'a ModelFile, String)>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fl_agent::weights::Dtype;
+    use crate::weights::Dtype;
 
     /// A two-tensor model (not the CNN: FedAvg itself does not care about the layout).
     fn tiny(n_samples: u64, round: u64, a: &[f32], b: &[f32]) -> ModelFile {

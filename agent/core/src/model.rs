@@ -76,6 +76,9 @@ pub fn init_varmap(seed: u64, device: &Device) -> Result<VarMap> {
 
 /// The network. Build it over a `VarMap` that already holds every parameter (from
 /// [`init_varmap`] or a model file): `VarBuilder` then only looks the names up.
+// The reference the tests (and the bench's profile mode) check `crate::network` against;
+// training and evaluation never build it, so it stays out of the documented API.
+#[doc(hidden)]
 #[derive(Debug, Clone)]
 pub struct Model {
     conv1: Conv2d,

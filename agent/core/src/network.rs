@@ -24,8 +24,18 @@ use crate::data::{Dataset, IMAGE_BYTES};
 use crate::kernels::{self, AdamStep, ConvDims};
 use crate::model::{fill_dropout_mask, HIDDEN, PARAMS};
 use crate::rng::Rng;
-use crate::train::Evaluation;
 use crate::weights::{ModelFile, NamedTensor};
+
+/// Accuracy and mean cross-entropy on a dataset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Fraction correct, in [0, 1].
+    pub accuracy: f64,
+    /// Mean cross-entropy per example.
+    pub loss: f64,
+    /// Number of examples evaluated.
+    pub n: usize,
+}
 
 /// The three convolution layers: input channels, output channels, input side.
 const CONVS: [(usize, usize, usize); 3] = [(1, 32, 28), (32, 64, 14), (64, 128, 7)];

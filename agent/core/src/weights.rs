@@ -37,6 +37,10 @@ use crate::model::{ARCHITECTURE_ID, PARAMS};
 /// Version of the encoding described in this module.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The largest model file anyone downloads: the paper's model is 2.5 MB; anything far
+/// larger is not a model of this architecture, and reading it would only waste memory.
+pub const MAX_MODEL_BYTES: u64 = 64 << 20;
+
 /// Element type of a tensor. Only f32 exists today; the tag keeps the format open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Dtype {
@@ -200,6 +204,9 @@ impl ModelFile {
     }
 
     /// A fresh `VarMap` holding these weights as trainable variables.
+    // Test reference only (the candle model in `model.rs`, the bench's profile mode):
+    // training never builds a `VarMap`.
+    #[doc(hidden)]
     pub fn to_varmap(&self, device: &Device) -> Result<VarMap> {
         let varmap = VarMap::new();
         {
@@ -221,6 +228,8 @@ impl ModelFile {
 
     /// Writes the weights as a safetensors file (same names and shapes), readable by
     /// Python's `safetensors` package; round and sample count are not carried over.
+    // Only the tests write one today; kept public (hidden) for checks against Python.
+    #[doc(hidden)]
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
         candle_core::safetensors::save(&self.to_tensors(&Device::Cpu)?, path)
             .with_context(|| format!("writing safetensors to {}", path.display()))

@@ -23,6 +23,9 @@ struct Slot {
 }
 
 /// Fused Adam(W) optimizer over f32 CPU variables.
+// For the tests' comparison with candle_nn's AdamW and the candle reference model;
+// training uses [`AdamStep`] over one flat vector.
+#[doc(hidden)]
 pub struct Adam {
     slots: Vec<Slot>,
     step_t: i32,

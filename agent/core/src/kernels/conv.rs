@@ -478,6 +478,9 @@ pub fn nhwc_to_nchw(src: &[f32], c: usize, hw: usize, dst: &mut [f32]) {
 /// (Cout) -> (N, Cout, ceil(H/2), ceil(W/2)). The same values as candle's conv2d, a
 /// broadcast bias add, relu and Keras' "same" 2x2 max-pool, with gradients for all
 /// three inputs (ties in a window go to its first maximum, as in TensorFlow).
+// A candle op for the tests' comparison with candle's stock ops; training uses the slice
+// functions above.
+#[doc(hidden)]
 pub fn conv3x3_relu_pool(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     xs.contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, ConvReluPool { saved: Mutex::new(None) })

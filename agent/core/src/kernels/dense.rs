@@ -24,6 +24,9 @@ const UNITS_PER_TASK: usize = 32;
 /// `relu?(xs * weight^T + bias)`: `xs` (N, in), `weight` (out, in), `bias` (out) ->
 /// (N, out); the same values as candle_nn's `Linear` (then `relu`), differentiable in all
 /// three inputs.
+// A candle op for the tests' comparison with candle's stock ops; training uses the slice
+// functions below.
+#[doc(hidden)]
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor, relu: bool) -> Result<Tensor> {
     xs.contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear { relu })

@@ -22,23 +22,23 @@ pub(super) fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= m * n, "gemm destination too small");
+    let dst_len = m.checked_mul(n).filter(|&len| len <= dst.len());
+    let Some(dst_len) = dst_len else { panic!("gemm destination too small") };
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            dst[..dst_len].fill(0.0);
         }
         return;
     }
     // The largest element each operand is read at must be inside its slice: this is
-    // what makes the raw-pointer call below sound.
-    assert!(
-        (m - 1) * a_row_stride + (k - 1) * a_col_stride < a.len(),
-        "gemm lhs out of bounds"
-    );
-    assert!(
-        (k - 1) * b_row_stride + (n - 1) * b_col_stride < b.len(),
-        "gemm rhs out of bounds"
-    );
+    // what makes the raw-pointer call below sound. Checked arithmetic: a wrapped offset
+    // would pass the comparison and let gemm read outside the slice.
+    assert!(last_offset(m, k, a_row_stride, a_col_stride).is_some_and(|last| last < a.len()), "gemm lhs out of bounds");
+    assert!(last_offset(k, n, b_row_stride, b_col_stride).is_some_and(|last| last < b.len()), "gemm rhs out of bounds");
+    // gemm takes strides as isize: each must convert without changing sign.
+    for stride in [n, a_row_stride, a_col_stride, b_row_stride, b_col_stride] {
+        assert!(isize::try_from(stride).is_ok(), "gemm stride {stride} does not fit an isize");
+    }
     // SAFETY: the bounds were checked above; dst does not alias a or b (distinct borrows).
     unsafe {
         gemm::gemm(
@@ -63,6 +63,12 @@ pub(super) fn sgemm(
             gemm::Parallelism::None,
         );
     }
+}
+
+/// The offset of element `(rows - 1, cols - 1)` of a strided operand (`rows`, `cols` >= 1),
+/// or `None` if it does not fit a `usize`.
+fn last_offset(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Option<usize> {
+    (rows - 1).checked_mul(row_stride)?.checked_add((cols - 1).checked_mul(col_stride)?)
 }
 
 /// `dst += src`, element-wise.
@@ -158,5 +164,34 @@ pub(crate) fn x86_level() -> u8 {
             level
         }
         level => level,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_product_matches_the_definition() {
+        // [1 2; 3 4] * [5 6; 7 8] = [19 22; 43 50], b given transposed through its strides.
+        let (a, b_t) = ([1.0, 2.0, 3.0, 4.0], [5.0, 7.0, 6.0, 8.0]);
+        let mut dst = [0.0f32; 4];
+        sgemm(2, 2, 2, &mut dst, false, &a, 2, 1, &b_t, 1, 2);
+        assert_eq!(dst, [19.0, 22.0, 43.0, 50.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm lhs out of bounds")]
+    fn a_stride_whose_offset_overflows_is_refused() {
+        // (m - 1) * stride wraps to 0 in unchecked release arithmetic, which would pass a
+        // plain `< len` comparison.
+        let mut dst = [0.0f32; 3];
+        sgemm(3, 1, 1, &mut dst, false, &[1.0], 1 << (usize::BITS - 1), 1, &[1.0], 1, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm destination too small")]
+    fn a_destination_size_that_overflows_is_refused() {
+        sgemm(usize::MAX, 2, 0, &mut [0.0f32; 4], false, &[], 1, 1, &[], 1, 1);
     }
 }
