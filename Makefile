@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test demo paper bench bench-vs-keras cross bench-cross clean
+.PHONY: all setup build test demo paper bench bench-vs-keras cross bench-cross check-fresh clean
 
 all: build
 
@@ -44,6 +44,10 @@ cross:
 ## Binary sizes, memory and start-up time of the cross builds.
 bench-cross: cross setup
 	bash cross/bench.sh
+
+## The install steps on a fresh Debian 12 root (debootstrap; root, network to Debian and npm).
+check-fresh:
+	bash devnet/check-fresh.sh
 
 clean:
 	$(CARGO) clean

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make cross`: builds fl-agent for Raspberry Pi boards without Docker and packages it.
 #
-#   1. installs (once) Debian's cross linkers and qemu-user-static, and the rustup targets;
+#   1. installs (once) and proves Debian's cross linkers, qemu-user-static and the rustup
+#      targets (cross/toolchains.sh);
 #   2. builds `fl-agent` with the `release-pi` profile (.cargo/config.toml) for
 #      aarch64-unknown-linux-gnu (64-bit Raspberry Pi OS) and
 #      armv7-unknown-linux-gnueabihf (32-bit Raspberry Pi OS);
@@ -13,12 +14,11 @@
 # Options (environment): TARGETS="aarch64-unknown-linux-gnu" builds only some targets;
 # NO_INSTALL=1 never calls apt-get or rustup (fails instead if something is missing);
 # USE_CROSS_RS=1 builds with cross-rs in Docker (cross/Cross.toml) instead of the Debian
-# cross linkers, which are then not installed.
+# cross linkers (which are installed all the same: qemu runs the result from their sysroots).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-TARGETS=${TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
 PROFILE=release-pi
 # Raspberry Pi OS Bookworm ships glibc 2.36: no binary may need a newer symbol version.
 MAX_GLIBC=2.36
@@ -27,55 +27,16 @@ OUT=$root/target/cross
 say() { printf 'cross: %s\n' "$*" >&2; }
 die() { printf 'cross: error: %s\n' "$*" >&2; exit 1; }
 
-# Per target: Debian architecture, cross gcc, its sysroot (for qemu -L), qemu binary and the
-# oldest core we support (qemu's model of it, so an instruction that core lacks fails here).
-deb_arch()   { case $1 in aarch64-*) echo arm64;; armv7-*) echo armhf;; *) die "unknown target $1";; esac; }
-cross_gcc()  { case $1 in aarch64-*) echo aarch64-linux-gnu-gcc;; armv7-*) echo arm-linux-gnueabihf-gcc;; esac; }
-sysroot()    { case $1 in aarch64-*) echo /usr/aarch64-linux-gnu;; armv7-*) echo /usr/arm-linux-gnueabihf;; esac; }
-qemu_bin()   { case $1 in aarch64-*) echo qemu-aarch64-static;; armv7-*) echo qemu-arm-static;; esac; }
-qemu_cpu()   { case $1 in aarch64-*) echo cortex-a53;; armv7-*) echo cortex-a7;; esac; }
-tool_prefix(){ case $1 in aarch64-*) echo aarch64-linux-gnu;; armv7-*) echo arm-linux-gnueabihf;; esac; }
-elf_machine(){ case $1 in aarch64-*) echo "AArch64";; armv7-*) echo "ARM";; esac; }
+source cross/targets.sh
+TARGETS=${TARGETS:-$PI_TARGETS}
 
 # ---- 1. toolchains (idempotent) ----------------------------------------------------------
-need_pkgs=()
-if [[ -z ${USE_CROSS_RS:-} ]]; then
-    command -v aarch64-linux-gnu-gcc >/dev/null || need_pkgs+=(gcc-aarch64-linux-gnu)
-    command -v arm-linux-gnueabihf-gcc >/dev/null || need_pkgs+=(gcc-arm-linux-gnueabihf)
-fi
-# qemu runs the built binaries (the check below and the tests); its -L sysroots come from
-# the cross gcc packages, so with cross-rs the check needs those too: install them anyway.
-if [[ -n ${USE_CROSS_RS:-} ]]; then
-    [[ -d /usr/aarch64-linux-gnu/lib ]] || need_pkgs+=(libc6-arm64-cross)
-    [[ -d /usr/arm-linux-gnueabihf/lib ]] || need_pkgs+=(libc6-armhf-cross)
-    # The targets' objdump, for the glibc check (the host's cannot decode ARM binaries).
-    command -v aarch64-linux-gnu-objdump >/dev/null || need_pkgs+=(binutils-aarch64-linux-gnu)
-    command -v arm-linux-gnueabihf-objdump >/dev/null || need_pkgs+=(binutils-arm-linux-gnueabihf)
-fi
-{ command -v qemu-aarch64-static >/dev/null && command -v qemu-arm-static >/dev/null; } || need_pkgs+=(qemu-user-static)
-command -v dpkg-deb >/dev/null || need_pkgs+=(dpkg)
-command -v readelf >/dev/null || need_pkgs+=(binutils)
-if ((${#need_pkgs[@]})); then
-    [[ -z ${NO_INSTALL:-} ]] || die "missing ${need_pkgs[*]} (NO_INSTALL is set)"
-    command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them (Debian/Ubuntu only; or use cross-rs, see cross/README.md)"
-    sudo=()
-    if ((EUID != 0)); then
-        command -v sudo >/dev/null || die "installing ${need_pkgs[*]} needs root or sudo"
-        sudo=(sudo)
-    fi
-    say "installing ${need_pkgs[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
-fi
-
-installed_targets=$(rustup target list --installed)
-for t in $TARGETS; do
-    if ! grep -qx "$t" <<<"$installed_targets"; then
-        [[ -z ${NO_INSTALL:-} ]] || die "rust target $t missing (NO_INSTALL is set)"
-        say "rustup target add $t"
-        rustup target add "$t" >&2
-    fi
-done
+# cross/toolchains.sh installs Debian's cross linkers with their C libraries, qemu and the
+# packaging tools (devnet/packages.sh names each one), adds the rustup targets, and links
+# and runs a hello-world for each target, so a broken toolchain fails here with the package
+# to install. With cross-rs the linkers live in Docker, but qemu's -L sysroots and the
+# targets' objdump still come from the Debian packages, so the same step runs.
+TARGETS=$TARGETS bash cross/toolchains.sh
 
 # ---- 2. build -------------------------------------------------------------------------------
 for t in $TARGETS; do

@@ -5,10 +5,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-need() { command -v "$1" >/dev/null || { echo "setup: '$1' not found; install $2" >&2; exit 1; }; }
-need node "Node.js 20 (Debian: apt-get install nodejs npm)"
-need npm "npm (Debian: apt-get install npm)"
-need sha256sum "coreutils"
+# The Debian packages of the host build and of Node.js >= 18 (Debian 12's own is enough),
+# each named in devnet/packages.sh; installs what is missing (root or sudo), once.
+bash devnet/packages.sh build node
 
 # Each folder pins its own tree; `npm install` with the committed lock file, not `npm ci`
 # (the IPFS tree has an optional dependency that `npm ci` fails on, see ipfs/node/README).

@@ -56,7 +56,7 @@ impl IpfsNode {
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .context("starting `node ipfs/node/launch.mjs`: is Node.js 20 installed? (`make setup` checks)")?;
+            .context("starting `node ipfs/node/launch.mjs`: is Node.js 18 or newer installed? (`make setup` checks)")?;
         let stdout = child.stdout.take().context("launcher stdout")?;
         let mut guard = ChildGuard::new("ipfs", child);
         let lines = match wait_for_line(stdout, "Daemon is ready", START_TIMEOUT, "run `make setup` to install js-ipfs in ipfs/node") {

@@ -5,7 +5,7 @@
 #   train bs=32 agent=N keras=M ratio=R
 # The machine may be shared, so the two run in alternating order for BENCH_ROUNDS rounds
 # (default 2: agent, keras, keras, agent) and each side's best rate is reported.
-# Needs python3 (3.9-3.12) with venv; installs tensorflow-cpu into .venv/ on first use.
+# Needs python3 (3.9-3.13) with venv (installed from Debian if missing); installs tensorflow-cpu into .venv/ on first use.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
@@ -17,6 +17,8 @@ ROUNDS="${BENCH_ROUNDS:-2}"
 VENV=.venv
 
 [ -f "$DATA/train-images-idx3-ubyte" ] || { echo "vs-keras: no MNIST in $DATA (run make setup)" >&2; exit 1; }
+# python3 and python3-venv (Debian's python3 makes no venv without it): devnet/packages.sh.
+bash devnet/packages.sh bench
 if ! "$VENV/bin/python" -c "import tensorflow as tf; assert tf.__version__ == '$TF_VERSION'" 2>/dev/null; then
     echo "vs-keras: installing tensorflow-cpu==$TF_VERSION into $VENV" >&2
     python3 -m venv "$VENV"
