@@ -26,8 +26,8 @@ say() { printf 'bench-cross: %s\n' "$*" >&2; }
 die() { printf 'bench-cross: error: %s\n' "$*" >&2; exit 1; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
 
-# GNU time and strace (devnet/packages.sh, group bench).
-bash devnet/packages.sh bench
+# GNU time and strace (tests/devnet/packages.sh, group bench).
+bash tests/devnet/packages.sh bench
 [[ -f $MNIST/train-images-idx3-ubyte ]] || die "MNIST not found in $MNIST: run \`make setup\`"
 
 # Honours CARGO_TARGET_DIR and build.target-dir, like cross/build.sh.

@@ -6,7 +6,7 @@
 #   1. shows that a cross gcc alone does not link (the missing Recommends of issue 11) and
 #      that the toolchain proof names the package to install;
 #   2. installs every Debian package of the build, Node.js, test and cross groups
-#      (devnet/packages.sh), with Debian's own Node.js;
+#      (tests/devnet/packages.sh), with Debian's own Node.js;
 #   3. proves both cross toolchains (cross/toolchains.sh: a C and a Rust hello-world linked
 #      and run under qemu for each Raspberry Pi target);
 #   4. runs `make setup` (pinned npm parts, MNIST) and starts one development IPFS node,
@@ -18,7 +18,7 @@
 # Options (environment): SUITE=bookworm, MIRROR=http://deb.debian.org/debian, KEEP=1 keeps
 # the root folder for a look around afterwards.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 repo=$PWD
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
@@ -28,7 +28,7 @@ die() { printf 'check-fresh: error: %s\n' "$*" >&2; exit 1; }
 source cross/targets.sh
 
 ((EUID == 0)) || die "needs root (debootstrap, chroot and mounts)"
-bash devnet/packages.sh fresh
+bash tests/devnet/packages.sh fresh
 command -v rustc >/dev/null || die "rustc not found: the host's Rust toolchain is mounted into the fresh root (install it with rustup)"
 rust_sysroot=$(rustc --print sysroot)
 for t in $PI_TARGETS; do
@@ -92,7 +92,7 @@ say "without its Recommends the aarch64 gcc does not link, and the proof says: $
 phase "checked the failure of a bare cross gcc"
 
 # 2. The project's own install step for every Debian package.
-inside 'bash devnet/packages.sh build node test cross'
+inside 'bash tests/devnet/packages.sh build node test cross'
 phase "installed the Debian packages (build, node, test, cross)"
 
 # 3. Both cross toolchains, C and Rust.
@@ -104,8 +104,8 @@ say "Node.js in the fresh root: $(inside 'node --version'), npm $(inside 'npm --
 inside 'make setup'
 phase "make setup passed"
 inside '
-    node ipfs/node/launch.mjs --new-swarm-key /tmp/swarm.key >/dev/null
-    node ipfs/node/launch.mjs --swarm-key /tmp/swarm.key --repo /tmp/ipfs-repo >/tmp/ipfs.out 2>/tmp/ipfs.err &
+    node tests/ipfs-node/launch.mjs --new-swarm-key /tmp/swarm.key >/dev/null
+    node tests/ipfs-node/launch.mjs --swarm-key /tmp/swarm.key --repo /tmp/ipfs-repo >/tmp/ipfs.out 2>/tmp/ipfs.err &
     pid=$!
     for _ in $(seq 120); do grep -q "Daemon is ready" /tmp/ipfs.out && break; kill -0 $pid 2>/dev/null || break; sleep 0.5; done
     grep -q "Daemon is ready" /tmp/ipfs.out || { echo "the IPFS node did not start:"; cat /tmp/ipfs.err; kill $pid 2>/dev/null; exit 1; } >&2

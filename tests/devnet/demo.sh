@@ -5,6 +5,6 @@
 # aggregator and the learners as separate processes, and stops everything at the end.
 # Flags go to fl-demo: `make demo ARGS="--rounds 5 --local-epochs 5"` is the paper's setting.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cargo build --release --quiet -p fl-agent -p fl-aggregator -p fl-tests --bins
 exec target/release/fl-demo --data data/mnist --out demo-out "$@"

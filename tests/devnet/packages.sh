@@ -4,8 +4,8 @@
 # --no-install-recommends), and nothing may be assumed to be on the machine already: a
 # fresh Debian 12 or Ubuntu 24.04 with this project's prerequisites (README.md) is enough.
 #
-#   devnet/packages.sh GROUP...          installs what is missing of those groups
-#   devnet/packages.sh --list GROUP...   prints the packages of those groups, one a line
+#   tests/devnet/packages.sh GROUP...          installs what is missing of those groups
+#   tests/devnet/packages.sh --list GROUP...   prints the packages of those groups, one a line
 #
 # Groups, and the steps that ask for them:
 #   build   the host build: cargo links with the system C compiler   (make setup, so every step)
@@ -59,7 +59,7 @@ node_is_enough() {
 
 list=0
 if [[ ${1:-} == --list ]]; then list=1; shift; fi
-(($#)) || { echo "usage: devnet/packages.sh [--list] GROUP... (build, node, test, cross, bench, fresh)" >&2; exit 2; }
+(($#)) || { echo "usage: tests/devnet/packages.sh [--list] GROUP... (build, node, test, cross, bench, fresh)" >&2; exit 2; }
 
 wanted=()
 for group in "$@"; do

@@ -4,7 +4,7 @@
 # baseline of 25 epochs on all 60,000 images; prints both beside the paper's figures and
 # the wall times. Results in demo-out/paper/.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cargo build --release --quiet -p fl-agent -p fl-aggregator -p fl-tests --bins
 out=demo-out/paper
 mkdir -p "$out"

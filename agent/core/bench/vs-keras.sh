@@ -17,8 +17,8 @@ ROUNDS="${BENCH_ROUNDS:-2}"
 VENV=.venv
 
 [ -f "$DATA/train-images-idx3-ubyte" ] || { echo "vs-keras: no MNIST in $DATA (run make setup)" >&2; exit 1; }
-# python3 and python3-venv (Debian's python3 makes no venv without it): devnet/packages.sh.
-bash devnet/packages.sh bench
+# python3 and python3-venv (Debian's python3 makes no venv without it): tests/devnet/packages.sh.
+bash tests/devnet/packages.sh bench
 if ! "$VENV/bin/python" -c "import tensorflow as tf; assert tf.__version__ == '$TF_VERSION'" 2>/dev/null; then
     echo "vs-keras: installing tensorflow-cpu==$TF_VERSION into $VENV" >&2
     python3 -m venv "$VENV"

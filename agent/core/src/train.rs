@@ -190,7 +190,7 @@ mod tests {
     /// MNIST from the workspace's `data/mnist` (written by `make setup`); a missing data
     /// set fails the test with instructions instead of skipping it.
     fn mnist() -> Mnist {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
         match Mnist::load(&dir) {
             Ok(mnist) => mnist,
             Err(err) => panic!("this test needs MNIST in {}: run `make setup` first ({err:#})", dir.display()),

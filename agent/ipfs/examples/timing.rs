@@ -2,7 +2,7 @@
 //! client: on one node, and fetched by a second node peered with the first.
 //!
 //! usage: cargo run --release -p fl-ipfs --example timing -- API_A SWARM_ADDR_A API_B [ROUNDS]
-//! (start the two nodes with `node ipfs/node/launch.mjs --swarm-key K --nodes 2 --dir D`).
+//! (start the two nodes with `node tests/ipfs-node/launch.mjs --swarm-key K --nodes 2 --dir D`).
 
 use anyhow::{bail, Context, Result};
 use fl_ipfs::Client;

@@ -288,7 +288,7 @@ mod tests {
     use super::*;
 
     /// Deterministic test bytes (xorshift64*), regenerated identically by
-    /// `ipfs/node/reference-cids.mjs`, which computed the expected CIDs below.
+    /// `tests/ipfs-node/reference-cids.mjs`, which computed the expected CIDs below.
     pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
         let mut state = seed | 1;
         (0..len)
@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn parses_every_form_and_prints_base32() {
         // The CIDv0/CIDv1 pair of the IPFS docs' "Content Identifiers" page, confirmed with
-        // multiformats' `CID.parse(v0).toV1()` in ipfs/node/reference-cids.mjs.
+        // multiformats' `CID.parse(v0).toV1()` in tests/ipfs-node/reference-cids.mjs.
         let v0: Cid = "QmbWqxBEKC3P8tqsKc98xmWNzrzDtRLMiMPL8wBuTGsMnR".parse().unwrap();
         assert_eq!(v0.to_string(), "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi");
         let v1: Cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi".parse().unwrap();
@@ -343,7 +343,7 @@ mod tests {
         out
     }
 
-    /// Expected CIDs printed by `node ipfs/node/reference-cids.mjs` (js-ipfs 0.66.1's
+    /// Expected CIDs printed by `node tests/ipfs-node/reference-cids.mjs` (js-ipfs 0.66.1's
     /// ipfs-unixfs-importer 12.0.1 with cidVersion 1, rawLeaves, balanced layout), for the
     /// same `pattern` bytes; the integration tests check the real node's `add` as well.
     #[test]
