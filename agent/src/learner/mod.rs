@@ -308,3 +308,12 @@ fn wait_for_global(registry: &Registry, round: u64, from: u64, max_poll: Duratio
     }
 }
 
+/// A fresh folder for one test of the learner's modules (removed first if a killed run
+/// left it behind).
+#[cfg(test)]
+fn temp_dir(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fl-learner-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

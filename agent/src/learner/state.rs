@@ -83,13 +83,7 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp_dir(label: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fl-learner-state-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::learner::temp_dir;
 
     #[test]
     fn state_dir_keeps_the_finished_model_and_ignores_damaged_ones() {
