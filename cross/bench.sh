@@ -140,7 +140,7 @@ if ! "$native" run --help >/dev/null 2>&1; then
     echo "pending: this fl-agent has no \`run\` command yet"
     exit 0
 fi
-anvil=$root/devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+anvil=$root/tests/devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 [[ -x $anvil ]] || die "anvil not found at $anvil: run \`make setup\`"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$anvil" --host 127.0.0.1 --port "$port" >"$work/anvil.log" 2>&1 &

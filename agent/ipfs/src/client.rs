@@ -28,7 +28,7 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     /// Two minutes per request: a 2.5 MB model moves in about a second between peered
-    /// nodes on loopback (ipfs/README.md), so this leaves room for slow boards and Wi-Fi.
+    /// nodes on loopback (agent/ipfs/README.md), so this leaves room for slow boards and Wi-Fi.
     /// Four attempts, 250 ms then 500 ms then 1 s apart: a node restarting is back in
     /// about 2 s (js-ipfs start-up, measured here).
     fn default() -> ClientConfig {
