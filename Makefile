@@ -12,7 +12,7 @@ all: build
 
 ## Pinned npm parts (anvil, solc, js-ipfs) and MNIST in data/mnist.
 setup:
-	bash devnet/setup.sh
+	bash tests/devnet/setup.sh
 
 build:
 	$(CARGO) build --workspace --release
@@ -23,19 +23,19 @@ test: setup
 
 ## The main job: the paper's experiment on a local chain and private IPFS network.
 demo: setup
-	bash devnet/demo.sh $(ARGS)
+	bash tests/devnet/demo.sh $(ARGS)
 
 ## The full paper experiment (long): 2 learners, 5 rounds x 5 local epochs, plus 25-epoch single node.
 paper: setup
-	bash devnet/paper.sh $(ARGS)
+	bash tests/devnet/paper.sh $(ARGS)
 
 ## Training / evaluation throughput and peak memory of the agent.
 bench: setup
-	bash agent/bench/bench.sh
+	bash agent/core/bench/bench.sh
 
 ## The agent against Keras (tensorflow-cpu) on the same CPU, same run.
 bench-vs-keras: setup
-	bash agent/bench/vs-keras.sh
+	bash agent/core/bench/vs-keras.sh
 
 ## Raspberry Pi builds (aarch64, armv7) and their .deb and tarball packages in target/cross/.
 cross:
@@ -47,7 +47,7 @@ bench-cross: cross setup
 
 ## The install steps on a fresh Debian 12 root (debootstrap; root, network to Debian and npm).
 check-fresh:
-	bash devnet/check-fresh.sh
+	bash tests/devnet/check-fresh.sh
 
 clean:
 	$(CARGO) clean

@@ -26,8 +26,8 @@ say() { printf 'bench-cross: %s\n' "$*" >&2; }
 die() { printf 'bench-cross: error: %s\n' "$*" >&2; exit 1; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
 
-# GNU time and strace (devnet/packages.sh, group bench).
-bash devnet/packages.sh bench
+# GNU time and strace (tests/devnet/packages.sh, group bench).
+bash tests/devnet/packages.sh bench
 [[ -f $MNIST/train-images-idx3-ubyte ]] || die "MNIST not found in $MNIST: run \`make setup\`"
 
 # Honours CARGO_TARGET_DIR and build.target-dir, like cross/build.sh.
@@ -140,7 +140,7 @@ if ! "$native" run --help >/dev/null 2>&1; then
     echo "pending: this fl-agent has no \`run\` command yet"
     exit 0
 fi
-anvil=$root/devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+anvil=$root/tests/devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 [[ -x $anvil ]] || die "anvil not found at $anvil: run \`make setup\`"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$anvil" --host 127.0.0.1 --port "$port" >"$work/anvil.log" 2>&1 &

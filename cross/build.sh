@@ -32,7 +32,7 @@ TARGETS=${TARGETS:-$PI_TARGETS}
 
 # ---- 1. toolchains (idempotent) ----------------------------------------------------------
 # cross/toolchains.sh installs Debian's cross linkers with their C libraries, qemu and the
-# packaging tools (devnet/packages.sh names each one), adds the rustup targets, and links
+# packaging tools (tests/devnet/packages.sh names each one), adds the rustup targets, and links
 # and runs a hello-world for each target, so a broken toolchain fails here with the package
 # to install. With cross-rs the linkers live in Docker, but qemu's -L sysroots and the
 # targets' objdump still come from the Debian packages, so the same step runs.

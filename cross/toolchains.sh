@@ -19,7 +19,7 @@ source cross/targets.sh
 TARGETS=${TARGETS:-$PI_TARGETS}
 
 # ---- packages and rustup targets (idempotent) ---------------------------------------------
-[[ -n ${NO_PACKAGES:-} ]] || bash devnet/packages.sh cross
+[[ -n ${NO_PACKAGES:-} ]] || bash tests/devnet/packages.sh cross
 
 if [[ -z ${NO_RUST:-} ]]; then
     if command -v rustup >/dev/null; then

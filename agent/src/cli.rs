@@ -4,42 +4,12 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use fl_core::data::Mnist;
+use fl_core::flags::{number, positive};
+use fl_core::train::{self, TrainConfig};
+use fl_core::weights::{hex, ModelFile};
 use lexopt::prelude::*;
-
-use crate::data::Mnist;
-use crate::train::{self, TrainConfig};
-use crate::weights::{hex, ModelFile};
-
-/// How every binary of the project ends: the error chain on stderr (`{:#}`: each context
-/// on one line) and a failing exit status.
-pub fn exit_code(program: &str, result: Result<()>) -> std::process::ExitCode {
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("{program}: error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Parses a flag's value (a number, a split, ...), naming the flag in the error.
-pub fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    let value = parser.value()?;
-    let text = value.to_str().with_context(|| format!("{flag}: value is not valid UTF-8"))?;
-    text.parse().map_err(|e| anyhow::anyhow!("{flag}: {text:?} is not valid: {e}"))
-}
-
-/// Rejects 0 where it makes no sense.
-pub fn positive(value: usize, flag: &str) -> Result<usize> {
-    if value == 0 {
-        bail!("{flag} must be at least 1");
-    }
-    Ok(value)
-}
 
 const SUMMARY_USAGE: &str = "usage: fl-agent summary\n\nprints the model's layers, output shapes and parameter counts\n";
 
@@ -55,7 +25,7 @@ pub fn summary(args: Vec<OsString>) -> Result<()> {
             _ => return Err(arg.unexpected().into()),
         }
     }
-    print!("{}", crate::model::summary());
+    print!("{}", fl_core::model::summary());
     Ok(())
 }
 

@@ -1,13 +1,6 @@
-//! The learner's machine-learning core: MNIST data and partitions, the paper's CNN in
-//! candle, training and evaluation, and the model file format shared with the
-//! aggregator. The `fl-agent` binary's commands live in [`cli`].
+//! The learner (`fl-agent`): the `summary`/`train`/`eval` commands over the ML core
+//! ([`fl_core`]) and the networked loop that trains each round and publishes through IPFS
+//! and the registry ([`learner`]).
 
 pub mod cli;
-pub mod data;
-pub mod kernels;
 pub mod learner;
-pub mod model;
-pub mod network;
-pub mod rng;
-pub mod train;
-pub mod weights;

@@ -43,5 +43,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    fl_agent::cli::exit_code("fl-agent", result)
+    fl_core::flags::exit_code("fl-agent", result)
 }

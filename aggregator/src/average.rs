@@ -5,10 +5,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use fl_agent::weights::{hex, ModelFile};
+use fl_core::fedavg::FedAvg;
+use fl_core::weights::{hex, ModelFile};
 use lexopt::prelude::*;
-
-use crate::fedavg::FedAvg;
 
 const USAGE: &str = "\
 usage: fl-aggregator average --out FILE MODEL...

@@ -2,8 +2,6 @@
 //! in one process, the operator's chain commands, and the aggregation loop.
 
 pub mod average;
-pub mod endpoints;
-pub mod fedavg;
 pub mod operator;
 pub mod report;
 pub mod run;

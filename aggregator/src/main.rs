@@ -47,5 +47,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    fl_agent::cli::exit_code("fl-aggregator", result)
+    fl_core::flags::exit_code("fl-aggregator", result)
 }

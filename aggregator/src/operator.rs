@@ -6,10 +6,9 @@
 use std::ffi::OsString;
 
 use anyhow::{bail, Context, Result};
-use fl_agent::weights::hex;
-use fl_contracts::{Address, Client, KeySource, Registry, Rpc, Signer};
-
-use crate::endpoints::{parse_address, EndpointFlags};
+use fl_contracts::{Address, Registry};
+use fl_contracts::endpoints::{parse_address, EndpointSettings, Endpoints, Missing, CHAIN_HELP};
+use fl_core::weights::hex;
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
@@ -21,13 +20,10 @@ usage: fl-aggregator deploy [FLAGS]                        deploy a registry, pr
        fl-aggregator status [FLAGS]                        round, global model, each learner's update
 
 flags:
-  --rpc-url URL          JSON-RPC endpoint (default $ETH_RPC_URL, else http://127.0.0.1:8545)
-  --registry ADDRESS     registry contract (default $FL_REGISTRY)
-  --keystore FILE        encrypted JSON keystore (default $ETH_KEYSTORE); password from
-                         $ETH_PASSWORD or --password-file; else $ETH_PRIVATE_KEY (development)
-  --password-file FILE   file holding the keystore password
-  --chain-id N           refuse to run unless the node is on this chain
+";
 
+/// Said after the flags.
+const KEYS_NOTE: &str = "
 Keys are never taken from the command line.
 ";
 
@@ -45,25 +41,23 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
     pub action: Action,
-    pub rpc_url: String,
-    pub registry: Option<Address>,
-    pub key: KeySource,
-    pub chain_id: Option<u64>,
+    /// The chain, the registry and the key (the IPFS API is not used).
+    pub endpoints: Endpoints,
 }
 
 /// Parses the flags of an operator command and runs it.
 pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
     let mut parser = lexopt::Parser::from_args(args);
     let mut positional: Vec<String> = Vec::new();
-    let mut endpoints = EndpointFlags::default();
+    let mut endpoints = EndpointSettings::default();
     while let Some(arg) = parser.next()? {
         match arg {
-            Long(flag) if EndpointFlags::handles(flag) => {
+            Long(flag) if EndpointSettings::handles(flag) => {
                 let flag = flag.to_string();
-                endpoints.take(&flag, &mut parser)?;
+                endpoints.set_flag(&flag, parser.value()?)?;
             }
             Short('h') | Long("help") => {
-                print!("{USAGE}");
+                print!("{USAGE}{CHAIN_HELP}{KEYS_NOTE}");
                 return Ok(());
             }
             Value(value) => positional.push(value.string()?),
@@ -71,11 +65,11 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
         }
     }
     let action = parse_action(command, &positional)?;
-    let endpoints = endpoints.finish()?;
+    let endpoints = endpoints.or(EndpointSettings::from_env()).finish(Missing::Loopback, "")?;
     if action != Action::Deploy && endpoints.registry.is_none() {
         bail!("{command}: no registry address: pass --registry ADDRESS or set FL_REGISTRY");
     }
-    run(&OperatorConfig { action, rpc_url: endpoints.rpc_url, registry: endpoints.registry, key: endpoints.key, chain_id: endpoints.chain_id })
+    run(&OperatorConfig { action, endpoints })
 }
 
 fn parse_action(command: &str, positional: &[String]) -> Result<Action> {
@@ -88,7 +82,7 @@ fn parse_action(command: &str, positional: &[String]) -> Result<Action> {
             Action::AddLearner { node_id: parse_node_id(node_id)?, account: parse_address(account, "ADDRESS")? }
         }
         ("learners", ["remove", node_id]) => Action::RemoveLearner { node_id: parse_node_id(node_id)? },
-        _ => bail!("unexpected arguments for `{command}`: {positional:?}\n\n{USAGE}"),
+        _ => bail!("unexpected arguments for `{command}`: {positional:?}\n\n{USAGE}{CHAIN_HELP}{KEYS_NOTE}"),
     })
 }
 
@@ -98,14 +92,8 @@ fn parse_node_id(text: &str) -> Result<u64> {
 
 /// Runs one operator command; results on stdout, progress on stderr.
 pub fn run(config: &OperatorConfig) -> Result<()> {
-    let rpc = Rpc::new(&config.rpc_url)?;
     let needs_key = matches!(config.action, Action::Deploy | Action::AddLearner { .. } | Action::RemoveLearner { .. });
-    let client = if needs_key {
-        let signer = Signer::from_source(&config.key)?;
-        Client::new(rpc, signer, config.chain_id)?
-    } else {
-        Client::read_only(rpc, config.chain_id)?
-    };
+    let client = if needs_key { config.endpoints.signing_client()? } else { config.endpoints.read_only_client()? };
     if config.action == Action::Deploy {
         let (registry, receipt) = Registry::deploy(&client)?;
         eprintln!(
@@ -119,7 +107,7 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
         return Ok(());
     }
     // Checked in main(); kept as an error for library callers.
-    let address = config.registry.context("no registry address: pass --registry ADDRESS or set FL_REGISTRY")?;
+    let address = config.endpoints.registry()?;
     let registry = Registry::at(&client, address);
     match &config.action {
         Action::Deploy => unreachable!("handled above"),
@@ -184,8 +172,8 @@ mod tests {
         assert!(matches!(add, Action::AddLearner { node_id: 3, .. }));
         assert!(parse_action("learners", &["add".into(), "x".into(), "0x00".into()]).is_err());
         assert!(parse_action("deploy", &["extra".into()]).is_err());
-        let err = parse_address("0x1234", "ADDRESS").unwrap_err().to_string();
-        assert_eq!(err, "ADDRESS \"0x1234\": expected 0x and 40 hex digits");
+        let err = parse_action("learners", &["add".into(), "3".into(), "0x1234".into()]).unwrap_err().to_string();
+        assert!(err.contains("ADDRESS \"0x1234\" is not a 0x-prefixed 20-byte address"), "{err}");
     }
 
     #[test]

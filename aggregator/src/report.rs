@@ -1,4 +1,5 @@
-//! What a federated run produced, round by round: the table printed as rounds complete,
+//! What a federated run produced, round by round (`fl-aggregator run` and `simulate`
+//! alike): the table printed as rounds complete,
 //! `results.json` (accuracies, CIDs, transactions, gas, timings) and an SVG plot of
 //! accuracy per round.
 
@@ -7,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use fl_core::files::write_atomic;
 use serde::{Deserialize, Serialize};
 
 /// One published model: a learner's local update or a global model.
@@ -94,9 +96,7 @@ impl Results {
 
     /// Writes the JSON atomically (through a temporary file).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+        write_atomic(path, &serde_json::to_vec_pretty(self)?)
     }
 
     fn node_ids(&self) -> Vec<u64> {
@@ -223,6 +223,11 @@ impl Results {
         svg.push_str("</svg>\n");
         svg
     }
+}
+
+/// Seconds since the Unix epoch, for [`RoundResult::published_at`].
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The table's header for these learners.

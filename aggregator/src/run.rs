@@ -13,20 +13,21 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_agent::cli::{number, positive};
-use fl_agent::data::{Dataset, Mnist};
-use fl_agent::learner::{is_transient, MAX_MODEL_BYTES};
-use fl_agent::train::{evaluate, Evaluation};
-use fl_agent::weights::{hex, sha256, ModelFile};
-use fl_contracts::{commitment, Event, LocalUpdate, Registry, TransactionReceipt, H256};
+use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Registry, TransactionReceipt, H256};
+use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
+use fl_core::data::{Dataset, Mnist};
+use fl_core::fedavg::FedAvg;
+use fl_core::files::write_atomic;
+use fl_core::flags::{number, positive};
+use fl_core::train::{evaluate, Evaluation};
+use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
+use fl_ipfs::Backoff;
 use lexopt::prelude::*;
 
-use crate::endpoints::{EndpointFlags, Endpoints, HELP as ENDPOINT_HELP};
-use crate::fedavg::FedAvg;
-use crate::report::{header, row, LearnerResult, Published, Results, RoundResult, Timings};
+use crate::report::{header, row, unix_now, LearnerResult, Published, Results, RoundResult, Timings};
 
 const USAGE: &str = "\
 usage: fl-aggregator run --rounds R --data DIR [flags]
@@ -67,15 +68,15 @@ impl RunConfig {
     /// Parses the flags; `Ok(None)` means `--help` was printed.
     pub fn parse(args: Vec<OsString>) -> Result<Option<RunConfig>> {
         let mut parser = lexopt::Parser::from_args(args);
-        let mut endpoints = EndpointFlags::default();
+        let mut endpoints = EndpointSettings::default();
         let (mut rounds, mut data, mut test_limit, mut seed) = (None, None, None, 1);
         let (mut min_learners, mut round_timeout, mut local_eval, mut from_block) = (None, None, true, None);
         let (mut poll, mut results, mut plot) = (2.0f64, None, None);
         while let Some(arg) = parser.next()? {
             match arg {
-                Long(flag) if EndpointFlags::handles(flag) => {
+                Long(flag) if EndpointSettings::handles(flag) => {
                     let flag = flag.to_string();
-                    endpoints.take(&flag, &mut parser)?;
+                    endpoints.set_flag(&flag, parser.value()?)?;
                 }
                 Long("rounds") => rounds = Some(number::<u64>(&mut parser, "--rounds")?),
                 Long("data") => data = Some(PathBuf::from(parser.value()?)),
@@ -89,7 +90,7 @@ impl RunConfig {
                 Long("results") => results = Some(PathBuf::from(parser.value()?)),
                 Long("plot") => plot = Some(PathBuf::from(parser.value()?)),
                 Short('h') | Long("help") => {
-                    print!("{USAGE}{ENDPOINT_HELP}");
+                    print!("{USAGE}{CHAIN_HELP}{IPFS_HELP}");
                     return Ok(None);
                 }
                 _ => return Err(arg.unexpected().into()),
@@ -101,7 +102,7 @@ impl RunConfig {
         if min_learners.is_some() != round_timeout.is_some() {
             bail!("--min-learners and --round-timeout go together: a round closes early only after the timeout, with at least K updates");
         }
-        let endpoints = endpoints.finish()?;
+        let endpoints = endpoints.or(EndpointSettings::from_env()).finish(Missing::Loopback, "")?;
         endpoints.registry()?;
         Ok(Some(RunConfig {
             endpoints,
@@ -128,10 +129,6 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
 
 fn log(message: &str) {
     eprintln!("fl-aggregator: {message}");
-}
-
-fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Runs rounds until global round `config.rounds` is published.
@@ -162,7 +159,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
     let mut header_printed = false;
     // The server's node or IPFS may go away for a while: such failures are retried (all
     // progress is on chain); any other error ends the run with its cause.
-    let mut pause = Duration::from_millis(500);
+    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     loop {
         let record = match step(config, &registry, &ipfs, &test_set, &mut cursor) {
             Ok(Step::Done(round)) => {
@@ -171,13 +168,12 @@ pub fn run(config: &RunConfig) -> Result<()> {
             }
             Ok(Step::Again) => continue,
             Ok(Step::Record(record)) => {
-                pause = Duration::from_millis(500);
+                retry.reset();
                 record
             }
             Err(err) if is_transient(&err) => {
-                log(&format!("{err:#}; retrying in {pause:?}"));
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(60));
+                log(&format!("{err:#}; retrying in {:?}", retry.next_pause()));
+                retry.wait();
                 continue;
             }
             Err(err) => return Err(err),
@@ -232,7 +228,7 @@ fn save_outputs(config: &RunConfig, results: &Results) -> Result<()> {
         results.save(path)?;
     }
     if let Some(path) = &config.plot {
-        std::fs::write(path, results.svg()).with_context(|| format!("writing plot {}", path.display()))?;
+        write_atomic(path, results.svg().as_bytes()).with_context(|| format!("writing plot {}", path.display()))?;
     }
     Ok(())
 }
@@ -251,7 +247,7 @@ fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Clie
         learners: Vec::new(),
         global: Published { accuracy: Some(evaluation.accuracy), loss: Some(evaluation.loss), ..global },
         timings: Timings { evaluate_s, publish_s: started.elapsed().as_secs_f64(), ..Timings::default() },
-        published_at: now(),
+        published_at: unix_now(),
     })
 }
 
@@ -329,7 +325,7 @@ fn aggregate_round(
     cursor: &mut Cursor,
 ) -> Result<Option<RoundResult>> {
     let waiting_since = Instant::now();
-    let mut pause = Duration::from_millis(250);
+    let mut poll = Backoff::new(Duration::from_millis(250), config.max_poll);
     let mut last_report = String::new();
     let inputs: Vec<(LocalUpdate, H256)> = loop {
         cursor.advance(registry, round)?;
@@ -357,8 +353,7 @@ fn aggregate_round(
                 break arrived;
             }
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(config.max_poll);
+        poll.wait();
     };
     let wait_s = waiting_since.elapsed().as_secs_f64();
 
@@ -465,6 +460,6 @@ fn aggregate_round(
         learners,
         global: Published { accuracy: Some(evaluation.accuracy), loss: Some(evaluation.loss), ..published },
         timings,
-        published_at: now(),
+        published_at: unix_now(),
     }))
 }

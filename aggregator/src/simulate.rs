@@ -2,20 +2,23 @@
 //! IPFS. Every learner starts each round from the same global model (round 1: the seeded
 //! initial model), trains its shard for the local epochs, and the FedAvg of their models
 //! becomes the next global model. Prints, per round, each learner's test accuracy and the
-//! global model's (the paper's Table 2 plus a global column).
+//! global model's (the paper's Table 2 plus a global column), in the same table and
+//! [`RoundResult`] rows as `fl-aggregator run`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
-use fl_agent::cli::{number, positive};
-use fl_agent::data::{partition, Mnist, Split};
-use fl_agent::rng::derive_seed;
-use fl_agent::train::{evaluate, train, TrainConfig};
-use fl_agent::weights::ModelFile;
+use fl_core::data::{Mnist, Split};
+use fl_core::fedavg::FedAvg;
+use fl_core::flags::{number, positive};
+use fl_core::rounds;
+use fl_core::train::{evaluate, train, Evaluation};
+use fl_core::weights::{hex, sha256, ModelFile};
 use lexopt::prelude::*;
 
-use crate::fedavg::FedAvg;
+use crate::report::{header, row, unix_now, LearnerResult, Published, RoundResult, Timings};
 
 const USAGE: &str = "\
 usage: fl-aggregator simulate --data DIR --learners N --rounds R --local-epochs L
@@ -106,25 +109,14 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     Ok(())
 }
 
-/// Test accuracies of one round.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoundResult {
-    /// 1-based round.
-    pub round: usize,
-    /// Each learner's local model's test accuracy, in learner order.
-    pub learners: Vec<f64>,
-    /// The FedAvg global model's test accuracy.
-    pub global: f64,
-}
-
-/// Runs the simulation, printing the table on stdout as rows complete, and returns the
-/// rows.
+/// Runs the simulation, printing the table on stdout as rows complete (the same table
+/// as `fl-aggregator run`), and returns the rows. Each model's CID is the one IPFS would
+/// give it and its digest the one the chain would record, though nothing is uploaded.
 pub fn run(config: &SimulateConfig) -> Result<Vec<RoundResult>> {
     let mnist = Mnist::load(&config.data)?;
     let train_set = mnist.train.take(config.train_limit.unwrap_or(usize::MAX));
     let test_set = mnist.test.take(config.test_limit.unwrap_or(usize::MAX));
-    // Separate streams for the split and each round's training, all from one seed.
-    let shards = partition(train_set.labels(), config.learners, config.split, derive_seed(config.seed, 0))?;
+    let shards = rounds::shards(train_set.labels(), config.learners, config.split, config.seed)?;
     let shards: Vec<_> = shards.iter().map(|indices| train_set.select(indices)).collect();
     eprintln!(
         "simulating {} learners ({:?} split, shard sizes {:?}), {} rounds of {} local epoch(s), testing on {} images",
@@ -135,40 +127,54 @@ pub fn run(config: &SimulateConfig) -> Result<Vec<RoundResult>> {
         config.local_epochs,
         test_set.len()
     );
-    let mut header = format!("{:>5}", "round");
-    for learner in 1..=config.learners {
-        header.push_str(&format!("  {:>9}", format!("learner {learner}")));
-    }
-    println!("{header}  {:>8}", "global");
+    // Learner i (from 0) plays node id i + 1, as on the devnet.
+    let node_ids: Vec<u64> = (1..=config.learners as u64).collect();
+    println!("{}", header(&node_ids));
     let mut global = ModelFile::initial(config.seed)?;
     let mut results = Vec::with_capacity(config.rounds);
-    for round in 1..=config.rounds {
+    for round in 1..=config.rounds as u64 {
         let mut fedavg = FedAvg::new();
-        let mut accuracies = Vec::with_capacity(config.learners);
-        for (learner_idx, shard) in shards.iter().enumerate() {
-            let train_config = TrainConfig {
-                epochs: config.local_epochs,
-                batch_size: config.batch_size,
-                learning_rate: 0.001,
-                seed: derive_seed(derive_seed(config.seed, round as u64), learner_idx as u64 + 1),
-                progress: Some(format!("round {round} learner {}", learner_idx + 1)),
-            };
+        let mut timings = Timings::default();
+        let mut learners = Vec::with_capacity(config.learners);
+        for (shard, &node_id) in shards.iter().zip(&node_ids) {
+            let progress = format!("round {round} learner {node_id}");
+            let train_config = rounds::local_train_config(config.seed, round, node_id, config.local_epochs, config.batch_size, progress);
             let mut local = train(&global, shard, None, &train_config, &mut |_| {})?.model;
-            local.round = round as u64;
-            accuracies.push(evaluate(&local, &test_set)?.accuracy);
-            fedavg.add(&local, &format!("learner {}", learner_idx + 1))?;
+            local.round = round;
+            let started = Instant::now();
+            let evaluation = evaluate(&local, &test_set)?;
+            timings.evaluate_s += started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            fedavg.add(&local, &format!("learner {node_id}"))?;
+            timings.average_s += started.elapsed().as_secs_f64();
+            learners.push(LearnerResult { node_id, model: unpublished(&local, evaluation), used: true, note: None });
         }
+        let started = Instant::now();
         global = fedavg.finish()?;
-        global.round = round as u64;
-        let global_accuracy = evaluate(&global, &test_set)?.accuracy;
-        let mut row = format!("{round:>5}");
-        for accuracy in &accuracies {
-            row.push_str(&format!("  {:>8.2}%", 100.0 * accuracy));
-        }
-        println!("{row}  {:>7.2}%", 100.0 * global_accuracy);
-        results.push(RoundResult { round, learners: accuracies, global: global_accuracy });
+        global.round = round;
+        timings.average_s += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let evaluation = evaluate(&global, &test_set)?;
+        timings.evaluate_s += started.elapsed().as_secs_f64();
+        let record = RoundResult { round, learners, global: unpublished(&global, evaluation), timings, published_at: unix_now() };
+        println!("{}", row(&record, &node_ids));
+        results.push(record);
     }
     Ok(results)
+}
+
+/// A model's row entry as if it were published: its would-be CID and digest, no transaction.
+fn unpublished(model: &ModelFile, evaluation: Evaluation) -> Published {
+    let bytes = model.to_bytes();
+    Published {
+        accuracy: Some(evaluation.accuracy),
+        loss: Some(evaluation.loss),
+        cid: fl_ipfs::cid_of(&bytes),
+        digest: hex(&sha256(&bytes)),
+        samples: model.n_samples,
+        tx: None,
+        gas: None,
+    }
 }
 
 #[cfg(test)]
@@ -196,9 +202,14 @@ mod tests {
         };
         let rows = run(&config).unwrap();
         assert_eq!(rows.iter().map(|r| (r.round, r.learners.len())).collect::<Vec<_>>(), vec![(1, 2), (2, 2)]);
-        assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.global)));
+        let accuracy = |r: &RoundResult| r.global.accuracy.unwrap();
+        assert!(rows.iter().all(|r| (0.0..=1.0).contains(&accuracy(r))));
         // 960 images lift the global model well above chance (10%) by round 2 (76.5% measured).
-        assert!(rows[1].global > 0.5, "global accuracy {} after two rounds", rows[1].global);
-        assert_eq!(run(&config).unwrap(), rows);
+        assert!(accuracy(&rows[1]) > 0.5, "global accuracy {} after two rounds", accuracy(&rows[1]));
+        // Deterministic: the same models, byte for byte (only the timings differ).
+        let models = |rows: &[RoundResult]| -> Vec<Published> {
+            rows.iter().flat_map(|r| r.learners.iter().map(|l| l.model.clone()).chain([r.global.clone()])).collect()
+        };
+        assert_eq!(models(&run(&config).unwrap()), models(&rows));
     }
 }

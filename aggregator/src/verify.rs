@@ -11,14 +11,12 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 
 use anyhow::{bail, Context, Result};
-use fl_agent::cli::number;
-use fl_agent::learner::MAX_MODEL_BYTES;
-use fl_agent::weights::{hex, sha256, ModelFile};
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
+use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
+use fl_core::fedavg::FedAvg;
+use fl_core::flags::number;
+use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use lexopt::prelude::*;
-
-use crate::endpoints::{EndpointFlags, Endpoints, HELP as ENDPOINT_HELP};
-use crate::fedavg::FedAvg;
 
 const USAGE: &str = "\
 usage: fl-aggregator verify --round N [flags]
@@ -50,18 +48,18 @@ impl Verdict {
 /// Parses the flags of `fl-aggregator verify` and runs it.
 pub fn main(args: Vec<OsString>) -> Result<()> {
     let mut parser = lexopt::Parser::from_args(args);
-    let mut endpoints = EndpointFlags::default();
+    let mut endpoints = EndpointSettings::default();
     let (mut round, mut from_block) = (None, None);
     while let Some(arg) = parser.next()? {
         match arg {
-            Long(flag) if EndpointFlags::handles(flag) => {
+            Long(flag) if EndpointSettings::handles(flag) => {
                 let flag = flag.to_string();
-                endpoints.take(&flag, &mut parser)?;
+                endpoints.set_flag(&flag, parser.value()?)?;
             }
             Long("round") => round = Some(number::<u64>(&mut parser, "--round")?),
             Long("from-block") => from_block = Some(number(&mut parser, "--from-block")?),
             Short('h') | Long("help") => {
-                print!("{USAGE}{ENDPOINT_HELP}");
+                print!("{USAGE}{CHAIN_HELP}{IPFS_HELP}");
                 return Ok(());
             }
             _ => return Err(arg.unexpected().into()),
@@ -71,7 +69,8 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     if round == 0 {
         bail!("--round 0 is the seeded initial model: it has no inputs to recompute it from");
     }
-    let verdict = verify(&endpoints.finish()?, round, from_block)?;
+    let endpoints = endpoints.or(EndpointSettings::from_env()).finish(Missing::Loopback, "")?;
+    let verdict = verify(&endpoints, round, from_block)?;
     println!(
         "round {}: inputs {:?}, commitment {}, published sha256 {}, recomputed sha256 {}",
         verdict.round,

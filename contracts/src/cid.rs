@@ -1,9 +1,12 @@
 //! CIDs as the contract stores them: CIDv1 with a one-byte codec and a SHA-256 multihash,
 //! 36 bytes in binary, `b` + lower-case base32 (59 characters) as text (`bafk…`, `bafy…`).
+//!
+//! The text codec is `fl_ipfs::Cid`'s (the one crate that knows how CIDs are made); this
+//! module only adds what the registry accepts: the binary form's size and shape, and
+//! only the canonical text, as `fl_ipfs::Client::add` returns it.
 
 use crate::error::{Error, Result};
 
-const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// Length of a binary CIDv1 with a SHA-256 multihash: version, codec, hash code, length, hash.
 pub const CID_BYTES: usize = 36;
 
@@ -11,23 +14,14 @@ pub const CID_BYTES: usize = 36;
 /// one-byte codec and a SHA-256 multihash (what the registry accepts).
 pub fn cid_to_bytes(cid: &str) -> Result<[u8; CID_BYTES]> {
     let bad = |why: &str| Error::Invalid(format!("cid {cid:?}: {why}"));
-    let body = cid.strip_prefix('b').ok_or_else(|| bad("expected base32 CIDv1 text starting with 'b'"))?;
-    let mut out = Vec::with_capacity(CID_BYTES);
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for c in body.bytes() {
-        let value = ALPHABET.iter().position(|&a| a == c).ok_or_else(|| bad("not lower-case base32"))? as u32;
-        buffer = (buffer << 5) | value;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-            buffer &= (1 << bits) - 1;
-        }
+    let parsed: fl_ipfs::Cid = cid.parse().map_err(|why: String| bad(&why))?;
+    // Other spellings of the same CID (CIDv0, upper case, base58btc, non-zero padding
+    // bits) would make the chain's text differ from the uploader's: refuse them.
+    if parsed.to_string() != cid {
+        return Err(bad("expected canonical base32 CIDv1 text (b + lower-case base32)"));
     }
-    if buffer != 0 {
-        return Err(bad("base32 text has non-zero padding bits"));
-    }
-    let bytes: [u8; CID_BYTES] = out
+    let bytes: [u8; CID_BYTES] = parsed
+        .to_bytes()
         .try_into()
         .map_err(|v: Vec<u8>| bad(&format!("expected {CID_BYTES} bytes (CIDv1, SHA-256), found {}", v.len())))?;
     check(&bytes).map_err(|why| bad(&why))?;
@@ -39,22 +33,8 @@ pub fn cid_from_bytes(bytes: &[u8]) -> Result<String> {
     let bytes: &[u8; CID_BYTES] =
         bytes.try_into().map_err(|_| Error::Invalid(format!("binary cid: expected {CID_BYTES} bytes, found {}", bytes.len())))?;
     check(bytes).map_err(|why| Error::Invalid(format!("binary cid: {why}")))?;
-    let mut text = String::with_capacity(59);
-    text.push('b');
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for &byte in bytes {
-        buffer = (buffer << 8) | byte as u32;
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            text.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
-        }
-        buffer &= (1 << bits) - 1;
-    }
-    if bits > 0 {
-        text.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
-    }
-    Ok(text)
+    let cid = fl_ipfs::Cid::from_bytes(bytes).map_err(|why| Error::Invalid(format!("binary cid: {why}")))?;
+    Ok(cid.to_string())
 }
 
 fn check(bytes: &[u8; CID_BYTES]) -> std::result::Result<(), String> {

@@ -39,6 +39,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// True if the node could not be reached or did not answer in time: a later attempt
+    /// may succeed. Reverts, the node's own errors, keys and malformed replies would
+    /// only repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transport { .. } | Error::Timeout { .. })
+    }
+
     /// The custom error's name when this is a revert (e.g. `"WrongRound"`).
     pub fn revert_name(&self) -> Option<&str> {
         match self {
@@ -98,6 +105,16 @@ fn write_invalid_opcode(f: &mut fmt::Formatter<'_>, call: &str, opcodes: &[u8], 
     )
 }
 
+/// True if some cause in `err`'s chain is a chain or IPFS error worth retrying (see
+/// [`Error::is_transient`] and `fl_ipfs::Error::is_transient`): what the learner's and
+/// the aggregator's loops retry with a [`fl_ipfs::Backoff`]; any other error ends them.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<Error>().is_some_and(Error::is_transient)
+            || cause.downcast_ref::<fl_ipfs::Error>().is_some_and(fl_ipfs::Error::is_transient)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +145,18 @@ mod tests {
         );
         // Never worded as a revert.
         assert!(!invalid(&[], "x").contains("revert"));
+    }
+
+    #[test]
+    fn only_unanswered_requests_are_retried() {
+        let transport = Error::Transport { url: "http://127.0.0.1:1".into(), method: "eth_blockNumber".into(), detail: "refused".into() };
+        assert!(is_transient(&anyhow::Error::from(transport).context("waiting for round 2")));
+        let timeout = fl_ipfs::Error::Timeout { api: "http://127.0.0.1:5001".into(), op: "cat".into(), after: Duration::from_secs(1) };
+        assert!(is_transient(&anyhow::Error::from(timeout).context("fetching the global model")));
+        let revert = Error::Revert { call: "setLocalWeight".into(), name: "WrongRound".into(), args: vec![], data: vec![] };
+        assert!(!is_transient(&anyhow::Error::from(revert)));
+        let tampered = fl_ipfs::Error::DigestMismatch { api: "a".into(), cid: "b".into(), expected: "c".into(), actual: "d".into() };
+        assert!(!is_transient(&anyhow::Error::from(tampered)));
+        assert!(!is_transient(&anyhow::anyhow!("training diverged")));
     }
 }

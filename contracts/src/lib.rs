@@ -7,6 +7,7 @@
 pub mod abi;
 pub mod cid;
 pub mod client;
+pub mod endpoints;
 pub mod error;
 pub mod evm;
 pub mod registry;
@@ -16,7 +17,7 @@ pub mod signer;
 /// The ethers-core this crate is built on, for callers that need its types.
 pub use ethers_core;
 pub use client::{Client, FeeMode, PendingTx};
-pub use error::{Error, Result};
+pub use error::{is_transient, Error, Result};
 pub use ethers_core::types::{Address, TransactionReceipt, H256, U256};
 pub use registry::{commitment, Event, GlobalUpdate, LearnerState, LocalUpdate, Logged, Registry};
 pub use rpc::Rpc;

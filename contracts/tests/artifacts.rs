@@ -15,7 +15,7 @@ fn recompiling_reproduces_the_committed_artifacts_byte_for_byte() {
         .arg("--check")
         .current_dir(dir)
         .output()
-        .unwrap_or_else(|e| panic!("running node (Node.js 18 or newer is needed, see devnet/setup.sh): {e}"));
+        .unwrap_or_else(|e| panic!("running node (Node.js 18 or newer is needed, see tests/devnet/setup.sh): {e}"));
     assert!(
         output.status.success(),
         "node build.mjs --check failed:\n{}{}",

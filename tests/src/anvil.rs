@@ -14,7 +14,7 @@ pub const DEFAULT_CHAIN_ID: u64 = 31337;
 
 /// Where `make setup` puts the anvil binary.
 pub fn anvil_path() -> PathBuf {
-    workspace_root().join("devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+    workspace_root().join("tests/devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 }
 
 /// Options for [`Anvil::start_with`].

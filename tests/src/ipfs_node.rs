@@ -1,4 +1,4 @@
-//! A real IPFS node for tests: the project's js-ipfs launcher (`ipfs/node/launch.mjs`) with
+//! A real IPFS node for tests: the project's js-ipfs launcher (`tests/ipfs-node/launch.mjs`) with
 //! a fresh repository in a temporary folder, loopback ports chosen by the OS, a private
 //! network key, stopped with SIGTERM when dropped.
 
@@ -36,9 +36,9 @@ impl IpfsNode {
     /// Starts a node in the private network of `swarm_key` and waits until its API serves.
     pub fn start(swarm_key: &Path) -> Result<IpfsNode> {
         let root = workspace_root();
-        let launcher = root.join("ipfs/node/launch.mjs");
-        if !root.join("ipfs/node/node_modules/ipfs-daemon").is_dir() {
-            bail!("js-ipfs is not installed in {}: run `make setup`", root.join("ipfs/node").display());
+        let launcher = root.join("tests/ipfs-node/launch.mjs");
+        if !root.join("tests/ipfs-node/node_modules/ipfs-daemon").is_dir() {
+            bail!("js-ipfs is not installed in {}: run `make setup`", root.join("tests/ipfs-node").display());
         }
         let repo = TempDir::new("ipfs")?;
         let log_path = repo.path().join("launcher.log");
@@ -56,10 +56,10 @@ impl IpfsNode {
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .context("starting `node ipfs/node/launch.mjs`: is Node.js 18 or newer installed? (`make setup` checks)")?;
+            .context("starting `node tests/ipfs-node/launch.mjs`: is Node.js 18 or newer installed? (`make setup` checks)")?;
         let stdout = child.stdout.take().context("launcher stdout")?;
         let mut guard = ChildGuard::new("ipfs", child);
-        let lines = match wait_for_line(stdout, "Daemon is ready", START_TIMEOUT, "run `make setup` to install js-ipfs in ipfs/node") {
+        let lines = match wait_for_line(stdout, "Daemon is ready", START_TIMEOUT, "run `make setup` to install js-ipfs in tests/ipfs-node") {
             Ok(lines) => lines,
             Err(error) => {
                 guard.terminate(Duration::from_secs(5));

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_agent::cli::number;
+use fl_core::flags::number;
 use fl_aggregator::report::Results;
 use fl_tests::devnet::{Devnet, Running};
 use lexopt::prelude::*;
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
         Some(config) => run(&config),
         None => Ok(()),
     });
-    fl_agent::cli::exit_code("fl-demo", result)
+    fl_core::flags::exit_code("fl-demo", result)
 }
 
 fn run(config: &DemoConfig) -> Result<()> {

@@ -124,8 +124,9 @@ fn version_matches_native(target: &Target) -> Result<()> {
 }
 
 /// Trains the same seeded model on the same small shard natively and under emulation.
-/// The accuracies may differ slightly, not a lot: candle's kernels take different SIMD paths
-/// (AVX on x86, NEON on aarch64, scalar on armv7), so float sums round differently, but the
+/// The accuracies may differ slightly, not a lot: our kernels (`fl_core::kernels`, over the
+/// `gemm` crate) take different SIMD paths (AVX-512 or AVX2 on x86, NEON on aarch64, scalar
+/// on armv7), so float sums round differently, but the
 /// data, the initialisation, the shuffling and the dropout masks come from the same seed.
 /// One point is 2 of the 200 test images.
 fn training_matches_native(target: &Target) -> Result<()> {
@@ -298,7 +299,7 @@ fn emulated_pi_learners_take_part_in_a_full_round_with_a_native_one() -> Result<
         .find(|g| g.round == 1)
         .context("round 1 was not published")?;
     assert_eq!(round_1.node_ids, vec![1, 2, 3], "the native and both emulated learners are averaged");
-    let endpoints = fl_aggregator::endpoints::Endpoints {
+    let endpoints = fl_contracts::endpoints::Endpoints {
         rpc_url: devnet.anvil.url().to_string(),
         chain_id: Some(devnet.anvil.chain_id()),
         registry: Some(devnet.registry),

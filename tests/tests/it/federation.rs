@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fl_agent::data::Mnist;
-use fl_agent::train::evaluate;
-use fl_agent::weights::{sha256, ModelFile, NamedTensor};
+use fl_core::data::Mnist;
+use fl_core::train::evaluate;
+use fl_core::weights::{sha256, ModelFile, NamedTensor};
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
 use fl_tests::devnet::{Devnet, Running};
 use fl_tests::util::{workspace_bin, workspace_root, TempDir};
@@ -101,7 +101,7 @@ impl Federation {
 }
 
 /// FedAvg written here from its definition (McMahan et al. 2017: the sample-weighted
-/// mean), independently of `fl_aggregator::fedavg`: per parameter, the sum over learners
+/// mean), independently of `fl_core::fedavg`: per parameter, the sum over learners
 /// in ascending node id order of `n_k * w_k` in f64, divided by the total, rounded to f32.
 fn independent_fedavg(models: &[ModelFile], round: u64) -> ModelFile {
     let total: u64 = models.iter().map(|m| m.n_samples).sum();

@@ -25,7 +25,7 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// The digest a learner records on the chain for a model file.
 fn sha256(bytes: &[u8]) -> [u8; 32] {
-    fl_agent::weights::sha256(bytes)
+    fl_core::weights::sha256(bytes)
 }
 
 /// Short limits for tests that expect a failure, so they fail fast.

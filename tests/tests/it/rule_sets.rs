@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fl_agent::weights::{sha256, ModelFile};
+use fl_core::weights::{sha256, ModelFile};
 use fl_contracts::ethers_core::types::Transaction;
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Logged, Registry};
 use fl_tests::anvil::AnvilOptions;

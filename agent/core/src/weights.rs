@@ -1,0 +1,337 @@
+//! The model file format: one binary encoding of a model's weights that learners upload,
+//! the aggregator averages and the chain records by SHA-256 digest.
+//!
+//! # Format (version 1)
+//!
+//! A [postcard](https://postcard.jamesmunns.com/wire-format) encoding of [`ModelFile`],
+//! with nothing after it:
+//!
+//! | field            | postcard type | meaning                                          |
+//! |------------------|---------------|--------------------------------------------------|
+//! | `format_version` | varint u32    | [`FORMAT_VERSION`] (1)                            |
+//! | `architecture`   | string        | [`ARCHITECTURE_ID`] (`fl-mnist-cnn-v1`)           |
+//! | `round`          | varint u64    | federated round the weights belong to (0: initial)|
+//! | `n_samples`      | varint u64    | training examples behind the weights (FedAvg weight)|
+//! | `tensors`        | seq           | one entry per parameter, in [`PARAMS`] order      |
+//!
+//! Each tensor is `name` (string, e.g. `conv1.weight`), `shape` (seq of varint u64),
+//! `dtype` (varint enum; 0 = f32, the only one) and `data` (seq of bytes: the values as
+//! little-endian IEEE-754 f32, row-major, `4 * product(shape)` bytes).
+//!
+//! Loading ([`ModelFile::from_bytes`]) rejects a truncated or over-long file, another
+//! format version or architecture, missing, extra, reordered or mis-shaped tensors, a
+//! data length that does not match the shape, and NaN or infinite values.
+//! The digest of a model is the SHA-256 of these bytes ([`sha256`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{ARCHITECTURE_ID, PARAMS};
+
+/// Version of the encoding described in this module.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The largest model file anyone downloads: the paper's model is 2.5 MB; anything far
+/// larger is not a model of this architecture, and reading it would only waste memory.
+pub const MAX_MODEL_BYTES: u64 = 64 << 20;
+
+/// Element type of a tensor. Only f32 exists today; the tag keeps the format open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dtype {
+    /// Little-endian IEEE-754 binary32.
+    F32,
+}
+
+/// One named parameter tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedTensor {
+    /// Stable parameter name, e.g. `conv1.weight`.
+    pub name: String,
+    /// Dimensions, outermost first.
+    pub shape: Vec<u64>,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Values, little-endian, row-major.
+    pub data: Vec<u8>,
+}
+
+impl NamedTensor {
+    /// An f32 tensor from values.
+    pub fn from_f32(name: &str, shape: &[usize], values: &[f32]) -> NamedTensor {
+        NamedTensor {
+            name: name.to_string(),
+            shape: shape.iter().map(|&d| d as u64).collect(),
+            dtype: Dtype::F32,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The values as f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    /// The shape as `usize`s.
+    pub fn dims(&self) -> Vec<usize> {
+        self.shape.iter().map(|&d| d as usize).collect()
+    }
+}
+
+/// A model's weights plus the metadata FedAvg and the chain need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// [`ARCHITECTURE_ID`].
+    pub architecture: String,
+    /// Federated round (0 for an initial model).
+    pub round: u64,
+    /// Number of training examples behind these weights (the FedAvg weight).
+    pub n_samples: u64,
+    /// Parameters in [`PARAMS`] order.
+    pub tensors: Vec<NamedTensor>,
+}
+
+/// SHA-256 of `bytes` (the digest recorded on chain for a model file).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ModelFile {
+    /// Encodes the model (see the module documentation for the layout).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain structs into a Vec cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes and validates a model file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ModelFile> {
+        let (model, rest): (ModelFile, &[u8]) = postcard::take_from_bytes(bytes)
+            .map_err(|e| anyhow::anyhow!("decoding model file ({} bytes): {e} (truncated or not a model file)", bytes.len()))?;
+        ensure!(rest.is_empty(), "decoding model file: {} unexpected bytes after the model", rest.len());
+        model.validate()?;
+        Ok(model)
+    }
+
+    /// Checks version, architecture, names, shapes, data lengths and finiteness.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.format_version == FORMAT_VERSION,
+            "model file: format version {} is not supported (expected {FORMAT_VERSION})",
+            self.format_version
+        );
+        ensure!(
+            self.architecture == ARCHITECTURE_ID,
+            "model file: architecture {:?} is not {ARCHITECTURE_ID:?}",
+            self.architecture
+        );
+        for (i, (name, shape)) in PARAMS.iter().enumerate() {
+            let Some(tensor) = self.tensors.get(i) else {
+                bail!("model file: tensor {name} is missing (found {} tensors, expected {})", self.tensors.len(), PARAMS.len());
+            };
+            if tensor.name != *name {
+                if self.tensors.iter().any(|t| t.name == *name) {
+                    bail!("model file: tensor {i} is {:?}, expected {name} in that position", tensor.name);
+                }
+                bail!("model file: tensor {name} is missing (found {:?} in its place)", tensor.name);
+            }
+            ensure!(
+                tensor.dims() == *shape,
+                "model file: tensor {name} has shape {:?}, expected {shape:?}",
+                tensor.shape
+            );
+            ensure!(tensor.dtype == Dtype::F32, "model file: tensor {name} is not f32");
+            let expected = 4 * shape.iter().product::<usize>();
+            ensure!(
+                tensor.data.len() == expected,
+                "model file: tensor {name} has {} bytes of data, expected {expected}",
+                tensor.data.len()
+            );
+            if let Some(pos) = tensor.to_f32().iter().position(|v| !v.is_finite()) {
+                bail!("model file: tensor {name} has a non-finite value (NaN or infinity) at index {pos}");
+            }
+        }
+        if let Some(extra) = self.tensors.get(PARAMS.len()) {
+            bail!("model file: unexpected extra tensor {:?}", extra.name);
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of [`ModelFile::to_bytes`].
+    pub fn sha256(&self) -> [u8; 32] {
+        sha256(&self.to_bytes())
+    }
+
+    /// Writes the encoded model to `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_bytes()).with_context(|| format!("writing model to {}", path.display()))
+    }
+
+    /// Reads and validates a model file.
+    pub fn load(path: &Path) -> Result<ModelFile> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading model from {}", path.display()))?;
+        ModelFile::from_bytes(&bytes).with_context(|| format!("loading model from {}", path.display()))
+    }
+
+    /// The initial model for `seed` (round 0, no samples): see [`crate::model::init_varmap`].
+    pub fn initial(seed: u64) -> Result<ModelFile> {
+        ModelFile::from_varmap(&crate::model::init_varmap(seed, &Device::Cpu)?, 0, 0)
+    }
+
+    /// Snapshot of the parameters in `varmap` (which must hold exactly [`PARAMS`]).
+    pub fn from_varmap(varmap: &VarMap, round: u64, n_samples: u64) -> Result<ModelFile> {
+        let vars = varmap.data().lock().map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
+        ensure!(vars.len() == PARAMS.len(), "varmap holds {} tensors, expected {}", vars.len(), PARAMS.len());
+        let mut tensors = Vec::with_capacity(PARAMS.len());
+        for (name, shape) in PARAMS {
+            let var = vars.get(*name).with_context(|| format!("varmap has no tensor {name}"))?;
+            ensure!(var.dims() == *shape, "varmap tensor {name} has shape {:?}, expected {shape:?}", var.dims());
+            let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            tensors.push(NamedTensor::from_f32(name, shape, &values));
+        }
+        Ok(ModelFile { format_version: FORMAT_VERSION, architecture: ARCHITECTURE_ID.to_string(), round, n_samples, tensors })
+    }
+
+    /// A fresh `VarMap` holding these weights as trainable variables.
+    // Test reference only (the candle model in `model.rs`, the bench's profile mode):
+    // training never builds a `VarMap`.
+    #[doc(hidden)]
+    pub fn to_varmap(&self, device: &Device) -> Result<VarMap> {
+        let varmap = VarMap::new();
+        {
+            let mut vars = varmap.data().lock().map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
+            for (name, tensor) in self.to_tensors(device)? {
+                vars.insert(name, Var::from_tensor(&tensor)?);
+            }
+        }
+        Ok(varmap)
+    }
+
+    /// The weights as candle tensors by name.
+    pub fn to_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        self.tensors
+            .iter()
+            .map(|t| Ok((t.name.clone(), Tensor::from_vec(t.to_f32(), t.dims(), device)?)))
+            .collect()
+    }
+
+    /// Writes the weights as a safetensors file (same names and shapes), readable by
+    /// Python's `safetensors` package; round and sample count are not carried over.
+    // Only the tests write one today; kept public (hidden) for checks against Python.
+    #[doc(hidden)]
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        candle_core::safetensors::save(&self.to_tensors(&Device::Cpu)?, path)
+            .with_context(|| format!("writing safetensors to {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init_varmap;
+
+    fn model() -> ModelFile {
+        ModelFile::from_varmap(&init_varmap(4, &Device::Cpu).unwrap(), 3, 30_000).unwrap()
+    }
+
+    fn rejects(model: &ModelFile, needle: &str) {
+        let err = format!("{:#}", ModelFile::from_bytes(&model.to_bytes()).expect_err("expected rejection"));
+        assert!(err.contains(needle), "error {err:?} does not contain {needle:?}");
+    }
+
+    #[test]
+    fn round_trips_through_bytes_varmap_and_disk() {
+        let m = model();
+        let bytes = m.to_bytes();
+        // 619,786 f32 plus a small header.
+        assert!(bytes.len() > 4 * 619_786 && bytes.len() < 4 * 619_786 + 400, "{} bytes", bytes.len());
+        let back = ModelFile::from_bytes(&bytes).unwrap();
+        assert_eq!(back, m);
+        let again = ModelFile::from_varmap(&back.to_varmap(&Device::Cpu).unwrap(), 3, 30_000).unwrap();
+        assert_eq!(again.to_bytes(), bytes);
+        assert_eq!(m.sha256(), sha256(&bytes));
+        let path = std::env::temp_dir().join(format!("fl-agent-weights-{}.bin", std::process::id()));
+        m.save(&path).unwrap();
+        assert_eq!(ModelFile::load(&path).unwrap(), m);
+        let st = path.with_extension("safetensors");
+        m.save_safetensors(&st).unwrap();
+        let loaded = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+        assert_eq!(loaded["fc2.bias"].dims(), &[10]);
+        assert_eq!(loaded["conv1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(), m.tensors[0].to_f32());
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&st);
+    }
+
+    #[test]
+    fn sha256_matches_a_published_vector() {
+        // FIPS 180-2 example: SHA-256("abc").
+        assert_eq!(hex(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn rejects_truncated_and_trailing_bytes() {
+        let bytes = model().to_bytes();
+        for cut in [0, 1, 10, bytes.len() / 2, bytes.len() - 1] {
+            let err = format!("{:#}", ModelFile::from_bytes(&bytes[..cut]).unwrap_err());
+            assert!(err.contains("truncated"), "cut at {cut}: {err}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        let err = format!("{:#}", ModelFile::from_bytes(&long).unwrap_err());
+        assert!(err.contains("1 unexpected bytes after the model"), "{err}");
+    }
+
+    #[test]
+    fn rejects_wrong_version_and_architecture() {
+        let mut m = model();
+        m.format_version = 2;
+        rejects(&m, "format version 2 is not supported");
+        let mut m = model();
+        m.architecture = "resnet".into();
+        rejects(&m, "architecture \"resnet\" is not \"fl-mnist-cnn-v1\"");
+    }
+
+    #[test]
+    fn rejects_missing_extra_renamed_and_misshaped_tensors() {
+        let mut m = model();
+        m.tensors.pop();
+        rejects(&m, "tensor fc2.bias is missing");
+        let mut m = model();
+        m.tensors.push(NamedTensor::from_f32("fc3.bias", &[1], &[0.0]));
+        rejects(&m, "unexpected extra tensor \"fc3.bias\"");
+        let mut m = model();
+        m.tensors[1].name = "conv1.b".into();
+        rejects(&m, "tensor conv1.bias is missing");
+        let mut m = model();
+        m.tensors.swap(0, 1);
+        rejects(&m, "expected conv1.weight in that position");
+        let mut m = model();
+        m.tensors[9] = NamedTensor::from_f32("fc2.bias", &[11], &[0.0; 11]);
+        rejects(&m, "tensor fc2.bias has shape [11], expected [10]");
+        let mut m = model();
+        m.tensors[9].data.truncate(36);
+        rejects(&m, "tensor fc2.bias has 36 bytes of data, expected 40");
+    }
+
+    #[test]
+    fn rejects_nan_and_infinity() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut m = model();
+            let mut values = m.tensors[6].to_f32();
+            values[123] = bad;
+            m.tensors[6] = NamedTensor::from_f32("fc1.weight", &[256, 2048], &values);
+            rejects(&m, "tensor fc1.weight has a non-finite value (NaN or infinity) at index 123");
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! Blocking client for the Kubo RPC API (`POST /api/v0/...`), which js-ipfs also serves.
+//!
+//! Every call has a time limit: a `cat` of a CID that no connected peer has waits forever
+//! on both Kubo and js-ipfs. Transient failures (connection refused or reset, a gateway or
+//! unstructured 5xx answer) are retried a bounded number of times with doubling pauses;
+//! a 4xx, a node's own error message and a timeout are not, since repeating them cannot
+//! help. Every error names the API URL and, where there is one, the CID.
+
+use crate::cid::{cid_with_layout, Cid, CHUNK_SIZE, MAX_LINKS};
+use crate::retry::Backoff;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::time::Duration;
+
+/// Time limits and retries of a `Client`.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Limit on one whole request, answer included. A `cat` or `pin/add` of a CID that no
+    /// connected peer provides ends with `Error::Timeout` after this long.
+    pub timeout: Duration,
+    /// Limit on opening the TCP connection (a dead board on the LAN, not a refused port).
+    pub connect_timeout: Duration,
+    /// Attempts per call when failures are transient (1 = no retry).
+    pub attempts: u32,
+    /// Pause after the first failed attempt; doubled after each further one.
+    pub first_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    /// Two minutes per request: a 2.5 MB model moves in about a second between peered
+    /// nodes on loopback (agent/ipfs/README.md), so this leaves room for slow boards and Wi-Fi.
+    /// Four attempts, 250 ms then 500 ms then 1 s apart: a node restarting is back in
+    /// about 2 s (js-ipfs start-up, measured here).
+    fn default() -> ClientConfig {
+        ClientConfig {
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(5),
+            attempts: 4,
+            first_backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Why a call failed. A caller may match on it: `Timeout` means the content is not
+/// (yet) available, `Unreachable` that the node is down, the mismatches that a node or a
+/// peer served other bytes than the ones named.
+#[derive(Debug)]
+pub enum Error {
+    /// No connection to the API, even after retries.
+    Unreachable { api: String, op: String, attempts: u32, detail: String },
+    /// No complete answer within the configured time limit.
+    Timeout { api: String, op: String, after: Duration },
+    /// The node answered with an error status.
+    Api { api: String, op: String, status: u16, message: String },
+    /// The node's answer could not be understood.
+    BadReply { api: String, op: String, detail: String },
+    /// The content is larger than the caller allows.
+    TooLarge { api: String, op: String, max_bytes: u64 },
+    /// The node's CID for an upload differs from the one computed locally for the same bytes.
+    CidMismatch { api: String, local: String, node: String },
+    /// The downloaded bytes do not have the SHA-256 digest the caller expected.
+    DigestMismatch { api: String, cid: String, expected: String, actual: String },
+    /// A CID given by the caller is not a valid CID.
+    InvalidCid { cid: String, detail: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Unreachable { api, op, attempts, detail } => {
+                write!(f, "ipfs api {api}: {op}: cannot reach the node ({attempts} attempts): {detail}")
+            }
+            Error::Timeout { api, op, after } => write!(
+                f,
+                "ipfs api {api}: {op}: no complete answer within {after:?} (content not available from any connected peer, or the node is stuck)"
+            ),
+            Error::Api { api, op, status, message } => write!(f, "ipfs api {api}: {op}: http status {status}: {message}"),
+            Error::BadReply { api, op, detail } => write!(f, "ipfs api {api}: {op}: unexpected answer: {detail}"),
+            Error::TooLarge { api, op, max_bytes } => write!(f, "ipfs api {api}: {op}: content is larger than the limit of {max_bytes} bytes"),
+            Error::CidMismatch { api, local, node } => write!(
+                f,
+                "ipfs api {api}: add: the node stored the bytes as {node} but they hash to {local} with the same parameters"
+            ),
+            Error::DigestMismatch { api, cid, expected, actual } => write!(
+                f,
+                "ipfs api {api}: cat {cid}: content has sha-256 {actual}, expected {expected}: refusing to use it"
+            ),
+            Error::InvalidCid { cid, detail } => write!(f, "invalid cid {cid:?}: {detail}"),
+        }
+    }
+}
+
+impl Error {
+    /// True if the node did not answer, or not in time: a later attempt may succeed.
+    /// A node's own error, a refused or malformed reply and a digest or CID mismatch
+    /// would only repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. })
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The node's identity, from `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Peer id (`12D3Koo...` or `Qm...`).
+    pub id: String,
+    /// Multiaddresses the node listens on, with `/p2p/<id>`.
+    pub addresses: Vec<String>,
+    /// Implementation and version, e.g. `kubo/0.29.0/` or `js-ipfs/0.18.1`.
+    pub agent_version: String,
+}
+
+/// A client for one node's RPC API. Cheap to clone; shares its connection pool.
+#[derive(Clone)]
+pub struct Client {
+    api: String,
+    agent: ureq::Agent,
+    config: ClientConfig,
+}
+
+/// What a request carries, if anything.
+enum Body<'a> {
+    Empty,
+    Multipart { boundary: &'a str, data: &'a [u8] },
+}
+
+/// How one attempt ended, before the retry decision.
+enum Attempt {
+    Done(Vec<u8>),
+    Transient(String),
+    Final(Error),
+}
+
+impl Client {
+    /// A client for the API at `api_url` (`http://127.0.0.1:5001`, with or without a
+    /// trailing `/` or `/api/v0`) with the default time limits.
+    pub fn new(api_url: &str) -> Client {
+        Client::with_config(api_url, ClientConfig::default())
+    }
+
+    /// A client with explicit time limits and retries.
+    pub fn with_config(api_url: &str, config: ClientConfig) -> Client {
+        let api = api_url.trim_end_matches('/').trim_end_matches("/api/v0").trim_end_matches('/').to_string();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            // Error statuses carry the node's message in the body: read it ourselves.
+            .http_status_as_error(false)
+            .timeout_connect(Some(config.connect_timeout))
+            .timeout_global(Some(config.timeout))
+            // The RPC API never redirects; following one could leave loopback.
+            .max_redirects(0)
+            .build()
+            .into();
+        Client { api, agent, config }
+    }
+
+    /// The API's base URL, as used in error messages.
+    pub fn api_url(&self) -> &str {
+        &self.api
+    }
+
+    /// Adds `bytes` as a file, pinned, and returns its CID (CIDv1, base32), after checking
+    /// that it equals the CID computed locally for the same bytes and parameters.
+    pub fn add(&self, bytes: &[u8]) -> Result<String, Error> {
+        self.add_with_chunk_size(bytes, CHUNK_SIZE)
+    }
+
+    /// `add` with another chunk size (Kubo's `--chunker=size-N`), for tests of the tree
+    /// layout with small files; models always use `add`.
+    pub fn add_with_chunk_size(&self, bytes: &[u8], chunk_size: usize) -> Result<String, Error> {
+        let op = format!("add ({} bytes)", bytes.len());
+        if chunk_size == 0 {
+            return Err(self.bad(&op, "chunk size must be positive".into()));
+        }
+        let local = cid_with_layout(bytes, chunk_size, MAX_LINKS).to_string();
+        let boundary = multipart_boundary(bytes);
+        let chunker = format!("size-{chunk_size}");
+        let query = [
+            ("cid-version", "1"),
+            ("raw-leaves", "true"),
+            ("chunker", chunker.as_str()),
+            ("hash", "sha2-256"),
+            ("trickle", "false"),
+            ("pin", "true"),
+            // js-ipfs answers in base58btc otherwise; Kubo already uses base32 for CIDv1.
+            ("cid-base", "base32"),
+        ];
+        let reply = self.call(&op, "add", &query, Body::Multipart { boundary: &boundary, data: bytes }, 1 << 20)?;
+        let node_cid = parse_add_reply(&String::from_utf8_lossy(&reply), bytes.len() as u64).map_err(|e| self.bad(&op, e))?;
+        let node_cid = normalize(&node_cid).map_err(|e| self.bad(&op, e.to_string()))?;
+        if node_cid != local {
+            return Err(Error::CidMismatch { api: self.api.clone(), local, node: node_cid });
+        }
+        Ok(node_cid)
+    }
+
+    /// The bytes of the file `cid`, at most `max_bytes` of them (a larger file is an
+    /// error, read no further than the limit).
+    pub fn cat(&self, cid: &str, max_bytes: u64) -> Result<Vec<u8>, Error> {
+        let cid = normalize(cid)?;
+        let op = format!("cat {cid}");
+        self.call(&op, "cat", &[("arg", cid.as_str())], Body::Empty, max_bytes)
+    }
+
+    /// `cat`, then checks the bytes' SHA-256 against `expected_sha256` (as the chain
+    /// records it) before handing them out.
+    pub fn fetch_verified(&self, cid: &str, expected_sha256: &[u8; 32], max_bytes: u64) -> Result<Vec<u8>, Error> {
+        let bytes = self.cat(cid, max_bytes)?;
+        let actual: [u8; 32] = Sha256::digest(&bytes).into();
+        if &actual != expected_sha256 {
+            return Err(Error::DigestMismatch {
+                api: self.api.clone(),
+                cid: normalize(cid)?,
+                expected: hex(expected_sha256),
+                actual: hex(&actual),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Pins `cid` recursively (fetching it from peers if needed, within the time limit).
+    pub fn pin_add(&self, cid: &str) -> Result<(), Error> {
+        let cid = normalize(cid)?;
+        let op = format!("pin/add {cid}");
+        let reply = self.call(&op, "pin/add", &[("arg", cid.as_str()), ("recursive", "true")], Body::Empty, 1 << 20)?;
+        self.expect_pinned(&op, &reply, &cid)
+    }
+
+    /// Removes the recursive pin of `cid`, so the node may collect its blocks.
+    pub fn pin_rm(&self, cid: &str) -> Result<(), Error> {
+        let cid = normalize(cid)?;
+        let op = format!("pin/rm {cid}");
+        let reply = self.call(&op, "pin/rm", &[("arg", cid.as_str()), ("recursive", "true")], Body::Empty, 1 << 20)?;
+        self.expect_pinned(&op, &reply, &cid)
+    }
+
+    /// The node's peer id, addresses and agent version.
+    pub fn id(&self) -> Result<PeerInfo, Error> {
+        let op = "id".to_string();
+        let value = self.call_json(&op, "id", &[])?;
+        let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let id = text("ID").ok_or_else(|| self.bad(&op, "no ID".into()))?;
+        let addresses = match value.get("Addresses") {
+            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
+            // Kubo answers null when the node listens nowhere.
+            _ => Vec::new(),
+        };
+        Ok(PeerInfo { id, addresses, agent_version: text("AgentVersion").unwrap_or_default() })
+    }
+
+    /// The node's version string (`0.29.0` for Kubo, `0.18.1` for js-ipfs).
+    pub fn version(&self) -> Result<String, Error> {
+        let op = "version".to_string();
+        let value = self.call_json(&op, "version", &[])?;
+        value
+            .get("Version")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| self.bad(&op, format!("no Version in {value}")))
+    }
+
+    /// Connects to a peer (`/ip4/.../tcp/.../p2p/<id>`); the private network's key must match.
+    pub fn swarm_connect(&self, multiaddr: &str) -> Result<(), Error> {
+        let op = format!("swarm/connect {multiaddr}");
+        let value = self.call_json(&op, "swarm/connect", &[("arg", multiaddr)])?;
+        // Kubo: {"Strings": ["connect <id> success"]}; js-ipfs: the same shape.
+        match value.get("Strings").and_then(|s| s.as_array()) {
+            Some(lines) if lines.iter().any(|l| l.as_str().is_some_and(|l| l.contains("success"))) => Ok(()),
+            _ => Err(self.bad(&op, format!("no success in {}", truncate(&value.to_string())))),
+        }
+    }
+
+    fn expect_pinned(&self, op: &str, reply: &[u8], cid: &str) -> Result<(), Error> {
+        let value: serde_json::Value =
+            serde_json::from_slice(reply).map_err(|e| self.bad(op, format!("{e} in {:?}", truncate(&String::from_utf8_lossy(reply)))))?;
+        let pins = value.get("Pins").and_then(|p| p.as_array()).ok_or_else(|| self.bad(op, format!("no Pins in {value}")))?;
+        // js-ipfs names the pins in base58btc, Kubo in base32: compare normalised.
+        if pins.iter().filter_map(|p| p.as_str()).any(|p| normalize(p).is_ok_and(|p| p == cid)) {
+            Ok(())
+        } else {
+            Err(self.bad(op, format!("{cid} not among the Pins in {}", truncate(&value.to_string()))))
+        }
+    }
+
+    fn call_json(&self, op: &str, path: &str, query: &[(&str, &str)]) -> Result<serde_json::Value, Error> {
+        let reply = self.call(op, path, query, Body::Empty, 1 << 20)?;
+        serde_json::from_slice(&reply).map_err(|e| self.bad(op, format!("{e} in {:?}", truncate(&String::from_utf8_lossy(&reply)))))
+    }
+
+    fn bad(&self, op: &str, detail: String) -> Error {
+        Error::BadReply { api: self.api.clone(), op: op.to_string(), detail }
+    }
+
+    /// One RPC call with bounded retries of transient failures; returns the answer's body.
+    fn call(&self, op: &str, path: &str, query: &[(&str, &str)], body: Body, max_bytes: u64) -> Result<Vec<u8>, Error> {
+        // Bounded by the number of attempts, so the pauses need no cap of their own.
+        let mut backoff = Backoff::new(self.config.first_backoff, Duration::MAX);
+        let attempts = self.config.attempts.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            match self.attempt(op, path, query, &body, max_bytes) {
+                Attempt::Done(bytes) => return Ok(bytes),
+                Attempt::Final(error) => return Err(error),
+                Attempt::Transient(detail) => last = detail,
+            }
+            if attempt < attempts {
+                backoff.wait();
+            }
+        }
+        Err(Error::Unreachable { api: self.api.clone(), op: op.to_string(), attempts, detail: last })
+    }
+
+    fn attempt(&self, op: &str, path: &str, query: &[(&str, &str)], body: &Body, max_bytes: u64) -> Attempt {
+        let mut request = self.agent.post(format!("{}/api/v0/{path}", self.api));
+        for (key, value) in query {
+            request = request.query(*key, *value);
+        }
+        let sent = match body {
+            Body::Empty => request.send_empty(),
+            Body::Multipart { boundary, data } => {
+                let mut payload = Vec::with_capacity(data.len() + 256);
+                payload.extend_from_slice(
+                    format!(
+                        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"file\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                payload.extend_from_slice(data);
+                payload.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+                request.content_type(format!("multipart/form-data; boundary={boundary}")).send(&payload[..])
+            }
+        };
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(error) => return self.classify(op, error),
+        };
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return match response.body_mut().with_config().limit(max_bytes).read_to_vec() {
+                Ok(bytes) => Attempt::Done(bytes),
+                Err(ureq::Error::BodyExceedsLimit(_)) => {
+                    Attempt::Final(Error::TooLarge { api: self.api.clone(), op: op.to_string(), max_bytes })
+                }
+                Err(error) => self.classify(op, error),
+            };
+        }
+        // Kubo and js-ipfs send {"Message": "...", "Code": 0, "Type": "error"}.
+        let text = response.body_mut().with_config().limit(64 * 1024).lossy_utf8(true).read_to_string().unwrap_or_default();
+        let structured: Option<String> = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("Message").and_then(|m| m.as_str()).map(str::to_string));
+        let message = structured.clone().unwrap_or_else(|| truncate(text.trim()).to_string());
+        // The node's own error (a 500 with a message: "not pinned", "invalid path") is a
+        // final answer; a 5xx without one comes from a proxy or a node that is overloaded
+        // or starting, and may pass.
+        if status >= 500 && (structured.is_none() || matches!(status, 502..=504)) {
+            return Attempt::Transient(format!("http status {status}: {message}"));
+        }
+        Attempt::Final(Error::Api { api: self.api.clone(), op: op.to_string(), status, message })
+    }
+
+    fn classify(&self, op: &str, error: ureq::Error) -> Attempt {
+        use std::io::ErrorKind::*;
+        match error {
+            ureq::Error::Timeout(ureq::Timeout::Connect) => Attempt::Transient("connect timed out".into()),
+            ureq::Error::Timeout(_) => {
+                Attempt::Final(Error::Timeout { api: self.api.clone(), op: op.to_string(), after: self.config.timeout })
+            }
+            ureq::Error::Io(e) if e.kind() == TimedOut => {
+                Attempt::Final(Error::Timeout { api: self.api.clone(), op: op.to_string(), after: self.config.timeout })
+            }
+            ureq::Error::Io(e)
+                if matches!(e.kind(), ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected) =>
+            {
+                Attempt::Transient(e.to_string())
+            }
+            ureq::Error::ConnectionFailed => Attempt::Transient("connection failed".into()),
+            other => Attempt::Final(Error::Unreachable { api: self.api.clone(), op: op.to_string(), attempts: 1, detail: other.to_string() }),
+        }
+    }
+}
+
+/// The file's CID from an `add` answer: one JSON object per line (Kubo streams progress
+/// lines first when asked to), the file's own being the last with a `Hash`.
+fn parse_add_reply(text: &str, file_len: u64) -> Result<String, String> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{e} in {:?}", truncate(line)))?;
+        if let Some(hash) = value.get("Hash") {
+            let hash = hash.as_str().ok_or_else(|| format!("Hash is not a string in {:?}", truncate(line)))?;
+            // Size is a number in js-ipfs and a string in Kubo: the size of the whole DAG,
+            // so never less than the file.
+            match value.get("Size").and_then(json_u64) {
+                Some(size) if size >= file_len => {}
+                _ => return Err(format!("missing or implausible Size in {:?}", truncate(line))),
+            }
+            found = Some(hash.to_string());
+        }
+    }
+    found.ok_or_else(|| format!("no Hash in {:?}", truncate(text)))
+}
+
+/// Any CID form a node or a caller may use, as CIDv1 base32.
+fn normalize(cid: &str) -> Result<String, Error> {
+    cid.trim()
+        .parse::<Cid>()
+        .map(|c| c.to_string())
+        .map_err(|detail| Error::InvalidCid { cid: truncate(cid).to_string(), detail })
+}
+
+/// A multipart boundary that does not occur in `data` (RFC 2046 requires it).
+fn multipart_boundary(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    for n in 0u32.. {
+        let boundary = format!("fl-ipfs-{}-{n}", hex(&digest[..12]));
+        if !data.windows(boundary.len()).any(|w| w == boundary.as_bytes()) {
+            return boundary;
+        }
+    }
+    unreachable!("some boundary is absent from any finite input")
+}
+
+/// A JSON number, or a string of digits (Kubo writes sizes as strings).
+fn json_u64(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// At most 200 characters of a node's answer, for error messages.
+fn truncate(text: &str) -> &str {
+    match text.char_indices().nth(200) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_url_is_normalised() {
+        for url in ["http://127.0.0.1:5001", "http://127.0.0.1:5001/", "http://127.0.0.1:5001/api/v0", "http://127.0.0.1:5001/api/v0/"] {
+            assert_eq!(Client::new(url).api_url(), "http://127.0.0.1:5001");
+        }
+    }
+
+    #[test]
+    fn sizes_come_as_numbers_or_strings() {
+        assert_eq!(json_u64(&serde_json::json!(2600509)), Some(2_600_509));
+        assert_eq!(json_u64(&serde_json::json!("2600509")), Some(2_600_509));
+        assert_eq!(json_u64(&serde_json::json!("-1")), None);
+        assert_eq!(json_u64(&serde_json::json!(null)), None);
+    }
+
+    #[test]
+    fn add_replies_of_kubo_and_js_ipfs() {
+        let v1 = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+        // Kubo: Size as a string, CIDv1 in base32, progress lines before (with progress=true).
+        let kubo = format!("{{\"Name\":\"file\",\"Bytes\":262144}}\n{{\"Name\":\"file\",\"Hash\":\"{v1}\",\"Size\":\"2480123\"}}\n");
+        assert_eq!(parse_add_reply(&kubo, 2_479_144).unwrap(), v1);
+        // js-ipfs without cid-base: Size as a number, the same CIDv1 in base58btc (converted
+        // with multiformats' `CID.toString(base58btc)`), equal once normalised.
+        let js = "{\"Name\":\"file\",\"Hash\":\"zdj7Wic6KcJAfWz1c9o4M6kq9Lwd5BfbxkVafnrojaaGiSFxM\",\"Size\":2600509,\"Mode\":\"0644\"}";
+        assert_eq!(normalize(&parse_add_reply(js, 2_600_000).unwrap()).unwrap(), v1);
+        assert!(parse_add_reply(js, 2_600_510).unwrap_err().contains("implausible Size"));
+        assert!(parse_add_reply("{\"Name\":\"file\"}", 1).unwrap_err().contains("no Hash"));
+        assert!(parse_add_reply("<html>", 1).is_err());
+    }
+
+    /// A one-connection-per-request HTTP server on loopback that answers each request with
+    /// the next status of `statuses` and counts the requests.
+    fn scripted_server(statuses: Vec<(u16, &'static str)>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for (status, body) in statuses {
+                let Ok((mut stream, _)) = listener.accept() else { return };
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        (url, count)
+    }
+
+    fn fast() -> ClientConfig {
+        ClientConfig { timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(1), attempts: 3, first_backoff: Duration::from_millis(10) }
+    }
+
+    #[test]
+    fn transient_5xx_is_retried_then_succeeds() {
+        let (url, count) = scripted_server(vec![(503, "busy"), (502, ""), (200, "{\"Version\":\"0.29.0\"}")]);
+        assert_eq!(Client::with_config(&url, fast()).version().unwrap(), "0.29.0");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        let (url, count) = scripted_server(vec![(503, ""), (503, ""), (503, ""), (200, "{\"Version\":\"x\"}")]);
+        let err = Client::with_config(&url, fast()).version().unwrap_err();
+        assert!(matches!(err, Error::Unreachable { attempts: 3, .. }), "{err}");
+        assert!(err.to_string().contains("503") && err.to_string().contains(&url), "{err}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn client_errors_and_node_messages_are_not_retried() {
+        let (url, count) = scripted_server(vec![
+            (400, "{\"Message\":\"invalid path\",\"Code\":0,\"Type\":\"error\"}"),
+            (500, "{\"Message\":\"not pinned or pinned indirectly\",\"Code\":0,\"Type\":\"error\"}"),
+        ]);
+        let client = Client::with_config(&url, fast());
+        let cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+        let err = client.cat(cid, 10).unwrap_err();
+        assert!(matches!(err, Error::Api { status: 400, .. }), "{err}");
+        assert!(err.to_string().contains("invalid path") && err.to_string().contains(cid), "{err}");
+        let err = client.pin_rm(cid).unwrap_err();
+        assert!(matches!(err, Error::Api { status: 500, .. }), "{err}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn boundary_avoids_the_data() {
+        // Data made of the boundary its own prefix would suggest, repeated: whatever the
+        // boundary, it must not occur in the data.
+        let seed = multipart_boundary(b"x");
+        let data = seed.repeat(3).into_bytes();
+        let boundary = multipart_boundary(&data);
+        assert!(!data.windows(boundary.len()).any(|w| w == boundary.as_bytes()));
+    }
+
+    #[test]
+    fn invalid_cids_are_refused_before_any_request() {
+        // Port 9 (discard) is never contacted: the CID is checked first.
+        let client = Client::new("http://127.0.0.1:9");
+        let err = client.cat("not-a-cid", 10).unwrap_err();
+        assert!(matches!(err, Error::InvalidCid { .. }), "{err}");
+        assert!(err.to_string().contains("not-a-cid"), "{err}");
+    }
+}

@@ -1,0 +1,279 @@
+//! The learner's configuration: `agent.toml`, then the environment, then `fl-agent run`'s
+//! flags, each overriding the one before, validated once into a [`LearnerConfig`]. The
+//! chain and IPFS endpoints are read by `fl_contracts::endpoints`, as in the aggregator.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing};
+use fl_contracts::Address;
+use fl_core::data::Split;
+use fl_core::flags::{number, positive};
+use lexopt::prelude::*;
+use serde::Deserialize;
+
+const USAGE: &str = "\
+usage: fl-agent run --config FILE [flags]
+
+runs the learner: trains on local data each round and publishes through IPFS and the chain
+
+  --config FILE        agent.toml (see cross/pkg/agent.toml for every key)
+  --node-id N          this learner's node id (overrides node_id, FL_NODE_ID)
+  --rpc-url URL        Ethereum JSON-RPC endpoint (overrides rpc_url, ETH_RPC_URL)
+  --registry ADDRESS   registry contract (overrides registry, FL_REGISTRY)
+  --keystore FILE      encrypted keystore (overrides keystore, ETH_KEYSTORE)
+  --password-file FILE keystore password file (ETH_PASSWORD wins over it)
+  --chain-id N         refuse to run unless the node is on this chain (overrides chain_id)
+  --ipfs-api URL       IPFS RPC API (overrides ipfs_api, FL_IPFS_API)
+  --data DIR           the learner's data folder (overrides data_dir, FL_DATA_DIR)
+  --state-dir DIR      where progress is kept (overrides state_dir, FL_STATE_DIR)
+  --local-epochs N     epochs per round (overrides local_epochs)
+  --batch-size N       examples per step (overrides batch_size)
+  --rounds N           stop once the global model of round N is published (default: never)
+
+The signing key comes from the keystore (password from ETH_PASSWORD or the password file)
+or, for development only, from ETH_PRIVATE_KEY; never from a flag.
+";
+
+
+/// How a demonstration board takes its share of a data set all boards hold.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// This board's share, 0-based.
+    pub index: usize,
+    /// Number of shares.
+    pub count: usize,
+    /// `iid` or `dirichlet:ALPHA`.
+    #[serde(default = "default_split")]
+    pub split: String,
+    /// The same seed on every board, so that shares do not overlap.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_split() -> String {
+    "iid".into()
+}
+
+/// `agent.toml` as written; every key may also come from the environment or a flag.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    rpc_url: Option<String>,
+    chain_id: Option<u64>,
+    registry: Option<String>,
+    keystore: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    ipfs_api: Option<String>,
+    data_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    local_epochs: Option<usize>,
+    batch_size: Option<usize>,
+    rounds: Option<u64>,
+    seed: Option<u64>,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+    poll_seconds: Option<f64>,
+    shard: Option<ShardConfig>,
+}
+
+/// The learner's validated configuration.
+#[derive(Debug, Clone)]
+pub struct LearnerConfig {
+    /// Node id registered on the contract for this learner's address.
+    pub node_id: u64,
+    /// The JSON-RPC endpoint, the chain id it must report (if set), where the signing key
+    /// comes from (the environment is read when it is loaded) and the IPFS RPC API.
+    pub endpoints: Endpoints,
+    /// Registry contract address.
+    pub registry: Address,
+    /// Folder with the learner's data (MNIST IDX files).
+    pub data_dir: PathBuf,
+    /// Folder for saved models and the pending transaction.
+    pub state_dir: PathBuf,
+    /// Local epochs per round.
+    pub local_epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Stop once global round `rounds` is published; `None` runs until killed.
+    pub rounds: Option<u64>,
+    /// Seeds training; each round and node gets its own stream.
+    pub seed: u64,
+    /// Use only the first N training images (before sharding), for quick runs.
+    pub train_limit: Option<usize>,
+    /// Evaluate on only the first N test images.
+    pub test_limit: Option<usize>,
+    /// Longest pause between two polls of the chain.
+    pub max_poll: Duration,
+    /// Demonstration sharding of a data set every board holds.
+    pub shard: Option<ShardConfig>,
+}
+
+/// Reads a number from the environment variable `name`, if it is set and not empty.
+fn parse_env<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|e| anyhow::anyhow!("environment variable {name}={text:?} is not valid: {e}")),
+    }
+}
+
+/// Reads a path from the environment variable `name`, if it is set and not empty.
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+impl LearnerConfig {
+    /// Builds the config from `--config FILE`, then the environment, then flags (each
+    /// overriding the one before). `Ok(None)` means `--help` was printed.
+    pub fn parse(args: Vec<OsString>) -> Result<Option<LearnerConfig>> {
+        let mut parser = lexopt::Parser::from_args(args);
+        let mut flags = FileConfig::default();
+        let mut flag_endpoints = EndpointSettings::default();
+        let mut config_path: Option<PathBuf> = None;
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Long("config") => config_path = Some(PathBuf::from(parser.value()?)),
+                Long("node-id") => flags.node_id = Some(number(&mut parser, "--node-id")?),
+                Long(flag) if EndpointSettings::handles(flag) => {
+                    let flag = flag.to_string();
+                    flag_endpoints.set_flag(&flag, parser.value()?)?;
+                }
+                Long("data") => flags.data_dir = Some(PathBuf::from(parser.value()?)),
+                Long("state-dir") => flags.state_dir = Some(PathBuf::from(parser.value()?)),
+                Long("local-epochs") => flags.local_epochs = Some(positive(number(&mut parser, "--local-epochs")?, "--local-epochs")?),
+                Long("batch-size") => flags.batch_size = Some(positive(number(&mut parser, "--batch-size")?, "--batch-size")?),
+                Long("rounds") => flags.rounds = Some(number(&mut parser, "--rounds")?),
+                Short('h') | Long("help") => {
+                    print!("{USAGE}");
+                    return Ok(None);
+                }
+                _ => return Err(arg.unexpected().into()),
+            }
+        }
+        let file = match &config_path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let where_ = config_path.as_ref().map(|p| format!(" (in {})", p.display())).unwrap_or_default();
+        let node_id = flags.node_id.or(parse_env("FL_NODE_ID")?).or(file.node_id).with_context(|| {
+            format!("no node id: set node_id{where_}, FL_NODE_ID or --node-id")
+        })?;
+        let file_endpoints = EndpointSettings {
+            rpc_url: file.rpc_url,
+            chain_id: file.chain_id,
+            registry: file.registry,
+            keystore: file.keystore,
+            password_file: file.password_file,
+            ipfs_api: file.ipfs_api,
+        };
+        let endpoints = flag_endpoints.or(EndpointSettings::from_env()).or(file_endpoints).finish(Missing::Fail, &where_)?;
+        let registry = endpoints
+            .registry
+            .with_context(|| format!("no registry address: set registry{where_}, FL_REGISTRY or --registry"))?;
+        let data_dir = flags.data_dir.or(env_path("FL_DATA_DIR")).or(file.data_dir)
+            .with_context(|| format!("no data folder: set data_dir{where_}, FL_DATA_DIR or --data"))?;
+        let state_dir = flags.state_dir.or(env_path("FL_STATE_DIR")).or(file.state_dir)
+            .with_context(|| format!("no state folder: set state_dir{where_}, FL_STATE_DIR or --state-dir"))?;
+        let local_epochs = positive(flags.local_epochs.or(file.local_epochs).unwrap_or(1), "local_epochs")?;
+        let batch_size = positive(flags.batch_size.or(file.batch_size).unwrap_or(32), "batch_size")?;
+        let poll = file.poll_seconds.unwrap_or(5.0);
+        if !(poll > 0.0 && poll <= 3600.0) {
+            bail!("poll_seconds{where_} must be between 0 and 3600, got {poll}");
+        }
+        if let Some(shard) = &file.shard {
+            if shard.count == 0 || shard.index >= shard.count {
+                bail!("[shard]{where_}: index {} must be less than count {}", shard.index, shard.count);
+            }
+            shard.split.parse::<Split>().with_context(|| format!("[shard] split{where_}"))?;
+        }
+        Ok(Some(LearnerConfig {
+            node_id,
+            endpoints,
+            registry,
+            data_dir,
+            state_dir,
+            local_epochs,
+            batch_size,
+            rounds: flags.rounds.or(file.rounds),
+            seed: file.seed.unwrap_or(1),
+            train_limit: file.train_limit,
+            test_limit: file.test_limit,
+            max_poll: Duration::from_secs_f64(poll),
+            shard: file.shard,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learner::temp_dir;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    const CONFIG: &str = r#"
+node_id = 3
+rpc_url = "http://127.0.0.1:8545"
+registry = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
+ipfs_api = "http://127.0.0.1:5001"
+data_dir = "/data"
+state_dir = "/state"
+local_epochs = 5
+[shard]
+index = 1
+count = 2
+split = "dirichlet:0.5"
+seed = 9
+"#;
+
+    #[test]
+    fn config_file_is_read_and_flags_override_it() {
+        let dir = temp_dir("config");
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let config = LearnerConfig::parse(args(&["--config", path.to_str().unwrap(), "--local-epochs", "2", "--node-id", "4"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.node_id, 4);
+        assert_eq!(config.local_epochs, 2);
+        assert_eq!(config.batch_size, 32);
+        assert_eq!(config.data_dir, PathBuf::from("/data"));
+        assert_eq!(config.shard, Some(ShardConfig { index: 1, count: 2, split: "dirichlet:0.5".into(), seed: 9 }));
+        assert_eq!(format!("{:?}", config.registry), "0x5fbdb2315678afecb367f032d93f642f64180aa3");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_the_key() {
+        let dir = temp_dir("config-errors");
+        let path = dir.join("agent.toml");
+        let path_arg = path.to_str().unwrap();
+        for (text, expected) in [
+            ("node_id = 1\nnode_idd = 2\n", "unknown field `node_idd`"),
+            ("node_id = \"one\"\n", "invalid type"),
+            (&CONFIG.replace("index = 1", "index = 2"), "index 2 must be less than count 2"),
+            (&CONFIG.replace("dirichlet:0.5", "zipf"), "expected `iid` or `dirichlet:ALPHA`"),
+            (&CONFIG.replace("0x5fbdb2315678afecb367f032d93f642f64180aa3", "0x12"), "not a 0x-prefixed 20-byte address"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = LearnerConfig::parse(args(&["--config", path_arg])).unwrap_err();
+            let message = format!("{err:#}");
+            assert!(message.contains(expected) && message.contains(path_arg), "{message}");
+        }
+        let err = LearnerConfig::parse(args(&["--config", dir.join("missing.toml").to_str().unwrap()])).unwrap_err();
+        assert!(format!("{err:#}").contains("missing.toml"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
