@@ -1,5 +1,6 @@
 //! The error a caller of the chain client may need to match on: the node answered with an
-//! error, the node could not be reached, a deadline passed, or the contract reverted.
+//! error, the node could not be reached, a deadline passed, the contract reverted, or a sent
+//! transaction was dropped.
 
 use std::fmt;
 use std::time::Duration;
@@ -25,6 +26,10 @@ pub enum Error {
     /// The contract reverted; `name` and `args` come from its ABI (a custom error, or the
     /// standard `Error(string)` / `Panic(uint256)`), `data` is the raw revert data.
     Revert { call: String, name: String, args: Vec<(String, String)>, data: Vec<u8> },
+    /// A transaction the caller sent is no longer known to the node: dropped from its pool,
+    /// or reorganised out of the chain and not put back. Nothing of it is on chain; send it
+    /// again.
+    Dropped { what: String, hash: ethers_core::types::H256 },
     /// A key could not be loaded (what and where; the key itself is never included).
     Key(String),
     /// Anything else that is wrong with an input or a reply, said in words.
@@ -51,6 +56,10 @@ impl fmt::Display for Error {
                 let args: Vec<String> = args.iter().map(|(k, v)| if k.is_empty() { v.clone() } else { format!("{k}={v}") }).collect();
                 write!(f, "{call}: reverted with {name}({})", args.join(", "))
             }
+            Error::Dropped { what, hash } => write!(
+                f,
+                "{what}: transaction {hash:?} is no longer known to the node (dropped from its pool or reorganised out of the chain); it has to be sent again"
+            ),
             Error::Key(msg) | Error::Invalid(msg) => f.write_str(msg),
         }
     }
