@@ -7,6 +7,10 @@
 //! is saved (atomically) before it is uploaded, and the hash of the registering
 //! transaction is saved before waiting for it, so a learner killed at any point resumes
 //! the round without training again and without registering twice.
+//!
+//! On a chain that can reorganise, `confirmations = N` makes every chain read and every
+//! wait follow `fl_contracts::finality`: the learner acts only on blocks with N blocks on
+//! top, and a registering transaction reorganised out is sent again.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -44,6 +48,8 @@ runs the learner: trains on local data each round and publishes through IPFS and
   --local-epochs N     epochs per round (overrides local_epochs)
   --batch-size N       examples per step (overrides batch_size)
   --rounds N           stop once the global model of round N is published (default: never)
+  --confirmations N    blocks on top of a block before acting on it (overrides
+                       confirmations, FL_CONFIRMATIONS; default 0)
 
 The signing key comes from the keystore (password from ETH_PASSWORD or the password file)
 or, for development only, from ETH_PRIVATE_KEY; never from a flag.
@@ -89,6 +95,7 @@ struct FileConfig {
     train_limit: Option<usize>,
     test_limit: Option<usize>,
     poll_seconds: Option<f64>,
+    confirmations: Option<u64>,
     shard: Option<ShardConfig>,
 }
 
@@ -125,6 +132,9 @@ pub struct LearnerConfig {
     pub test_limit: Option<usize>,
     /// Longest pause between two polls of the chain.
     pub max_poll: Duration,
+    /// Blocks on top of a transaction's or an event's block before the learner acts on it
+    /// (0 on a development chain that never reorganises).
+    pub confirmations: u64,
     /// Demonstration sharding of a data set every board holds.
     pub shard: Option<ShardConfig>,
 }
@@ -164,6 +174,7 @@ impl LearnerConfig {
                 Long("local-epochs") => flags.local_epochs = Some(positive(number(&mut parser, "--local-epochs")?, "--local-epochs")?),
                 Long("batch-size") => flags.batch_size = Some(positive(number(&mut parser, "--batch-size")?, "--batch-size")?),
                 Long("rounds") => flags.rounds = Some(number(&mut parser, "--rounds")?),
+                Long("confirmations") => flags.confirmations = Some(number(&mut parser, "--confirmations")?),
                 Short('h') | Long("help") => {
                     print!("{USAGE}");
                     return Ok(None);
@@ -185,6 +196,7 @@ impl LearnerConfig {
             ipfs_api: env("FL_IPFS_API"),
             data_dir: env("FL_DATA_DIR").map(PathBuf::from),
             state_dir: env("FL_STATE_DIR").map(PathBuf::from),
+            confirmations: parse_env("FL_CONFIRMATIONS")?,
             ..FileConfig::default()
         };
         let where_ = config_path.as_ref().map(|p| format!(" (in {})", p.display())).unwrap_or_default();
@@ -211,6 +223,12 @@ impl LearnerConfig {
         if !(poll > 0.0 && poll <= 3600.0) {
             bail!("poll_seconds{where_} must be between 0 and 3600, got {poll}");
         }
+        let confirmations = match (flags.confirmations, from_env.confirmations, file.confirmations) {
+            (Some(n), _, _) => fl_contracts::check_confirmations(n).context("--confirmations")?,
+            (None, Some(n), _) => fl_contracts::check_confirmations(n).context("environment variable FL_CONFIRMATIONS")?,
+            (None, None, Some(n)) => fl_contracts::check_confirmations(n).with_context(|| format!("confirmations{where_}"))?,
+            (None, None, None) => 0,
+        };
         if let Some(shard) = &file.shard {
             if shard.count == 0 || shard.index >= shard.count {
                 bail!("[shard]{where_}: index {} must be less than count {}", shard.index, shard.count);
@@ -233,6 +251,7 @@ impl LearnerConfig {
             train_limit: file.train_limit,
             test_limit: file.test_limit,
             max_poll: Duration::from_secs_f64(poll),
+            confirmations,
             shard: file.shard,
         }))
     }
@@ -364,24 +383,25 @@ pub fn run(config: &LearnerConfig) -> Result<()> {
     let state = StateDir::open(&config.state_dir)?;
     let signer = Signer::from_source(&config.key)?;
     let rpc = Rpc::new(&config.rpc_url)?;
-    let client = Client::new(rpc, signer, config.chain_id)?;
+    let client = Client::new(rpc, signer, config.chain_id)?.with_confirmations(config.confirmations);
     let registry = Registry::at(&client, config.registry);
     let ipfs = fl_ipfs::Client::new(&config.ipfs_api);
     log(&format!(
-        "learner {} ({:?}) on chain {} registry {:?}, IPFS {}, {} training / {} test images",
+        "learner {} ({:?}) on chain {} registry {:?} ({} confirmations), IPFS {}, {} training / {} test images",
         config.node_id,
         client.address(),
         client.chain_id(),
         config.registry,
+        config.confirmations,
         config.ipfs_api,
         train_set.len(),
         test_set.len()
     ));
     wait_until_registered(&registry, config)?;
 
-    // Events are followed from the block where we start; anything older is already
-    // reflected in the contract's current round.
-    let mut cursor = client.rpc().block_number()?;
+    // Events are followed from the (confirmed) block where we start; anything older is
+    // already reflected in the contract's current round, read at that block or later.
+    let mut cursor = client.confirmed_head()?;
     // A board on flaky Wi-Fi loses its node now and then: such failures are retried
     // (everything needed to resume is on chain or in the state folder); any other error
     // ends the run with its cause.
@@ -405,14 +425,14 @@ enum Flow {
     Done,
 }
 
-/// True if `err` comes from a node (chain or IPFS) that did not answer, or not in time: a
-/// later attempt may succeed. Reverts, refused or malformed replies and local errors are
-/// not transient.
+/// True if `err` comes from a node (chain or IPFS) that did not answer, or not in time, or
+/// from a transaction the chain dropped: a later attempt may succeed. Reverts, refused or
+/// malformed replies and local errors are not transient.
 pub fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<fl_contracts::Error>(),
-            Some(fl_contracts::Error::Transport { .. } | fl_contracts::Error::Timeout { .. })
+            Some(fl_contracts::Error::Transport { .. } | fl_contracts::Error::Timeout { .. } | fl_contracts::Error::Dropped { .. })
         ) || matches!(
             cause.downcast_ref::<fl_ipfs::Error>(),
             Some(fl_ipfs::Error::Unreachable { .. } | fl_ipfs::Error::Timeout { .. })
@@ -512,24 +532,37 @@ fn submit_round(
     let upload_seconds = started.elapsed().as_secs_f64();
 
     let client = registry.client();
-    let pending = state.pending();
-    let receipt = match pending.tx.filter(|_| pending.round == round) {
-        Some(hash) => {
-            log(&format!("round {round}: waiting for the registering transaction {hash:?} sent before a restart"));
-            match wait_receipt(client, hash)? {
-                Some(receipt) => receipt,
-                // Dropped by the node: send again (the contract refuses a second update anyway).
-                None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
+    let mut drops = 0;
+    let receipt = loop {
+        let pending = state.pending();
+        let hash = match pending.tx.filter(|_| pending.round == round) {
+            Some(hash) => {
+                log(&format!("round {round}: waiting for the registering transaction {hash:?} sent before a restart"));
+                hash
+            }
+            None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
+        };
+        match client.wait_receipt("setLocalWeight", hash)? {
+            Some(receipt) => break receipt,
+            // Dropped by the node, or reorganised out and not back in its pool: nothing of
+            // it is on chain, so send again (the contract refuses a second update anyway).
+            None => {
+                drops += 1;
+                if drops >= MAX_DROPS {
+                    bail!("round {round}: the registering transaction was dropped {drops} times (last {hash:?}); giving up");
+                }
+                log(&format!("round {round}: the registering transaction {hash:?} was dropped or reorganised out; sending it again"));
+                state.set_pending(&PendingState::default())?;
             }
         }
-        None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
     };
     state.set_pending(&PendingState::default())?;
     if receipt.status != Some(1u64.into()) {
         // Reverted: most likely a duplicate after a restart; the chain says which.
         let me = registry.local_update(config.node_id)?;
         if me.latest.as_ref().is_none_or(|u| u.round != round) {
-            bail!("round {round}: the registering transaction {:?} reverted", receipt.transaction_hash);
+            return Err(anyhow::Error::from(client.explain_failure("setLocalWeight", &receipt)))
+                .with_context(|| format!("round {round}: the registering transaction {:?} reverted", receipt.transaction_hash));
         }
     }
     println!(
@@ -545,6 +578,12 @@ fn submit_round(
     Ok(())
 }
 
+/// How many times a round's registering transaction may be dropped before the learner
+/// stops: a chain that keeps dropping it needs an operator, not more of the same.
+const MAX_DROPS: u32 = 5;
+
+/// Sends the round's `setLocalWeight` and records its hash in the state folder before
+/// anything waits for it.
 fn send_local(
     config: &LearnerConfig,
     registry: &Registry,
@@ -553,27 +592,12 @@ fn send_local(
     cid: &str,
     digest: [u8; 32],
     samples: u64,
-) -> Result<fl_contracts::TransactionReceipt> {
+) -> Result<H256> {
     let client = registry.client();
     let data = Registry::set_local_weight_calldata(config.node_id, round, cid, digest, samples)?;
     let pending = client.send("setLocalWeight", Some(registry.address()), data)?;
     state.set_pending(&PendingState { round, tx: Some(pending.hash) })?;
-    Ok(client.wait("setLocalWeight", pending)?)
-}
-
-/// The receipt of `hash`, or `None` if the node no longer knows the transaction.
-fn wait_receipt(client: &Client, hash: H256) -> Result<Option<fl_contracts::TransactionReceipt>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(receipt) = client.rpc().transaction_receipt(hash)? {
-            return Ok(Some(receipt));
-        }
-        let known: Option<serde_json::Value> = client.rpc().request("eth_getTransactionByHash", serde_json::json!([hash]))?;
-        if known.is_none() || Instant::now() > deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    Ok(pending.hash)
 }
 
 /// Waits until this learner's node id is bound on the registry (boards may boot before the
@@ -600,12 +624,13 @@ fn wait_until_registered(registry: &Registry, config: &LearnerConfig) -> Result<
 }
 
 /// Follows `GlobalWeightSet` events from block `from` until one of round `round` or later
-/// appears; returns the block to continue from. Each poll reads a bounded block range.
+/// appears; returns the block to continue from. Each poll reads a bounded block range, up
+/// to the confirmed head only.
 fn wait_for_global(registry: &Registry, round: u64, from: u64, max_poll: Duration) -> Result<u64> {
     let mut backoff = Backoff::new(max_poll);
     let mut from = from;
     loop {
-        let latest = registry.client().rpc().block_number()?;
+        let latest = registry.client().confirmed_head()?;
         if latest >= from {
             let published = registry.global_updates(from, latest)?;
             from = latest + 1;
@@ -691,6 +716,35 @@ seed = 9
     }
 
     #[test]
+    fn confirmations_come_from_the_file_or_the_flag_and_bad_values_are_refused() {
+        let dir = temp_dir("confirmations");
+        let path = dir.join("agent.toml");
+        let path_arg = path.to_str().unwrap();
+        std::fs::write(&path, CONFIG).unwrap();
+        assert_eq!(LearnerConfig::parse(args(&["--config", path_arg])).unwrap().unwrap().confirmations, 0, "default");
+        std::fs::write(&path, format!("confirmations = 3\n{CONFIG}")).unwrap();
+        assert_eq!(LearnerConfig::parse(args(&["--config", path_arg])).unwrap().unwrap().confirmations, 3);
+        let flag = LearnerConfig::parse(args(&["--config", path_arg, "--confirmations", "12"])).unwrap().unwrap();
+        assert_eq!(flag.confirmations, 12, "the flag overrides the file");
+
+        for (text, expected) in [
+            ("confirmations = 65\n", "65 confirmations is more than 64"),
+            ("confirmations = -1\n", "invalid value"),
+            ("confirmations = \"two\"\n", "invalid type"),
+        ] {
+            std::fs::write(&path, format!("{text}{CONFIG}")).unwrap();
+            let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg])).unwrap_err());
+            assert!(message.contains(expected) && message.contains(path_arg), "{message}");
+        }
+        std::fs::write(&path, CONFIG).unwrap();
+        let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg, "--confirmations", "x"])).unwrap_err());
+        assert!(message.contains("--confirmations: \"x\" is not valid"), "{message}");
+        let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg, "--confirmations", "100"])).unwrap_err());
+        assert!(message.starts_with("--confirmations: 100 confirmations is more than 64"), "{message}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn only_unanswered_requests_are_retried() {
         let transport = fl_contracts::Error::Transport { url: "http://127.0.0.1:1".into(), method: "eth_blockNumber".into(), detail: "refused".into() };
         assert!(is_transient(&anyhow::Error::from(transport).context("waiting for round 2")));
@@ -701,6 +755,8 @@ seed = 9
         let tampered = fl_ipfs::Error::DigestMismatch { api: "a".into(), cid: "b".into(), expected: "c".into(), actual: "d".into() };
         assert!(!is_transient(&anyhow::Error::from(tampered)));
         assert!(!is_transient(&anyhow::anyhow!("training diverged")));
+        let dropped = fl_contracts::Error::Dropped { what: "setGlobalWeight".into(), hash: H256::repeat_byte(1) };
+        assert!(is_transient(&anyhow::Error::from(dropped).context("publishing the global model of round 1")));
     }
 
     #[test]
