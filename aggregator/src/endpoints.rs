@@ -1,6 +1,7 @@
 //! The flags every networked aggregator command shares: the JSON-RPC node, the registry,
-//! the signing key and the IPFS API, with Foundry's flag names and environment fallbacks
-//! (`ETH_RPC_URL`, `FL_REGISTRY`, `ETH_KEYSTORE`, `FL_IPFS_API`).
+//! the signing key, the IPFS API and the confirmations to wait for, with Foundry's flag
+//! names and environment fallbacks (`ETH_RPC_URL`, `FL_REGISTRY`, `ETH_KEYSTORE`,
+//! `FL_IPFS_API`, `FL_CONFIRMATIONS`).
 
 use std::path::PathBuf;
 
@@ -16,6 +17,8 @@ pub const HELP: &str = "\
                          $ETH_PASSWORD or --password-file; else $ETH_PRIVATE_KEY (development)
   --password-file FILE   file holding the keystore password
   --ipfs-api URL         IPFS RPC API (default $FL_IPFS_API, else http://127.0.0.1:5001)
+  --confirmations N      blocks on top of a transaction's or an event's block before acting
+                         on it, for chains that reorganise (default $FL_CONFIRMATIONS, else 0)
 ";
 
 /// Where the chain, the registry, the key and IPFS are.
@@ -26,6 +29,8 @@ pub struct Endpoints {
     pub registry: Option<Address>,
     pub key: KeySource,
     pub ipfs_api: String,
+    /// See `fl_contracts::finality`; 0 on a development chain.
+    pub confirmations: u64,
 }
 
 /// The flags as given, before the environment fills the gaps.
@@ -36,12 +41,16 @@ pub struct EndpointFlags {
     registry: Option<String>,
     key: KeySource,
     ipfs_api: Option<String>,
+    confirmations: Option<u64>,
 }
 
 impl EndpointFlags {
     /// True for the long flags handled here.
     pub fn handles(flag: &str) -> bool {
-        matches!(flag, "rpc-url" | "chain-id" | "registry" | "keystore" | "password-file" | "ipfs-api" | "private-key" | "password")
+        matches!(
+            flag,
+            "rpc-url" | "chain-id" | "registry" | "keystore" | "password-file" | "ipfs-api" | "confirmations" | "private-key" | "password"
+        )
     }
 
     /// Reads the value of `--flag` (one of [`EndpointFlags::handles`]).
@@ -57,6 +66,11 @@ impl EndpointFlags {
             "keystore" => self.key.keystore = Some(PathBuf::from(parser.value()?)),
             "password-file" => self.key.password_file = Some(PathBuf::from(parser.value()?)),
             "ipfs-api" => self.ipfs_api = Some(parser.value()?.string()?),
+            "confirmations" => {
+                let text = parser.value()?.string()?;
+                let n = text.parse().with_context(|| format!("--confirmations {text:?}: expected a whole number"))?;
+                self.confirmations = Some(fl_contracts::check_confirmations(n).context("--confirmations")?);
+            }
             _ => bail!(
                 "--{flag}: keys and passwords are never taken from the command line; use ETH_PRIVATE_KEY, ETH_PASSWORD or --password-file"
             ),
@@ -71,12 +85,21 @@ impl EndpointFlags {
             Some(text) => Some(parse_address(&text, "registry")?),
             None => None,
         };
+        let confirmations = match (self.confirmations, env("FL_CONFIRMATIONS")) {
+            (Some(n), _) => n,
+            (None, Some(text)) => {
+                let n = text.parse().with_context(|| format!("environment variable FL_CONFIRMATIONS={text:?}: expected a whole number"))?;
+                fl_contracts::check_confirmations(n).context("environment variable FL_CONFIRMATIONS")?
+            }
+            (None, None) => 0,
+        };
         Ok(Endpoints {
             rpc_url: self.rpc_url.or_else(|| env("ETH_RPC_URL")).unwrap_or_else(|| "http://127.0.0.1:8545".into()),
             chain_id: self.chain_id,
             registry,
             key: self.key,
             ipfs_api: self.ipfs_api.or_else(|| env("FL_IPFS_API")).unwrap_or_else(|| "http://127.0.0.1:5001".into()),
+            confirmations,
         })
     }
 }
@@ -90,12 +113,12 @@ impl Endpoints {
     /// A client that signs with the configured key.
     pub fn signing_client(&self) -> Result<Client> {
         let signer = Signer::from_source(&self.key)?;
-        Ok(Client::new(Rpc::new(&self.rpc_url)?, signer, self.chain_id)?)
+        Ok(Client::new(Rpc::new(&self.rpc_url)?, signer, self.chain_id)?.with_confirmations(self.confirmations))
     }
 
     /// A client for views and logs only.
     pub fn read_only_client(&self) -> Result<Client> {
-        Ok(Client::read_only(Rpc::new(&self.rpc_url)?, self.chain_id)?)
+        Ok(Client::read_only(Rpc::new(&self.rpc_url)?, self.chain_id)?.with_confirmations(self.confirmations))
     }
 
     /// The IPFS client.

@@ -26,6 +26,8 @@ flags:
                          $ETH_PASSWORD or --password-file; else $ETH_PRIVATE_KEY (development)
   --password-file FILE   file holding the keystore password
   --chain-id N           refuse to run unless the node is on this chain
+  --confirmations N      wait for N blocks on top of each transaction, read N blocks below
+                         the head (default $FL_CONFIRMATIONS, else 0)
 
 Keys are never taken from the command line.
 ";
@@ -48,6 +50,8 @@ pub struct OperatorConfig {
     pub registry: Option<Address>,
     pub key: KeySource,
     pub chain_id: Option<u64>,
+    /// See `fl_contracts::finality`.
+    pub confirmations: u64,
 }
 
 /// Parses the flags of an operator command and runs it.
@@ -74,7 +78,14 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
     if action != Action::Deploy && endpoints.registry.is_none() {
         bail!("{command}: no registry address: pass --registry ADDRESS or set FL_REGISTRY");
     }
-    run(&OperatorConfig { action, rpc_url: endpoints.rpc_url, registry: endpoints.registry, key: endpoints.key, chain_id: endpoints.chain_id })
+    run(&OperatorConfig {
+        action,
+        rpc_url: endpoints.rpc_url,
+        registry: endpoints.registry,
+        key: endpoints.key,
+        chain_id: endpoints.chain_id,
+        confirmations: endpoints.confirmations,
+    })
 }
 
 fn parse_action(command: &str, positional: &[String]) -> Result<Action> {
@@ -105,6 +116,7 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
     } else {
         Client::read_only(rpc, config.chain_id)?
     };
+    let client = client.with_confirmations(config.confirmations);
     if config.action == Action::Deploy {
         let (registry, receipt) = Registry::deploy(&client)?;
         eprintln!(

@@ -96,7 +96,7 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         None => registry.deployed_at()?,
     };
     let ipfs = endpoints.ipfs();
-    let latest = client.rpc().block_number()?;
+    let latest = client.confirmed_head()?;
     // One pass over the events, keeping only what this round needs.
     let mut global: Option<GlobalUpdate> = None;
     let mut locals: BTreeMap<u64, LocalUpdate> = BTreeMap::new();
