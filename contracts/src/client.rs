@@ -249,13 +249,15 @@ impl Client {
     /// growing that long while it waits for confirmations.
     pub fn wait_receipt(&self, what: &str, hash: H256) -> Result<Option<TransactionReceipt>> {
         let rule = WaitRule { confirmations: self.confirmations, timeout: self.receipt_timeout, poll: self.poll_interval };
-        let receipt = finality::wait_receipt(&self.rpc, what, hash, &rule)?;
-        if receipt.is_none() {
-            // Its nonce is free again: the next transaction must take it, not leave a gap
-            // that would hold every later one back in the pool.
+        let receipt = finality::wait_receipt(&self.rpc, what, hash, &rule);
+        if !matches!(receipt, Ok(Some(_))) {
+            // Dropped, its nonce is free again; timed out, it may have been dropped unseen
+            // (a reorganisation deeper than the confirmations). Either way the next
+            // transaction asks the node, rather than leave a gap that would hold it and
+            // every later one back in the pool forever.
             *self.next_nonce.lock().map_err(|_| Error::Invalid("nonce manager lock poisoned".into()))? = None;
         }
-        Ok(receipt)
+        receipt
     }
 
     /// [`Client::send`] then [`Client::wait`].
