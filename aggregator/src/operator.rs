@@ -65,7 +65,7 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
         }
     }
     let action = parse_action(command, &positional)?;
-    let endpoints = endpoints.or(EndpointSettings::from_env()).finish(Missing::Loopback, "")?;
+    let endpoints = endpoints.or(EndpointSettings::from_env()?).finish(Missing::Loopback, "")?;
     if action != Action::Deploy && endpoints.registry.is_none() {
         bail!("{command}: no registry address: pass --registry ADDRESS or set FL_REGISTRY");
     }

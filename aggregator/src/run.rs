@@ -9,6 +9,11 @@
 //! every registered learner; `--min-learners K --round-timeout S` lets it close without
 //! the stragglers once S seconds have passed and K updates are in (the paper's "global
 //! updates that do not wait for every learner").
+//!
+//! With `--confirmations N` (chains that reorganise) it reads events and state only from
+//! blocks with N blocks on top and waits for N confirmations of each publication; one
+//! reorganised out comes back as a dropped transaction, a transient error, and the round
+//! is aggregated and published again.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -102,7 +107,7 @@ impl RunConfig {
         if min_learners.is_some() != round_timeout.is_some() {
             bail!("--min-learners and --round-timeout go together: a round closes early only after the timeout, with at least K updates");
         }
-        let endpoints = endpoints.or(EndpointSettings::from_env()).finish(Missing::Loopback, "")?;
+        let endpoints = endpoints.or(EndpointSettings::from_env()?).finish(Missing::Loopback, "")?;
         endpoints.registry()?;
         Ok(Some(RunConfig {
             endpoints,
@@ -145,10 +150,11 @@ pub fn run(config: &RunConfig) -> Result<()> {
     results.registry = format!("{:?}", registry.address());
     results.chain_id = client.chain_id();
     log(&format!(
-        "aggregating on chain {} registry {:?} as {:?}, IPFS {}, {} test images",
+        "aggregating on chain {} registry {:?} as {:?} ({} confirmations), IPFS {}, {} test images",
         client.chain_id(),
         registry.address(),
         client.address(),
+        client.confirmations(),
         config.endpoints.ipfs_api,
         test_set.len()
     ));
@@ -296,7 +302,9 @@ impl Cursor {
             self.round = round;
             self.seen.retain(|_, (u, _)| u.round == round);
         }
-        let latest = registry.client().rpc().block_number()?;
+        // Only blocks with the client's confirmations: an update read from a block that a
+        // reorganisation can still remove could end up in a global model it is not under.
+        let latest = registry.client().confirmed_head()?;
         if latest < self.next_block {
             return Ok(());
         }

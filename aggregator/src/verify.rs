@@ -69,7 +69,7 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     if round == 0 {
         bail!("--round 0 is the seeded initial model: it has no inputs to recompute it from");
     }
-    let endpoints = endpoints.or(EndpointSettings::from_env()).finish(Missing::Loopback, "")?;
+    let endpoints = endpoints.or(EndpointSettings::from_env()?).finish(Missing::Loopback, "")?;
     let verdict = verify(&endpoints, round, from_block)?;
     println!(
         "round {}: inputs {:?}, commitment {}, published sha256 {}, recomputed sha256 {}",
@@ -95,7 +95,7 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         None => registry.deployed_at()?,
     };
     let ipfs = endpoints.ipfs();
-    let latest = client.rpc().block_number()?;
+    let latest = client.confirmed_head()?;
     // One pass over the events, keeping only what this round needs.
     let mut global: Option<GlobalUpdate> = None;
     let mut locals: BTreeMap<u64, LocalUpdate> = BTreeMap::new();

@@ -1,9 +1,11 @@
 //! Signed transactions over [`Rpc`]: fees (EIP-1559 when the node reports a base fee, legacy
 //! otherwise), gas estimates, a nonce manager for several transactions in flight, receipt
-//! waits with a deadline, and reverts decoded into the contract's custom errors.
+//! waits with a deadline and a number of confirmations (the rule is in [`crate::finality`]),
+//! views at the confirmed head, and reverts decoded into the contract's custom errors.
 
 use crate::abi::decode_revert;
 use crate::error::{Error, Result};
+use crate::finality::{self, WaitRule};
 use crate::rpc::Rpc;
 use crate::signer::Signer;
 use ethers_core::types::transaction::eip2718::TypedTransaction;
@@ -11,7 +13,7 @@ use ethers_core::types::{
     Address, BlockNumber, Bytes, Eip1559TransactionRequest, NameOrAddress, TransactionReceipt, TransactionRequest, H256, U256,
 };
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long [`Client::wait`] waits for a receipt unless told otherwise.
 pub const DEFAULT_RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -44,6 +46,9 @@ pub struct Client {
     next_nonce: Mutex<Option<U256>>,
     receipt_timeout: Duration,
     poll_interval: Duration,
+    /// Blocks on top of a transaction's before it counts, and how far below the head views
+    /// and event reads stay (see [`crate::finality`]).
+    confirmations: u64,
 }
 
 impl Client {
@@ -83,12 +88,21 @@ impl Client {
             next_nonce: Mutex::new(None),
             receipt_timeout: DEFAULT_RECEIPT_TIMEOUT,
             poll_interval: Duration::from_millis(100),
+            confirmations: 0,
         })
     }
 
     /// Changes how long [`Client::wait`] waits for a receipt.
     pub fn with_receipt_timeout(mut self, timeout: Duration) -> Client {
         self.receipt_timeout = timeout;
+        self
+    }
+
+    /// Waits for `n` confirmations of every transaction and reads views and events `n`
+    /// blocks below the head (0, the default, suits development chains that never
+    /// reorganise). Callers check `n` with [`crate::check_confirmations`] first.
+    pub fn with_confirmations(mut self, n: u64) -> Client {
+        self.confirmations = n;
         self
     }
 
@@ -111,6 +125,16 @@ impl Client {
     pub fn fee_mode(&self) -> FeeMode {
         self.fee_mode
     }
+    /// The confirmations this client waits for (see [`Client::with_confirmations`]).
+    pub fn confirmations(&self) -> u64 {
+        self.confirmations
+    }
+
+    /// The newest block with the client's confirmations on top of it: where event reads
+    /// that something acts on must stop (the head itself with 0 confirmations).
+    pub fn confirmed_head(&self) -> Result<u64> {
+        finality::confirmed_head(&self.rpc, self.confirmations)
+    }
 
     /// An unsigned transaction from this account (no nonce, gas or fees yet).
     fn request(&self, to: Option<Address>, data: Bytes) -> TypedTransaction {
@@ -132,10 +156,15 @@ impl Client {
         }
     }
 
-    /// `eth_call` from this account; a revert becomes [`Error::Revert`] named `what`.
+    /// `eth_call` from this account on the state of the confirmed head (the latest block
+    /// with 0 confirmations); a revert becomes [`Error::Revert`] named `what`.
     pub fn call(&self, what: &str, to: Address, data: Bytes) -> Result<Bytes> {
         let tx = self.request(Some(to), data);
-        self.rpc.call(&tx, BlockNumber::Latest).map_err(|e| revert_or(what, e))
+        let block = match self.confirmations {
+            0 => BlockNumber::Latest,
+            _ => BlockNumber::Number(self.confirmed_head()?.into()),
+        };
+        self.rpc.call(&tx, block).map_err(|e| revert_or(what, e))
     }
 
     /// Signs and sends a call (or a deployment when `to` is `None`) without waiting for it to
@@ -201,22 +230,34 @@ impl Client {
         Ok(())
     }
 
-    /// Waits until `tx` is mined (or the receipt timeout passes); a reverted transaction is
-    /// replayed with `eth_call` at its block to report the contract's error.
+    /// Waits until `tx` is mined with the client's confirmations (or the receipt timeout
+    /// passes); a reverted transaction is replayed with `eth_call` at its block to report
+    /// the contract's error, and one the node no longer knows is [`Error::Dropped`].
     pub fn wait(&self, what: &str, tx: PendingTx) -> Result<TransactionReceipt> {
-        let deadline = Instant::now() + self.receipt_timeout;
-        loop {
-            if let Some(receipt) = self.rpc.transaction_receipt(tx.hash)? {
-                if receipt.status.map(|s| s.as_u64()) == Some(1) {
-                    return Ok(receipt);
-                }
-                return Err(self.explain_failure(what, tx.hash, &receipt));
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout { what: format!("{what}: waiting for receipt of {:?}", tx.hash), after: self.receipt_timeout });
-            }
-            std::thread::sleep(self.poll_interval);
+        match self.wait_receipt(what, tx.hash)? {
+            Some(receipt) if receipt.status.map(|s| s.as_u64()) == Some(1) => Ok(receipt),
+            Some(receipt) => Err(self.explain_failure(what, &receipt)),
+            None => Err(Error::Dropped { what: what.to_string(), hash: tx.hash }),
         }
+    }
+
+    /// The receipt of `hash`, whatever its status, once it has the client's confirmations
+    /// (the rule is in [`crate::finality`]); `None` if the node no longer knows the
+    /// transaction (dropped, or reorganised out and not back in its pool), so the caller
+    /// sends again. Works for a hash saved before a restart too. Fails with
+    /// [`Error::Timeout`] if it is not mined within the receipt timeout, or the chain stops
+    /// growing that long while it waits for confirmations.
+    pub fn wait_receipt(&self, what: &str, hash: H256) -> Result<Option<TransactionReceipt>> {
+        let rule = WaitRule { confirmations: self.confirmations, timeout: self.receipt_timeout, poll: self.poll_interval };
+        let receipt = finality::wait_receipt(&self.rpc, what, hash, &rule);
+        if !matches!(receipt, Ok(Some(_))) {
+            // Dropped, its nonce is free again; timed out, it may have been dropped unseen
+            // (a reorganisation deeper than the confirmations). Either way the next
+            // transaction asks the node, rather than leave a gap that would hold it and
+            // every later one back in the pool forever.
+            *self.next_nonce.lock().map_err(|_| Error::Invalid("nonce manager lock poisoned".into()))? = None;
+        }
+        receipt
     }
 
     /// [`Client::send`] then [`Client::wait`].
@@ -225,11 +266,13 @@ impl Client {
         self.wait(what, pending)
     }
 
-    fn explain_failure(&self, what: &str, hash: H256, receipt: &TransactionReceipt) -> Error {
+    /// Why a mined transaction failed (status 0): the contract's error when replaying it
+    /// names one, else its hash and gas used.
+    pub fn explain_failure(&self, what: &str, receipt: &TransactionReceipt) -> Error {
+        let hash = receipt.transaction_hash;
         let failed = || Error::Invalid(format!("{what}: transaction {hash:?} failed (status 0, gas used {:?})", receipt.gas_used));
         let (Some(to), Some(block)) = (receipt.to, receipt.block_number) else { return failed() };
-        let sent = self.rpc.request::<Option<ethers_core::types::Transaction>>("eth_getTransactionByHash", serde_json::json!([hash]));
-        let Ok(Some(sent)) = sent else { return failed() };
+        let Ok(Some(sent)) = self.rpc.transaction_by_hash(hash) else { return failed() };
         // Replayed from the same sender on the state after its block: a transaction fails
         // mostly because an earlier one (often in the same block) changed the state, and
         // that state names the custom error.

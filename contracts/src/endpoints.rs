@@ -1,7 +1,8 @@
 //! Where the chain, the registry, the signing key and IPFS are, read the same way by the
 //! learner and the aggregator: Foundry's flag names and environment variables
 //! (`--rpc-url` / `ETH_RPC_URL`, `--keystore` / `ETH_KEYSTORE`, ...) plus `FL_REGISTRY` and
-//! `FL_IPFS_API`, one layer overriding the next (flags, then the environment, then a
+//! `FL_IPFS_API`, and the confirmations to wait for (`--confirmations` / `FL_CONFIRMATIONS`,
+//! see [`crate::finality`]), one layer overriding the next (flags, then the environment, then a
 //! config file), and one validation of what results.
 
 use std::ffi::OsString;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
+use crate::finality::check_confirmations;
 use crate::{Address, Client, KeySource, Rpc, Signer};
 
 /// Help for the chain flags handled here, for every command that takes them.
@@ -19,6 +21,8 @@ pub const CHAIN_HELP: &str = "\
   --keystore FILE        encrypted JSON keystore (default $ETH_KEYSTORE); password from
                          $ETH_PASSWORD or --password-file; else $ETH_PRIVATE_KEY (development)
   --password-file FILE   file holding the keystore password
+  --confirmations N      wait for N blocks on top of each transaction, read N blocks below
+                         the head, for chains that reorganise (default $FL_CONFIRMATIONS, else 0)
 ";
 
 /// Help for the IPFS flag handled here.
@@ -34,6 +38,9 @@ pub struct Endpoints {
     pub registry: Option<Address>,
     pub key: KeySource,
     pub ipfs_api: String,
+    /// Blocks on top of a transaction's or an event's block before acting on it (see
+    /// [`crate::finality`]); 0 on a development chain that never reorganises.
+    pub confirmations: u64,
 }
 
 /// Endpoint settings from one source (flags, the environment or a config file), as given.
@@ -45,6 +52,7 @@ pub struct EndpointSettings {
     pub keystore: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
     pub ipfs_api: Option<String>,
+    pub confirmations: Option<u64>,
 }
 
 /// What to do when no source gives an endpoint.
@@ -66,7 +74,7 @@ impl EndpointSettings {
     /// True for the long flags (without `--`) that [`EndpointSettings::set_flag`] takes,
     /// including the refused `private-key` and `password`.
     pub fn handles(flag: &str) -> bool {
-        matches!(flag, "rpc-url" | "chain-id" | "registry" | "keystore" | "password-file" | "ipfs-api" | "private-key" | "password")
+        matches!(flag, "rpc-url" | "chain-id" | "registry" | "keystore" | "password-file" | "ipfs-api" | "confirmations" | "private-key" | "password")
     }
 
     /// Sets `--flag VALUE` (one of [`EndpointSettings::handles`]). Keys and passwords are
@@ -83,6 +91,11 @@ impl EndpointSettings {
             "keystore" => self.keystore = Some(PathBuf::from(value)),
             "password-file" => self.password_file = Some(PathBuf::from(value)),
             "ipfs-api" => self.ipfs_api = Some(text(value)?),
+            "confirmations" => {
+                let value = text(value)?;
+                let n = value.parse().with_context(|| format!("--confirmations {value:?}: expected a whole number"))?;
+                self.confirmations = Some(check_confirmations(n).context("--confirmations")?);
+            }
             _ => bail!(
                 "--{flag}: keys and passwords are never taken from the command line; use ETH_PRIVATE_KEY, ETH_PASSWORD or --password-file"
             ),
@@ -90,12 +103,25 @@ impl EndpointSettings {
         Ok(())
     }
 
-    /// The settings the environment gives: `ETH_RPC_URL`, `FL_REGISTRY`, `FL_IPFS_API`
-    /// (empty counts as unset). The key's variables (`ETH_KEYSTORE`, `ETH_PASSWORD`,
-    /// `ETH_PRIVATE_KEY`) are read when the key is loaded ([`Signer::from_source`]).
-    pub fn from_env() -> EndpointSettings {
+    /// The settings the environment gives: `ETH_RPC_URL`, `FL_REGISTRY`, `FL_IPFS_API`,
+    /// `FL_CONFIRMATIONS` (empty counts as unset). The key's variables (`ETH_KEYSTORE`,
+    /// `ETH_PASSWORD`, `ETH_PRIVATE_KEY`) are read when the key is loaded ([`Signer::from_source`]).
+    pub fn from_env() -> Result<EndpointSettings> {
         let env = |name: &str| non_empty(std::env::var(name).ok());
-        EndpointSettings { rpc_url: env("ETH_RPC_URL"), registry: env("FL_REGISTRY"), ipfs_api: env("FL_IPFS_API"), ..EndpointSettings::default() }
+        let confirmations = match env("FL_CONFIRMATIONS") {
+            Some(text) => {
+                let n = text.parse().with_context(|| format!("environment variable FL_CONFIRMATIONS={text:?}: expected a whole number"))?;
+                Some(check_confirmations(n).context("environment variable FL_CONFIRMATIONS")?)
+            }
+            None => None,
+        };
+        Ok(EndpointSettings {
+            rpc_url: env("ETH_RPC_URL"),
+            registry: env("FL_REGISTRY"),
+            ipfs_api: env("FL_IPFS_API"),
+            confirmations,
+            ..EndpointSettings::default()
+        })
     }
 
     /// These settings, with the gaps filled from `lower` (a source of lower precedence).
@@ -107,6 +133,7 @@ impl EndpointSettings {
             keystore: self.keystore.or(lower.keystore),
             password_file: self.password_file.or(lower.password_file),
             ipfs_api: non_empty(self.ipfs_api).or(non_empty(lower.ipfs_api)),
+            confirmations: self.confirmations.or(lower.confirmations),
         }
     }
 
@@ -128,6 +155,10 @@ impl EndpointSettings {
             registry,
             key: KeySource { keystore: self.keystore, password_file: self.password_file },
             ipfs_api: endpoint(self.ipfs_api, "http://127.0.0.1:5001", "IPFS API URL", "ipfs_api", "FL_IPFS_API", "ipfs-api")?,
+            confirmations: match self.confirmations {
+                Some(n) => check_confirmations(n).with_context(|| format!("confirmations{source}"))?,
+                None => 0,
+            },
         })
     }
 }
@@ -141,12 +172,12 @@ impl Endpoints {
     /// A client that signs with the configured key.
     pub fn signing_client(&self) -> Result<Client> {
         let signer = Signer::from_source(&self.key)?;
-        Ok(Client::new(Rpc::new(&self.rpc_url)?, signer, self.chain_id)?)
+        Ok(Client::new(Rpc::new(&self.rpc_url)?, signer, self.chain_id)?.with_confirmations(self.confirmations))
     }
 
     /// A client for views and logs only.
     pub fn read_only_client(&self) -> Result<Client> {
-        Ok(Client::read_only(Rpc::new(&self.rpc_url)?, self.chain_id)?)
+        Ok(Client::read_only(Rpc::new(&self.rpc_url)?, self.chain_id)?.with_confirmations(self.confirmations))
     }
 
     /// The IPFS client.

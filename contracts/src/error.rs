@@ -1,6 +1,6 @@
 //! The error a caller of the chain client may need to match on: the node answered with an
-//! error, the node could not be reached, a deadline passed, the contract reverted, or the
-//! chain's EVM refused one of the contract's instructions.
+//! error, the node could not be reached, a deadline passed, the contract reverted, the
+//! chain's EVM refused one of the contract's instructions, or a sent transaction was dropped.
 
 use crate::evm::{self, Opcode};
 use std::fmt;
@@ -32,6 +32,10 @@ pub enum Error {
     /// refused opcode bytes when known (empty when the node did not say which); `message`
     /// is the node's own words. Never a revert: the contract did not choose to fail.
     InvalidOpcode { call: String, opcodes: Vec<u8>, message: String },
+    /// A transaction the caller sent is no longer known to the node: dropped from its pool,
+    /// or reorganised out of the chain and not put back. Nothing of it is on chain; send it
+    /// again.
+    Dropped { what: String, hash: ethers_core::types::H256 },
     /// A key could not be loaded (what and where; the key itself is never included).
     Key(String),
     /// Anything else that is wrong with an input or a reply, said in words.
@@ -39,11 +43,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// True if the node could not be reached or did not answer in time: a later attempt
-    /// may succeed. Reverts, the node's own errors, keys and malformed replies would
-    /// only repeat.
+    /// True if the node could not be reached or did not answer in time, or a sent
+    /// transaction was dropped (sending it again may succeed): a later attempt may
+    /// succeed. Reverts, the node's own errors, keys and malformed replies would only repeat.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Transport { .. } | Error::Timeout { .. })
+        matches!(self, Error::Transport { .. } | Error::Timeout { .. } | Error::Dropped { .. })
     }
 
     /// The custom error's name when this is a revert (e.g. `"WrongRound"`).
@@ -66,6 +70,10 @@ impl fmt::Display for Error {
                 write!(f, "{call}: reverted with {name}({})", args.join(", "))
             }
             Error::InvalidOpcode { call, opcodes, message } => write_invalid_opcode(f, call, opcodes, message),
+            Error::Dropped { what, hash } => write!(
+                f,
+                "{what}: transaction {hash:?} is no longer known to the node (dropped from its pool or reorganised out of the chain); it has to be sent again"
+            ),
             Error::Key(msg) | Error::Invalid(msg) => f.write_str(msg),
         }
     }
@@ -158,5 +166,7 @@ mod tests {
         let tampered = fl_ipfs::Error::DigestMismatch { api: "a".into(), cid: "b".into(), expected: "c".into(), actual: "d".into() };
         assert!(!is_transient(&anyhow::Error::from(tampered)));
         assert!(!is_transient(&anyhow::anyhow!("training diverged")));
+        let dropped = Error::Dropped { what: "setGlobalWeight".into(), hash: ethers_core::types::H256::repeat_byte(1) };
+        assert!(is_transient(&anyhow::Error::from(dropped).context("publishing the global model of round 1")));
     }
 }

@@ -2,7 +2,7 @@
 //! typed results for the methods the registry needs, and errors that name the method and URL.
 
 use crate::error::{Error, Result};
-use ethers_core::types::{Address, BlockNumber, Bytes, FeeHistory, Filter, Log, TransactionReceipt, H256, U256, U64};
+use ethers_core::types::{Address, BlockNumber, Bytes, FeeHistory, Filter, Log, Transaction, TransactionReceipt, H256, U256, U64};
 use ethers_core::types::transaction::eip2718::TypedTransaction;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -115,6 +115,23 @@ impl Rpc {
     /// `eth_getTransactionReceipt`; `None` while the transaction is not mined.
     pub fn transaction_receipt(&self, hash: H256) -> Result<Option<TransactionReceipt>> {
         self.request("eth_getTransactionReceipt", json!([hash]))
+    }
+
+    /// `eth_getTransactionByHash`; `None` when the node knows no such transaction (neither
+    /// in a block of its chain nor in its pool).
+    pub fn transaction_by_hash(&self, hash: H256) -> Result<Option<Transaction>> {
+        self.request("eth_getTransactionByHash", json!([hash]))
+    }
+
+    /// The hash of the canonical block at height `number` (`eth_getBlockByNumber`);
+    /// `None` above the head.
+    pub fn block_hash(&self, number: u64) -> Result<Option<H256>> {
+        #[derive(serde::Deserialize)]
+        struct Header {
+            hash: Option<H256>,
+        }
+        let header: Option<Header> = self.request("eth_getBlockByNumber", json!([U64::from(number), false]))?;
+        Ok(header.and_then(|h| h.hash))
     }
 
     /// `eth_call` of `tx` at `block`.

@@ -153,7 +153,7 @@ impl Devnet {
 
 /// Keys and endpoints from the caller's environment must not leak into the processes.
 fn clean_env(command: &mut Command) {
-    for name in ["ETH_KEYSTORE", "ETH_PASSWORD", "ETH_PASSWORD_FILE", "ETH_RPC_URL", "FL_REGISTRY", "FL_IPFS_API", "FL_NODE_ID", "FL_DATA_DIR", "FL_STATE_DIR"] {
+    for name in ["ETH_KEYSTORE", "ETH_PASSWORD", "ETH_PASSWORD_FILE", "ETH_RPC_URL", "FL_REGISTRY", "FL_IPFS_API", "FL_NODE_ID", "FL_DATA_DIR", "FL_STATE_DIR", "FL_CONFIRMATIONS"] {
         command.env_remove(name);
     }
 }

@@ -32,6 +32,8 @@ runs the learner: trains on local data each round and publishes through IPFS and
   --local-epochs N     epochs per round (overrides local_epochs)
   --batch-size N       examples per step (overrides batch_size)
   --rounds N           stop once the global model of round N is published (default: never)
+  --confirmations N    blocks on top of a block before acting on it, for chains that
+                       reorganise (overrides confirmations, FL_CONFIRMATIONS; default 0)
 
 The signing key comes from the keystore (password from ETH_PASSWORD or the password file)
 or, for development only, from ETH_PRIVATE_KEY; never from a flag.
@@ -78,6 +80,7 @@ struct FileConfig {
     train_limit: Option<usize>,
     test_limit: Option<usize>,
     poll_seconds: Option<f64>,
+    confirmations: Option<u64>,
     shard: Option<ShardConfig>,
 }
 
@@ -87,7 +90,8 @@ pub struct LearnerConfig {
     /// Node id registered on the contract for this learner's address.
     pub node_id: u64,
     /// The JSON-RPC endpoint, the chain id it must report (if set), where the signing key
-    /// comes from (the environment is read when it is loaded) and the IPFS RPC API.
+    /// comes from (the environment is read when it is loaded), the IPFS RPC API and the
+    /// confirmations to wait for before acting on a block (see `fl_contracts::finality`).
     pub endpoints: Endpoints,
     /// Registry contract address.
     pub registry: Address,
@@ -175,8 +179,9 @@ impl LearnerConfig {
             keystore: file.keystore,
             password_file: file.password_file,
             ipfs_api: file.ipfs_api,
+            confirmations: file.confirmations,
         };
-        let endpoints = flag_endpoints.or(EndpointSettings::from_env()).or(file_endpoints).finish(Missing::Fail, &where_)?;
+        let endpoints = flag_endpoints.or(EndpointSettings::from_env()?).or(file_endpoints).finish(Missing::Fail, &where_)?;
         let registry = endpoints
             .registry
             .with_context(|| format!("no registry address: set registry{where_}, FL_REGISTRY or --registry"))?;
@@ -274,6 +279,35 @@ seed = 9
         }
         let err = LearnerConfig::parse(args(&["--config", dir.join("missing.toml").to_str().unwrap()])).unwrap_err();
         assert!(format!("{err:#}").contains("missing.toml"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn confirmations_come_from_the_file_or_the_flag_and_bad_values_are_refused() {
+        let dir = temp_dir("confirmations");
+        let path = dir.join("agent.toml");
+        let path_arg = path.to_str().unwrap();
+        std::fs::write(&path, CONFIG).unwrap();
+        assert_eq!(LearnerConfig::parse(args(&["--config", path_arg])).unwrap().unwrap().endpoints.confirmations, 0, "default");
+        std::fs::write(&path, format!("confirmations = 3\n{CONFIG}")).unwrap();
+        assert_eq!(LearnerConfig::parse(args(&["--config", path_arg])).unwrap().unwrap().endpoints.confirmations, 3);
+        let flag = LearnerConfig::parse(args(&["--config", path_arg, "--confirmations", "12"])).unwrap().unwrap();
+        assert_eq!(flag.endpoints.confirmations, 12, "the flag overrides the file");
+
+        for (text, expected) in [
+            ("confirmations = 65\n", "65 confirmations is more than 64"),
+            ("confirmations = -1\n", "invalid value"),
+            ("confirmations = \"two\"\n", "invalid type"),
+        ] {
+            std::fs::write(&path, format!("{text}{CONFIG}")).unwrap();
+            let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg])).unwrap_err());
+            assert!(message.contains(expected) && message.contains(path_arg), "{message}");
+        }
+        std::fs::write(&path, CONFIG).unwrap();
+        let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg, "--confirmations", "x"])).unwrap_err());
+        assert!(message.contains("--confirmations \"x\": expected a whole number"), "{message}");
+        let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg, "--confirmations", "100"])).unwrap_err());
+        assert!(message.starts_with("--confirmations: 100 confirmations is more than 64"), "{message}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,6 +7,10 @@
 //! is saved (atomically) before it is uploaded, and the hash of the registering
 //! transaction is saved before waiting for it, so a learner killed at any point resumes
 //! the round without training again and without registering twice.
+//!
+//! On a chain that can reorganise, `confirmations = N` makes every chain read and every
+//! wait follow `fl_contracts::finality`: the learner acts only on blocks with N blocks on
+//! top, and a registering transaction reorganised out is sent again.
 
 mod config;
 mod state;
@@ -17,7 +21,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_contracts::{is_transient, Address, Client, Registry, H256};
+use fl_contracts::{is_transient, Address, Registry, H256};
 use fl_core::data::{Dataset, Mnist, Split};
 use fl_core::rounds;
 use fl_core::train;
@@ -69,20 +73,21 @@ pub fn run(config: &LearnerConfig) -> Result<()> {
     let registry = Registry::at(&client, config.registry);
     let ipfs = config.endpoints.ipfs();
     log(&format!(
-        "learner {} ({:?}) on chain {} registry {:?}, IPFS {}, {} training / {} test images",
+        "learner {} ({:?}) on chain {} registry {:?} ({} confirmations), IPFS {}, {} training / {} test images",
         config.node_id,
         client.address(),
         client.chain_id(),
         config.registry,
+        config.endpoints.confirmations,
         config.endpoints.ipfs_api,
         train_set.len(),
         test_set.len()
     ));
     wait_until_registered(&registry, config)?;
 
-    // Events are followed from the block where we start; anything older is already
-    // reflected in the contract's current round.
-    let mut cursor = client.rpc().block_number()?;
+    // Events are followed from the (confirmed) block where we start; anything older is
+    // already reflected in the contract's current round, read at that block or later.
+    let mut cursor = client.confirmed_head()?;
     // A board on flaky Wi-Fi loses its node now and then: such failures are retried
     // (everything needed to resume is on chain or in the state folder); any other error
     // ends the run with its cause.
@@ -199,24 +204,37 @@ fn submit_round(
     let upload_seconds = started.elapsed().as_secs_f64();
 
     let client = registry.client();
-    let pending = state.pending();
-    let receipt = match pending.tx.filter(|_| pending.round == round) {
-        Some(hash) => {
-            log(&format!("round {round}: waiting for the registering transaction {hash:?} sent before a restart"));
-            match wait_receipt(client, hash)? {
-                Some(receipt) => receipt,
-                // Dropped by the node: send again (the contract refuses a second update anyway).
-                None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
+    let mut drops = 0;
+    let receipt = loop {
+        let pending = state.pending();
+        let hash = match pending.tx.filter(|_| pending.round == round) {
+            Some(hash) => {
+                log(&format!("round {round}: waiting for the registering transaction {hash:?} sent before a restart"));
+                hash
+            }
+            None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
+        };
+        match client.wait_receipt("setLocalWeight", hash)? {
+            Some(receipt) => break receipt,
+            // Dropped by the node, or reorganised out and not back in its pool: nothing of
+            // it is on chain, so send again (the contract refuses a second update anyway).
+            None => {
+                drops += 1;
+                if drops >= MAX_DROPS {
+                    bail!("round {round}: the registering transaction was dropped {drops} times (last {hash:?}); giving up");
+                }
+                log(&format!("round {round}: the registering transaction {hash:?} was dropped or reorganised out; sending it again"));
+                state.set_pending(&PendingState::default())?;
             }
         }
-        None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
     };
     state.set_pending(&PendingState::default())?;
     if receipt.status != Some(1u64.into()) {
         // Reverted: most likely a duplicate after a restart; the chain says which.
         let me = registry.local_update(config.node_id)?;
         if me.latest.as_ref().is_none_or(|u| u.round != round) {
-            bail!("round {round}: the registering transaction {:?} reverted", receipt.transaction_hash);
+            return Err(anyhow::Error::from(client.explain_failure("setLocalWeight", &receipt)))
+                .with_context(|| format!("round {round}: the registering transaction {:?} reverted", receipt.transaction_hash));
         }
     }
     println!(
@@ -232,6 +250,12 @@ fn submit_round(
     Ok(())
 }
 
+/// How many times a round's registering transaction may be dropped before the learner
+/// stops: a chain that keeps dropping it needs an operator, not more of the same.
+const MAX_DROPS: u32 = 5;
+
+/// Sends the round's `setLocalWeight` and records its hash in the state folder before
+/// anything waits for it.
 fn send_local(
     config: &LearnerConfig,
     registry: &Registry,
@@ -240,27 +264,12 @@ fn send_local(
     cid: &str,
     digest: [u8; 32],
     samples: u64,
-) -> Result<fl_contracts::TransactionReceipt> {
+) -> Result<H256> {
     let client = registry.client();
     let data = Registry::set_local_weight_calldata(config.node_id, round, cid, digest, samples)?;
     let pending = client.send("setLocalWeight", Some(registry.address()), data)?;
     state.set_pending(&PendingState { round, tx: Some(pending.hash) })?;
-    Ok(client.wait("setLocalWeight", pending)?)
-}
-
-/// The receipt of `hash`, or `None` if the node no longer knows the transaction.
-fn wait_receipt(client: &Client, hash: H256) -> Result<Option<fl_contracts::TransactionReceipt>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(receipt) = client.rpc().transaction_receipt(hash)? {
-            return Ok(Some(receipt));
-        }
-        let known: Option<serde_json::Value> = client.rpc().request("eth_getTransactionByHash", serde_json::json!([hash]))?;
-        if known.is_none() || Instant::now() > deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    Ok(pending.hash)
 }
 
 /// Waits until this learner's node id is bound on the registry (boards may boot before the
@@ -287,12 +296,13 @@ fn wait_until_registered(registry: &Registry, config: &LearnerConfig) -> Result<
 }
 
 /// Follows `GlobalWeightSet` events from block `from` until one of round `round` or later
-/// appears; returns the block to continue from. Each poll reads a bounded block range.
+/// appears; returns the block to continue from. Each poll reads a bounded block range, up
+/// to the confirmed head only.
 fn wait_for_global(registry: &Registry, round: u64, from: u64, max_poll: Duration) -> Result<u64> {
     let mut backoff = Backoff::new(FIRST_PAUSE, max_poll);
     let mut from = from;
     loop {
-        let latest = registry.client().rpc().block_number()?;
+        let latest = registry.client().confirmed_head()?;
         if latest >= from {
             let published = registry.global_updates(from, latest)?;
             from = latest + 1;

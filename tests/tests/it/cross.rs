@@ -305,6 +305,7 @@ fn emulated_pi_learners_take_part_in_a_full_round_with_a_native_one() -> Result<
         registry: Some(devnet.registry),
         key: Default::default(),
         ipfs_api: devnet.ipfs[0].api_url.clone(),
+        confirmations: 0,
     };
     let verdict = fl_aggregator::verify::verify(&endpoints, 1, None)?;
     assert!(verdict.ok(), "{verdict:?}");

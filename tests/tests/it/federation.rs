@@ -20,8 +20,8 @@ use fl_tests::util::{workspace_bin, workspace_root, TempDir};
 /// enough for two cores shared with the rest of the suite.
 const TRAIN_LIMIT: usize = 2_000;
 const TEST_LIMIT: usize = 500;
-const ROUNDS: u64 = 2;
-const RUN_LIMIT: Duration = Duration::from_secs(900);
+pub(super) const ROUNDS: u64 = 2;
+pub(super) const RUN_LIMIT: Duration = Duration::from_secs(900);
 
 fn mnist() -> PathBuf {
     let dir = workspace_root().join("data/mnist");
@@ -30,8 +30,8 @@ fn mnist() -> PathBuf {
 }
 
 /// A started federation: the infrastructure plus the paths its processes need.
-struct Federation {
-    devnet: Devnet,
+pub(super) struct Federation {
+    pub(super) devnet: Devnet,
     agent: PathBuf,
     aggregator: PathBuf,
     data: PathBuf,
@@ -39,7 +39,7 @@ struct Federation {
 }
 
 impl Federation {
-    fn start(label: &str) -> Result<Federation> {
+    pub(super) fn start(label: &str) -> Result<Federation> {
         let dir = TempDir::new(label)?;
         let devnet = Devnet::start(2, dir.path())?;
         Ok(Federation { devnet, agent: workspace_bin("fl-agent")?, aggregator: workspace_bin("fl-aggregator")?, data: mnist(), _dir: dir })
@@ -49,7 +49,7 @@ impl Federation {
         self.aggregator_with(log, &[])
     }
 
-    fn aggregator_with(&self, log: &str, extra: &[&str]) -> Result<Running> {
+    pub(super) fn aggregator_with(&self, log: &str, extra: &[&str]) -> Result<Running> {
         let mut args: Vec<String> = vec![
             "--rounds".into(),
             ROUNDS.to_string(),
@@ -63,13 +63,18 @@ impl Federation {
     }
 
     fn learner(&self, node_id: usize, log: &str) -> Result<Running> {
-        let extra = format!("train_limit = {TRAIN_LIMIT}\ntest_limit = {TEST_LIMIT}\n");
+        self.learner_with(node_id, log, "")
+    }
+
+    /// A learner whose `agent.toml` also holds `extra` (top-level keys).
+    pub(super) fn learner_with(&self, node_id: usize, log: &str, extra: &str) -> Result<Running> {
+        let extra = format!("train_limit = {TRAIN_LIMIT}\ntest_limit = {TEST_LIMIT}\n{extra}");
         let config = self.devnet.write_agent_config(node_id, &self.data, 1, ROUNDS, &extra)?;
         Running::spawn(&format!("learner {node_id}"), self.devnet.agent_command(&self.agent, node_id, &config), &self.devnet.dir.join(log), false)
     }
 
     /// Every registry event since deployment.
-    fn events(&self) -> Result<(Vec<GlobalUpdate>, Vec<LocalUpdate>)> {
+    pub(super) fn events(&self) -> Result<(Vec<GlobalUpdate>, Vec<LocalUpdate>)> {
         let client = self.devnet.read_client()?;
         let registry = Registry::at(&client, self.devnet.registry);
         let latest = client.rpc().block_number()?;
@@ -89,13 +94,19 @@ impl Federation {
     }
 
     fn verify_command(&self, round: u64) -> Result<Running> {
+        self.verify_command_with(round, &[])
+    }
+
+    /// `fl-aggregator verify --round ROUND` with `extra` flags added.
+    pub(super) fn verify_command_with(&self, round: u64, extra: &[&str]) -> Result<Running> {
         let mut command = std::process::Command::new(&self.aggregator);
         command
             .arg("verify")
             .args(["--round", &round.to_string()])
             .args(["--rpc-url", self.devnet.anvil.url()])
             .args(["--registry", &format!("{:?}", self.devnet.registry)])
-            .args(["--ipfs-api", &self.devnet.ipfs[0].api_url]);
+            .args(["--ipfs-api", &self.devnet.ipfs[0].api_url])
+            .args(extra);
         Running::spawn("verify", command, &self.devnet.dir.join(format!("verify-{round}.log")), false)
     }
 }
@@ -125,7 +136,7 @@ fn independent_fedavg(models: &[ModelFile], round: u64) -> ModelFile {
 }
 
 /// Checks every published round against the chain and IPFS; returns the global models.
-fn check_rounds(federation: &Federation) -> Result<BTreeMap<u64, ModelFile>> {
+pub(super) fn check_rounds(federation: &Federation) -> Result<BTreeMap<u64, ModelFile>> {
     let (globals, locals) = federation.events()?;
     let mut published = BTreeMap::new();
     for round in 0..=ROUNDS {
@@ -263,7 +274,8 @@ fn federation_bad_flags_and_config_are_clear_errors() -> Result<()> {
     let output = std::process::Command::new(&agent).args(["run", "--config"]).arg(&config).env_remove("FL_REGISTRY").output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("registry address \"0x1234\""), "{stderr}");
+    // The one endpoint reader names the file the bad value came from.
+    assert!(stderr.contains(&format!("registry address (in {}) \"0x1234\"", config.display())), "{stderr}");
 
     std::fs::write(&config, "node_id = 1\nunknown_key = 3\n")?;
     let output = std::process::Command::new(&agent).args(["run", "--config"]).arg(&config).output()?;

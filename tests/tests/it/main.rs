@@ -11,3 +11,5 @@ mod federation;
 mod rule_sets;
 /// The Raspberry Pi builds (aarch64, armv7) run under qemu-user-static against the native agent.
 mod cross;
+/// Confirmations on a chain that reorganises: the waiting rule, reads below the head, a federation across forced reorgs.
+mod finality;
