@@ -6,8 +6,8 @@
 use std::ffi::OsString;
 
 use anyhow::{bail, Context, Result};
-use fl_contracts::{Address, Registry};
 use fl_contracts::endpoints::{parse_address, EndpointSettings, Endpoints, Missing, CHAIN_HELP};
+use fl_contracts::{Address, Registry};
 use fl_core::weights::hex;
 use lexopt::prelude::*;
 
@@ -160,7 +160,6 @@ fn print_learner(learner: &fl_contracts::LearnerState) {
         None => println!("learner {} {:?} round none", learner.node_id, learner.account),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -131,10 +131,8 @@ impl Results {
         let rounds: Vec<u64> = plotted.iter().map(|r| r.round).collect();
         let min_round = rounds.iter().copied().min().unwrap_or(0) as f64;
         let max_round = (rounds.iter().copied().max().unwrap_or(1) as f64).max(min_round + 1.0);
-        let accuracies: Vec<f64> = plotted
-            .iter()
-            .flat_map(|r| r.learners.iter().filter_map(|l| l.model.accuracy).chain(r.global.accuracy))
-            .collect();
+        let accuracies: Vec<f64> =
+            plotted.iter().flat_map(|r| r.learners.iter().filter_map(|l| l.model.accuracy).chain(r.global.accuracy)).collect();
         // The y axis starts just below the lowest accuracy, on a tick of a step that gives
         // at most ten ticks, so rounds between 98% and 99.5% are not squashed at the top.
         let low = accuracies.iter().copied().fold(1.0f64, f64::min).clamp(0.0, 0.995);
@@ -169,12 +167,8 @@ impl Results {
             );
         }
         for &round in &rounds {
-            let _ = writeln!(
-                svg,
-                r##"<text x="{:.1}" y="{}" text-anchor="middle">{round}</text>"##,
-                x(round as f64),
-                height - bottom + 18.0
-            );
+            let _ =
+                writeln!(svg, r##"<text x="{:.1}" y="{}" text-anchor="middle">{round}</text>"##, x(round as f64), height - bottom + 18.0);
         }
         let _ = writeln!(
             svg,
@@ -201,11 +195,7 @@ impl Results {
         for (i, (name, color, stroke, points)) in series.iter().enumerate() {
             let path: Vec<String> = points.iter().map(|(r, a)| format!("{:.1},{:.1}", x(*r), y(*a))).collect();
             if !path.is_empty() {
-                let _ = writeln!(
-                    svg,
-                    r##"<polyline fill="none" stroke="{color}" stroke-width="{stroke}" points="{}"/>"##,
-                    path.join(" ")
-                );
+                let _ = writeln!(svg, r##"<polyline fill="none" stroke="{color}" stroke-width="{stroke}" points="{}"/>"##, path.join(" "));
                 for (r, a) in points {
                     let _ = writeln!(svg, r##"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"##, x(*r), y(*a));
                 }

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Registry, TransactionReceipt, H256};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
+use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Registry, TransactionReceipt, H256};
 use fl_core::data::{Dataset, Mnist};
 use fl_core::fedavg::FedAvg;
 use fl_core::files::write_atomic;
@@ -341,12 +341,8 @@ fn aggregate_round(
             return Ok(None);
         }
         let expected = registry.learner_ids()?;
-        let arrived: Vec<(LocalUpdate, H256)> = cursor
-            .seen
-            .values()
-            .filter(|(u, _)| u.round == round && expected.contains(&u.node_id))
-            .cloned()
-            .collect();
+        let arrived: Vec<(LocalUpdate, H256)> =
+            cursor.seen.values().filter(|(u, _)| u.round == round && expected.contains(&u.node_id)).cloned().collect();
         let report = format!("round {round}: {} of {} learner updates in", arrived.len(), expected.len());
         if report != last_report {
             log(&report);

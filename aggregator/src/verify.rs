@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 
 use anyhow::{bail, Context, Result};
-use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
+use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
 use fl_core::fedavg::FedAvg;
 use fl_core::flags::number;
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
@@ -123,7 +123,8 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         let bytes = ipfs
             .fetch_verified(&update.cid, &update.digest, MAX_MODEL_BYTES)
             .with_context(|| format!("fetching learner {}'s round-{round} model", update.node_id))?;
-        let model = ModelFile::from_bytes(&bytes).with_context(|| format!("learner {}'s round-{round} model {}", update.node_id, update.cid))?;
+        let model =
+            ModelFile::from_bytes(&bytes).with_context(|| format!("learner {}'s round-{round} model {}", update.node_id, update.cid))?;
         fedavg.add(&model, &format!("learner {}", update.node_id))?;
     }
     let mut recomputed = fedavg.finish()?;

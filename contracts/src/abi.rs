@@ -34,10 +34,7 @@ pub fn function(name: &str) -> &'static Function {
 
 /// Calldata for registry function `name` with `args`.
 pub fn encode_call(name: &str, args: &[Token]) -> Result<Bytes> {
-    function(name)
-        .encode_input(args)
-        .map(Bytes::from)
-        .map_err(|e| Error::Invalid(format!("encoding call {name}: {e}")))
+    function(name).encode_input(args).map(Bytes::from).map_err(|e| Error::Invalid(format!("encoding call {name}: {e}")))
 }
 
 /// Decodes the return data of registry function `name`.
@@ -99,11 +96,30 @@ mod tests {
     /// with ethers-core.
     mod sha3_free_keccak {
         const RC: [u64; 24] = [
-            0x0000000000000001, 0x0000000000008082, 0x800000000000808a, 0x8000000080008000, 0x000000000000808b,
-            0x0000000080000001, 0x8000000080008081, 0x8000000000008009, 0x000000000000008a, 0x0000000000000088,
-            0x0000000080008009, 0x000000008000000a, 0x000000008000808b, 0x800000000000008b, 0x8000000000008089,
-            0x8000000000008003, 0x8000000000008002, 0x8000000000000080, 0x000000000000800a, 0x800000008000000a,
-            0x8000000080008081, 0x8000000000008080, 0x0000000080000001, 0x8000000080008008,
+            0x0000000000000001,
+            0x0000000000008082,
+            0x800000000000808a,
+            0x8000000080008000,
+            0x000000000000808b,
+            0x0000000080000001,
+            0x8000000080008081,
+            0x8000000000008009,
+            0x000000000000008a,
+            0x0000000000000088,
+            0x0000000080008009,
+            0x000000008000000a,
+            0x000000008000808b,
+            0x800000000000008b,
+            0x8000000000008089,
+            0x8000000000008003,
+            0x8000000000008002,
+            0x8000000000000080,
+            0x000000000000800a,
+            0x800000008000000a,
+            0x8000000080008081,
+            0x8000000000008080,
+            0x0000000080000001,
+            0x8000000080008008,
         ];
         const ROT: [u32; 25] = [0, 1, 62, 28, 27, 36, 44, 6, 55, 20, 3, 10, 43, 25, 39, 41, 45, 15, 21, 8, 18, 2, 61, 56, 14];
 
@@ -161,10 +177,7 @@ mod tests {
     fn independent_keccak_matches_published_vectors() {
         // Keccak-256("") as published with the Keccak submission (and quoted in the
         // Ethereum yellow paper's KEC examples): c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470.
-        assert_eq!(
-            ethers_core::utils::hex::encode(keccak256(b"")),
-            "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
-        );
+        assert_eq!(ethers_core::utils::hex::encode(keccak256(b"")), "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470");
         // ERC-20's transfer selector as published in the EIP-20 ecosystem: 0xa9059cbb.
         assert_eq!(keccak256(b"transfer(address,uint256)")[..4], [0xa9, 0x05, 0x9c, 0xbb]);
     }

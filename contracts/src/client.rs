@@ -67,10 +67,7 @@ impl Client {
         let chain_id = rpc.chain_id()?;
         if let Some(expected) = expected_chain_id {
             if expected != chain_id {
-                return Err(Error::Invalid(format!(
-                    "node at {} is on chain id {chain_id}, expected chain id {expected}",
-                    rpc.url()
-                )));
+                return Err(Error::Invalid(format!("node at {} is on chain id {chain_id}, expected chain id {expected}", rpc.url())));
             }
         }
         let fee_mode = match rpc.fee_history(1, &[50.0]) {

@@ -74,7 +74,10 @@ impl EndpointSettings {
     /// True for the long flags (without `--`) that [`EndpointSettings::set_flag`] takes,
     /// including the refused `private-key` and `password`.
     pub fn handles(flag: &str) -> bool {
-        matches!(flag, "rpc-url" | "chain-id" | "registry" | "keystore" | "password-file" | "ipfs-api" | "confirmations" | "private-key" | "password")
+        matches!(
+            flag,
+            "rpc-url" | "chain-id" | "registry" | "keystore" | "password-file" | "ipfs-api" | "confirmations" | "private-key" | "password"
+        )
     }
 
     /// Sets `--flag VALUE` (one of [`EndpointSettings::handles`]). Keys and passwords are
@@ -211,14 +214,26 @@ mod tests {
     #[test]
     fn earlier_sources_win_and_empty_values_count_as_unset() {
         let high = flags(&[("rpc-url", "http://a:1"), ("registry", "")]).unwrap();
-        let low = EndpointSettings { rpc_url: Some("http://b:2".into()), registry: Some("0x5fbdb2315678afecb367f032d93f642f64180aa3".into()), chain_id: Some(5), ..Default::default() };
+        let low = EndpointSettings {
+            rpc_url: Some("http://b:2".into()),
+            registry: Some("0x5fbdb2315678afecb367f032d93f642f64180aa3".into()),
+            chain_id: Some(5),
+            ..Default::default()
+        };
         let endpoints = high.or(low).finish(Missing::Fail, "").unwrap_err();
         // The IPFS API is missing everywhere: a learner is told where to set it.
         assert_eq!(endpoints.to_string(), "no IPFS API URL: set ipfs_api, FL_IPFS_API or --ipfs-api");
         let high = flags(&[("rpc-url", "http://a:1"), ("registry", "")]).unwrap();
-        let low = EndpointSettings { registry: Some("0x5fbdb2315678afecb367f032d93f642f64180aa3".into()), chain_id: Some(5), ..Default::default() };
+        let low = EndpointSettings {
+            registry: Some("0x5fbdb2315678afecb367f032d93f642f64180aa3".into()),
+            chain_id: Some(5),
+            ..Default::default()
+        };
         let endpoints = high.or(low).finish(Missing::Loopback, "").unwrap();
-        assert_eq!((endpoints.rpc_url.as_str(), endpoints.ipfs_api.as_str(), endpoints.chain_id), ("http://a:1", "http://127.0.0.1:5001", Some(5)));
+        assert_eq!(
+            (endpoints.rpc_url.as_str(), endpoints.ipfs_api.as_str(), endpoints.chain_id),
+            ("http://a:1", "http://127.0.0.1:5001", Some(5))
+        );
         assert_eq!(format!("{:?}", endpoints.registry().unwrap()), "0x5fbdb2315678afecb367f032d93f642f64180aa3");
     }
 

@@ -207,7 +207,10 @@ pub fn preflight(client: &Client, what: &str, creation: &[u8]) -> Result<()> {
     }
     let runtime = simulate_creation(client, what, creation.to_vec())?;
     if runtime.is_empty() {
-        return Err(Error::Invalid(format!("{what}: the constructor, simulated with eth_call on {}, returned no code to deploy", client.rpc().url())));
+        return Err(Error::Invalid(format!(
+            "{what}: the constructor, simulated with eth_call on {}, returned no code to deploy",
+            client.rpc().url()
+        )));
     }
     Ok(())
 }

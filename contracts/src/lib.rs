@@ -15,12 +15,12 @@ pub mod registry;
 pub mod rpc;
 pub mod signer;
 
-/// The ethers-core this crate is built on, for callers that need its types.
-pub use ethers_core;
 pub use client::{Client, FeeMode, PendingTx};
 pub use error::{is_transient, Error, Result};
-pub use finality::{check_confirmations, MAX_CONFIRMATIONS};
+/// The ethers-core this crate is built on, for callers that need its types.
+pub use ethers_core;
 pub use ethers_core::types::{Address, TransactionReceipt, H256, U256};
+pub use finality::{check_confirmations, MAX_CONFIRMATIONS};
 pub use registry::{commitment, Event, GlobalUpdate, LearnerState, LocalUpdate, Logged, Registry};
 pub use rpc::Rpc;
 pub use signer::{KeySource, Signer};

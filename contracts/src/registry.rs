@@ -196,7 +196,13 @@ impl<'a> Registry<'a> {
     }
 
     /// Calldata of [`Registry::set_local_weight`], for callers that batch transactions.
-    pub fn set_local_weight_calldata(node_id: u64, round: u64, cid: &str, digest: [u8; 32], samples: u64) -> Result<ethers_core::types::Bytes> {
+    pub fn set_local_weight_calldata(
+        node_id: u64,
+        round: u64,
+        cid: &str,
+        digest: [u8; 32],
+        samples: u64,
+    ) -> Result<ethers_core::types::Bytes> {
         encode_call("setLocalWeight", &local_args(node_id, round, cid, digest, samples)?)
     }
 
@@ -325,7 +331,8 @@ impl<'a> Registry<'a> {
         let mut start = from;
         while start <= to {
             let end = to.min(start.saturating_add(self.log_range - 1));
-            let mut filter = Filter::new().address(self.address).from_block(BlockNumber::Number(start.into())).to_block(BlockNumber::Number(end.into()));
+            let mut filter =
+                Filter::new().address(self.address).from_block(BlockNumber::Number(start.into())).to_block(BlockNumber::Number(end.into()));
             if let Some(t) = topic0 {
                 filter = filter.topic0(t);
             }
@@ -365,11 +372,20 @@ pub fn decode_log(log: &ethers_core::types::Log) -> Result<Logged> {
         .parse_log(RawLog { topics: log.topics.clone(), data: log.data.to_vec() })
         .map_err(|e| Error::Invalid(format!("decoding {} log: {e}", event.name)))?;
     let param = |name: &str| -> Result<&Token> {
-        parsed.params.iter().find(|p| p.name == name).map(|p| &p.value).ok_or_else(|| Error::Invalid(format!("{} log has no {name}", event.name)))
+        parsed
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| &p.value)
+            .ok_or_else(|| Error::Invalid(format!("{} log has no {name}", event.name)))
     };
     let decoded = match event.name.as_str() {
-        "LearnerAdded" => Event::LearnerAdded { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? },
-        "LearnerRemoved" => Event::LearnerRemoved { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? },
+        "LearnerAdded" => {
+            Event::LearnerAdded { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? }
+        }
+        "LearnerRemoved" => {
+            Event::LearnerRemoved { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? }
+        }
         "LocalWeightSet" => Event::LocalWeightSet(LocalUpdate {
             node_id: uint(param("nodeId")?, "nodeId")?,
             round: uint(param("round")?, "round")?,
@@ -378,7 +394,9 @@ pub fn decode_log(log: &ethers_core::types::Log) -> Result<Logged> {
             samples: uint(param("samples")?, "samples")?,
         }),
         "GlobalWeightSet" => {
-            let Token::Array(ids) = param("nodeIds")? else { return Err(Error::Invalid("GlobalWeightSet.nodeIds: expected an array".into())) };
+            let Token::Array(ids) = param("nodeIds")? else {
+                return Err(Error::Invalid("GlobalWeightSet.nodeIds: expected an array".into()));
+            };
             Event::GlobalWeightSet(GlobalUpdate {
                 round: uint(param("round")?, "round")?,
                 cid: cid_from_bytes(&bytes(param("cid")?, "cid")?)?,

@@ -2,8 +2,8 @@
 //! typed results for the methods the registry needs, and errors that name the method and URL.
 
 use crate::error::{Error, Result};
-use ethers_core::types::{Address, BlockNumber, Bytes, FeeHistory, Filter, Log, Transaction, TransactionReceipt, H256, U256, U64};
 use ethers_core::types::transaction::eip2718::TypedTransaction;
+use ethers_core::types::{Address, BlockNumber, Bytes, FeeHistory, Filter, Log, Transaction, TransactionReceipt, H256, U256, U64};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::fmt;
@@ -61,20 +61,14 @@ impl Rpc {
             other => transport(other.to_string()),
         };
         let mut response = self.agent.post(&self.url).send_json(&body).map_err(map_err)?;
-        let reply: Value = response
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024 * 1024)
-            .read_json()
-            .map_err(map_err)?;
+        let reply: Value = response.body_mut().with_config().limit(64 * 1024 * 1024).read_json().map_err(map_err)?;
         if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
             return Err(node_error(method, err));
         }
         let Some(result) = reply.get("result") else {
             return Err(transport(format!("reply has neither result nor error: {}", truncate(&reply.to_string()))));
         };
-        serde_json::from_value(result.clone())
-            .map_err(|e| transport(format!("unexpected result {}: {e}", truncate(&result.to_string()))))
+        serde_json::from_value(result.clone()).map_err(|e| transport(format!("unexpected result {}: {e}", truncate(&result.to_string()))))
     }
 
     /// `eth_chainId`.

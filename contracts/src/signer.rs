@@ -74,8 +74,8 @@ impl Signer {
                             keystore.display()
                         )));
                     };
-                    let text = std::fs::read_to_string(&file)
-                        .map_err(|e| Error::Key(format!("reading password file {}: {e}", file.display())))?;
+                    let text =
+                        std::fs::read_to_string(&file).map_err(|e| Error::Key(format!("reading password file {}: {e}", file.display())))?;
                     // Files written by `echo` end with a newline that is not part of the password.
                     text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string()
                 }
@@ -116,10 +116,8 @@ impl Signer {
         let mut tx = tx.clone();
         tx.set_chain_id(chain_id);
         let sighash = tx.sighash();
-        let (signature, recovery_id) = self
-            .key
-            .sign_prehash_recoverable(sighash.as_bytes())
-            .map_err(|e| Error::Key(format!("signing transaction: {e}")))?;
+        let (signature, recovery_id) =
+            self.key.sign_prehash_recoverable(sighash.as_bytes()).map_err(|e| Error::Key(format!("signing transaction: {e}")))?;
         let (r, s) = signature.split_bytes();
         let signature = Signature {
             r: U256::from_big_endian(&r),

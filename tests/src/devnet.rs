@@ -153,7 +153,18 @@ impl Devnet {
 
 /// Keys and endpoints from the caller's environment must not leak into the processes.
 fn clean_env(command: &mut Command) {
-    for name in ["ETH_KEYSTORE", "ETH_PASSWORD", "ETH_PASSWORD_FILE", "ETH_RPC_URL", "FL_REGISTRY", "FL_IPFS_API", "FL_NODE_ID", "FL_DATA_DIR", "FL_STATE_DIR", "FL_CONFIRMATIONS"] {
+    for name in [
+        "ETH_KEYSTORE",
+        "ETH_PASSWORD",
+        "ETH_PASSWORD_FILE",
+        "ETH_RPC_URL",
+        "FL_REGISTRY",
+        "FL_IPFS_API",
+        "FL_NODE_ID",
+        "FL_DATA_DIR",
+        "FL_STATE_DIR",
+        "FL_CONFIRMATIONS",
+    ] {
         command.env_remove(name);
     }
 }
@@ -170,9 +181,7 @@ pub struct Running {
 impl Running {
     /// Spawns `command`, logging to `log_path`; `echo` copies the lines onto stderr.
     pub fn spawn(name: &str, mut command: Command, log_path: &Path, echo: bool) -> Result<Running> {
-        let log = Arc::new(Mutex::new(
-            std::fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?,
-        ));
+        let log = Arc::new(Mutex::new(std::fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?));
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

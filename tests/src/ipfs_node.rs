@@ -59,7 +59,8 @@ impl IpfsNode {
             .context("starting `node tests/ipfs-node/launch.mjs`: is Node.js 18 or newer installed? (`make setup` checks)")?;
         let stdout = child.stdout.take().context("launcher stdout")?;
         let mut guard = ChildGuard::new("ipfs", child);
-        let lines = match wait_for_line(stdout, "Daemon is ready", START_TIMEOUT, "run `make setup` to install js-ipfs in tests/ipfs-node") {
+        let lines = match wait_for_line(stdout, "Daemon is ready", START_TIMEOUT, "run `make setup` to install js-ipfs in tests/ipfs-node")
+        {
             Ok(lines) => lines,
             Err(error) => {
                 guard.terminate(Duration::from_secs(5));

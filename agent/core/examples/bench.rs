@@ -55,19 +55,13 @@ fn parse_args() -> Result<Args> {
                     .value()?
                     .string()?
                     .split(',')
-                    .map(|s| {
-                        s.trim()
-                            .parse::<usize>()
-                            .with_context(|| format!("--batch-sizes: {s:?} is not a number"))
-                    })
+                    .map(|s| s.trim().parse::<usize>().with_context(|| format!("--batch-sizes: {s:?} is not a number")))
                     .collect::<Result<_>>()?
             }
             Long("train-images") => args.train_images = parser.value()?.parse()?,
             Long("eval-images") => args.eval_images = parser.value()?.parse()?,
             Long("help") => {
-                println!(
-                    "usage: bench [speed|rss|profile] [--data DIR] [--batch-sizes 32,128] [--train-images N] [--eval-images N]"
-                );
+                println!("usage: bench [speed|rss|profile] [--data DIR] [--batch-sizes 32,128] [--train-images N] [--eval-images N]");
                 std::process::exit(0);
             }
             _ => return Err(arg.unexpected().into()),
@@ -81,10 +75,7 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    eprintln!(
-        "bench: rayon threads {} (set RAYON_NUM_THREADS to change)",
-        rayon::current_num_threads()
-    );
+    eprintln!("bench: rayon threads {} (set RAYON_NUM_THREADS to change)", rayon::current_num_threads());
     match args.mode.as_str() {
         "speed" => speed(&args),
         "rss" => rss(&args),
@@ -94,12 +85,7 @@ fn main() -> Result<()> {
 }
 
 fn load(args: &Args) -> Result<Mnist> {
-    Mnist::load(&args.data).with_context(|| {
-        format!(
-            "loading MNIST from {} (run `make setup`)",
-            args.data.display()
-        )
-    })
+    Mnist::load(&args.data).with_context(|| format!("loading MNIST from {} (run `make setup`)", args.data.display()))
 }
 
 /// A copy of the first `n` examples of `set` (all of them if there are fewer).
@@ -108,12 +94,7 @@ fn first(set: &Dataset, n: usize) -> Dataset {
 }
 
 fn quiet(batch_size: usize) -> TrainConfig {
-    TrainConfig {
-        epochs: 1,
-        batch_size,
-        progress: None,
-        ..TrainConfig::default()
-    }
+    TrainConfig { epochs: 1, batch_size, progress: None, ..TrainConfig::default() }
 }
 
 /// Training images/s per batch size, then evaluation images/s.
@@ -135,27 +116,15 @@ fn speed(args: &Args) -> Result<()> {
     let t0 = Instant::now();
     let evaluation = evaluate(&start, &test)?;
     let rate = test.len() as f64 / t0.elapsed().as_secs_f64();
-    println!(
-        "eval bs={} images_per_s={rate:.0} (accuracy {:.4} of an untrained model)",
-        fl_core::train::EVAL_BATCH,
-        evaluation.accuracy
-    );
+    println!("eval bs={} images_per_s={rate:.0} (accuracy {:.4} of an untrained model)", fl_core::train::EVAL_BATCH, evaluation.accuracy);
     Ok(())
 }
 
 /// Peak resident memory (kB) since start or the last reset, from /proc/self/status.
 fn peak_rss_kb() -> Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM in /proc/self/status")?;
-    line.split_whitespace()
-        .nth(1)
-        .context("malformed VmHWM line")?
-        .parse()
-        .context("malformed VmHWM value")
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/self/status")?;
+    line.split_whitespace().nth(1).context("malformed VmHWM line")?.parse().context("malformed VmHWM value")
 }
 
 /// One epoch on a 30,000-image shard (the paper's two-learner IID split).
@@ -169,25 +138,13 @@ fn rss(args: &Args) -> Result<()> {
     let process_peak_before = peak_rss_kb()?;
     // Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so the next reading is the
     // peak of training alone, data already in memory.
-    std::fs::write("/proc/self/clear_refs", "5")
-        .context("resetting the peak RSS via /proc/self/clear_refs")?;
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS via /proc/self/clear_refs")?;
     let bs = args.batch_sizes[0];
     let t0 = Instant::now();
-    let trained = train(
-        &ModelFile::initial(1)?,
-        &shard,
-        Some(&test),
-        &quiet(bs),
-        &mut |_| {},
-    )?;
+    let trained = train(&ModelFile::initial(1)?, &shard, Some(&test), &quiet(bs), &mut |_| {})?;
     let seconds = t0.elapsed().as_secs_f64();
     let peak = peak_rss_kb()?;
-    let accuracy = trained
-        .epochs
-        .last()
-        .and_then(|e| e.test)
-        .map(|t| t.accuracy)
-        .unwrap_or(f64::NAN);
+    let accuracy = trained.epochs.last().and_then(|e| e.test).map(|t| t.accuracy).unwrap_or(f64::NAN);
     println!(
         "rss shard={} bs={bs} peak_rss_mb={:.1} loading_peak_mb={:.1} seconds={seconds:.1} test_accuracy={accuracy:.4}",
         shard.len(),

@@ -46,14 +46,8 @@ pub struct Mnist {
 impl Mnist {
     /// Loads the four MNIST files from `dir`, each either as `NAME` or `NAME.gz`.
     pub fn load(dir: &Path) -> Result<Mnist> {
-        let train = Dataset::load(
-            &find_file(dir, "train-images-idx3-ubyte")?,
-            &find_file(dir, "train-labels-idx1-ubyte")?,
-        )?;
-        let test = Dataset::load(
-            &find_file(dir, "t10k-images-idx3-ubyte")?,
-            &find_file(dir, "t10k-labels-idx1-ubyte")?,
-        )?;
+        let train = Dataset::load(&find_file(dir, "train-images-idx3-ubyte")?, &find_file(dir, "train-labels-idx1-ubyte")?)?;
+        let test = Dataset::load(&find_file(dir, "t10k-images-idx3-ubyte")?, &find_file(dir, "t10k-labels-idx1-ubyte")?)?;
         Ok(Mnist { train, test })
     }
 
@@ -99,11 +93,7 @@ fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
 fn parse_idx(bytes: &[u8], magic: u32, n_dims: usize, what: &str, path: &Path) -> Result<(Vec<usize>, usize)> {
     let header_len = 4 + 4 * n_dims;
     if bytes.len() < header_len {
-        bail!(
-            "reading {what} from {}: file is {} bytes, too short for the {header_len}-byte IDX header",
-            path.display(),
-            bytes.len()
-        );
+        bail!("reading {what} from {}: file is {} bytes, too short for the {header_len}-byte IDX header", path.display(), bytes.len());
     }
     let word = |i: usize| u32::from_be_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
     let found = word(0);
@@ -144,19 +134,10 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
     let payload = bytes;
     let count = dims[0];
     if payload.len() != count {
-        bail!(
-            "reading labels from {}: header says {count} labels, found {}",
-            path.display(),
-            payload.len()
-        );
+        bail!("reading labels from {}: header says {count} labels, found {}", path.display(), payload.len());
     }
     if let Some(i) = payload.iter().position(|&l| l as usize >= N_CLASSES) {
-        bail!(
-            "reading labels from {}: label {} at index {i} is out of range 0-{}",
-            path.display(),
-            payload[i],
-            N_CLASSES - 1
-        );
+        bail!("reading labels from {}: label {} at index {i} is out of range 0-{}", path.display(), payload[i], N_CLASSES - 1);
     }
     Ok(payload)
 }
@@ -351,7 +332,10 @@ pub fn partition(labels: &[u8], n_learners: usize, split: Split, seed: u64) -> R
                 rng.shuffle(shard);
             }
             if let Some(empty) = shards.iter().position(|s| s.is_empty()) {
-                bail!("partition: learner {} got no examples with dirichlet:{alpha} and seed {seed}; use a larger alpha or another seed", empty + 1);
+                bail!(
+                    "partition: learner {} got no examples with dirichlet:{alpha} and seed {seed}; use a larger alpha or another seed",
+                    empty + 1
+                );
             }
             Ok(shards)
         }
@@ -499,10 +483,8 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..10_000).collect::<Vec<_>>());
         // With alpha = 0.1 some learner holds most of some class; with IID each holds ~1/4.
-        let max_share = (0..10u8)
-            .map(|c| shards.iter().map(|s| s.iter().filter(|&&i| labels[i] == c).count()).max().unwrap())
-            .max()
-            .unwrap();
+        let max_share =
+            (0..10u8).map(|c| shards.iter().map(|s| s.iter().filter(|&&i| labels[i] == c).count()).max().unwrap()).max().unwrap();
         assert!(max_share > 700, "largest per-class share {max_share} of 1000 is not skewed");
         assert!("dirichlet:0.5".parse::<Split>().unwrap() == Split::Dirichlet(0.5));
         assert!("dirichlet:-1".parse::<Split>().is_err());

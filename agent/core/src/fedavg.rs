@@ -3,8 +3,8 @@
 //! time into a running f64 sum, so memory does not grow with the number of models, and
 //! the result depends only on the inputs and the order they are added in.
 
-use anyhow::{bail, ensure, Result};
 use crate::weights::{ModelFile, NamedTensor};
+use anyhow::{bail, ensure, Result};
 
 /// A running sample-weighted sum of models.
 #[derive(Debug, Default)]
@@ -96,7 +96,8 @@ impl FedAvg {
                 *s += weight * f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64;
             }
         }
-        self.total_samples = self.total_samples.checked_add(model.n_samples).ok_or_else(|| anyhow::anyhow!("fedavg: total sample count overflows"))?;
+        self.total_samples =
+            self.total_samples.checked_add(model.n_samples).ok_or_else(|| anyhow::anyhow!("fedavg: total sample count overflows"))?;
         self.max_round = self.max_round.max(model.round);
         self.n_models += 1;
         Ok(())

@@ -140,8 +140,8 @@ impl Model {
         use candle_core::{Module, D};
         let xs = self.conv1.forward(xs)?.relu()?.max_pool2d(2)?; // 28 -> 14
         let xs = self.conv2.forward(&xs)?.relu()?.max_pool2d(2)?; // 14 -> 7
-        // Keras' `padding="same"` pool takes 7 to 4 by padding right and bottom. After the
-        // ReLU every value is >= 0, so a zero pad gives the same maxima.
+                                                                  // Keras' `padding="same"` pool takes 7 to 4 by padding right and bottom. After the
+                                                                  // ReLU every value is >= 0, so a zero pad gives the same maxima.
         let xs = self.conv3.forward(&xs)?.relu()?;
         let xs = xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?.max_pool2d(2)?; // 7 -> 4
         let xs = xs.flatten_from(1)?; // 128 * 4 * 4 = 2048

@@ -114,11 +114,8 @@ impl Network {
 
     /// The current weights as a model file of `round`, trained on `n_samples` examples.
     pub fn to_model(&self, round: u64, n_samples: u64) -> ModelFile {
-        let tensors = split(&self.params)
-            .iter()
-            .zip(PARAMS)
-            .map(|(values, (name, shape))| NamedTensor::from_f32(name, shape, values))
-            .collect();
+        let tensors =
+            split(&self.params).iter().zip(PARAMS).map(|(values, (name, shape))| NamedTensor::from_f32(name, shape, values)).collect();
         ModelFile {
             format_version: crate::weights::FORMAT_VERSION,
             architecture: crate::model::ARCHITECTURE_ID.to_string(),

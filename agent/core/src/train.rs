@@ -83,10 +83,8 @@ pub fn train(
     let mut reports = Vec::with_capacity(config.epochs);
     for epoch in 1..=config.epochs {
         rng.shuffle(&mut order);
-        let mut progress = config
-            .progress
-            .as_ref()
-            .map(|label| Progress::new(format!("{label}: epoch {epoch}/{}", config.epochs), train_set.len()));
+        let mut progress =
+            config.progress.as_ref().map(|label| Progress::new(format!("{label}: epoch {epoch}/{}", config.epochs), train_set.len()));
         let mut loss_sum = 0.0f64;
         let mut n_batches = 0usize;
         let mut done = 0usize;
@@ -165,17 +163,9 @@ impl Progress {
             const WIDTH: usize = 30;
             let filled = WIDTH * done / self.total.max(1);
             let bar: String = (0..WIDTH).map(|i| if i < filled { '=' } else { ' ' }).collect();
-            let _ = write!(
-                stderr,
-                "\r{} [{bar}] {done}/{} loss {loss:.4} {rate:.0} img/s eta {eta:.0}s ",
-                self.label, self.total
-            );
+            let _ = write!(stderr, "\r{} [{bar}] {done}/{} loss {loss:.4} {rate:.0} img/s eta {eta:.0}s ", self.label, self.total);
         } else {
-            let _ = writeln!(
-                stderr,
-                "{}: {done}/{} images, loss {loss:.4}, {rate:.0} img/s, eta {eta:.0}s",
-                self.label, self.total
-            );
+            let _ = writeln!(stderr, "{}: {done}/{} images, loss {loss:.4}, {rate:.0} img/s, eta {eta:.0}s", self.label, self.total);
         }
         let _ = stderr.flush();
     }

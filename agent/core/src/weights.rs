@@ -131,11 +131,7 @@ impl ModelFile {
             "model file: format version {} is not supported (expected {FORMAT_VERSION})",
             self.format_version
         );
-        ensure!(
-            self.architecture == ARCHITECTURE_ID,
-            "model file: architecture {:?} is not {ARCHITECTURE_ID:?}",
-            self.architecture
-        );
+        ensure!(self.architecture == ARCHITECTURE_ID, "model file: architecture {:?} is not {ARCHITECTURE_ID:?}", self.architecture);
         for (i, (name, shape)) in PARAMS.iter().enumerate() {
             let Some(tensor) = self.tensors.get(i) else {
                 bail!("model file: tensor {name} is missing (found {} tensors, expected {})", self.tensors.len(), PARAMS.len());
@@ -146,11 +142,7 @@ impl ModelFile {
                 }
                 bail!("model file: tensor {name} is missing (found {:?} in its place)", tensor.name);
             }
-            ensure!(
-                tensor.dims() == *shape,
-                "model file: tensor {name} has shape {:?}, expected {shape:?}",
-                tensor.shape
-            );
+            ensure!(tensor.dims() == *shape, "model file: tensor {name} has shape {:?}, expected {shape:?}", tensor.shape);
             ensure!(tensor.dtype == Dtype::F32, "model file: tensor {name} is not f32");
             let expected = 4 * shape.iter().product::<usize>();
             ensure!(
@@ -220,10 +212,7 @@ impl ModelFile {
 
     /// The weights as candle tensors by name.
     pub fn to_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        self.tensors
-            .iter()
-            .map(|t| Ok((t.name.clone(), Tensor::from_vec(t.to_f32(), t.dims(), device)?)))
-            .collect()
+        self.tensors.iter().map(|t| Ok((t.name.clone(), Tensor::from_vec(t.to_f32(), t.dims(), device)?))).collect()
     }
 
     /// Writes the weights as a safetensors file (same names and shapes), readable by

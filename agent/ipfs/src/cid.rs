@@ -245,10 +245,7 @@ fn base32_decode(text: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
     let (mut buffer, mut bits) = (0u32, 0u32);
     for c in text.bytes() {
-        let value = BASE32_ALPHABET
-            .iter()
-            .position(|&a| a == c)
-            .ok_or_else(|| format!("{:?} is not a base32 character", c as char))?;
+        let value = BASE32_ALPHABET.iter().position(|&a| a == c).ok_or_else(|| format!("{:?} is not a base32 character", c as char))?;
         buffer = (buffer << 5) | value as u32;
         bits += 5;
         if bits >= 8 {
@@ -263,10 +260,8 @@ fn base58_decode(text: &str) -> Result<Vec<u8>, String> {
     // Big-number conversion, little-endian bytes; fine for the 30-40 bytes of a CID.
     let mut number: Vec<u8> = Vec::new();
     for c in text.bytes() {
-        let mut carry = BASE58_ALPHABET
-            .iter()
-            .position(|&a| a == c)
-            .ok_or_else(|| format!("{:?} is not a base58btc character", c as char))? as u32;
+        let mut carry =
+            BASE58_ALPHABET.iter().position(|&a| a == c).ok_or_else(|| format!("{:?} is not a base58btc character", c as char))? as u32;
         for digit in number.iter_mut() {
             carry += u32::from(*digit) * 58;
             *digit = carry as u8;
@@ -355,7 +350,14 @@ mod tests {
             ("model-sized", 2_479_144, 4, 262_144, 174, "bafybeici6l4mwgaf2cabn6csrzlgqjbetaacmbfijisaiimjxkt3hdpmba"),
             ("175 leaves: two levels", 175 * 16, 5, 16, 174, "bafybeihrm5jnekse3zm3zfypb2ulqfxhsqvg6btv25vn5ymdzgeqgz335e"),
             ("174 leaves: one full node", 174 * 16, 6, 16, 174, "bafybeigtn773kfc73vmflsl2dk4wavmo2pdonjoy7bxioxrej6nkdt52wq"),
-            ("174*174+1 leaves: three levels", (174 * 174 + 1) * 4 - 3, 7, 4, 174, "bafybeihc5s4ihdsazudgyp7geawei6gveybmyceq7cd54g2hvh6ciy6bnu"),
+            (
+                "174*174+1 leaves: three levels",
+                (174 * 174 + 1) * 4 - 3,
+                7,
+                4,
+                174,
+                "bafybeihc5s4ihdsazudgyp7geawei6gveybmyceq7cd54g2hvh6ciy6bnu",
+            ),
             ("fan-out 3, 10 leaves", 80, 8, 8, 3, "bafybeibqdwnxyiowi76c24tc4v7z3l4qsvwpaawbc3xt32f5jb3cxu74re"),
             ("fan-out 3, 28 leaves, last short", 27 * 8 + 5, 9, 8, 3, "bafybeiewgsfux4m5ysx2o6l6y5ivocwtvu7haf5monhlybvh4bnqbjnsii"),
         ];

@@ -253,11 +253,7 @@ impl Client {
     pub fn version(&self) -> Result<String, Error> {
         let op = "version".to_string();
         let value = self.call_json(&op, "version", &[])?;
-        value
-            .get("Version")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| self.bad(&op, format!("no Version in {value}")))
+        value.get("Version").and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| self.bad(&op, format!("no Version in {value}")))
     }
 
     /// Connects to a peer (`/ip4/.../tcp/.../p2p/<id>`); the private network's key must match.
@@ -371,12 +367,17 @@ impl Client {
                 Attempt::Final(Error::Timeout { api: self.api.clone(), op: op.to_string(), after: self.config.timeout })
             }
             ureq::Error::Io(e)
-                if matches!(e.kind(), ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected) =>
+                if matches!(
+                    e.kind(),
+                    ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+                ) =>
             {
                 Attempt::Transient(e.to_string())
             }
             ureq::Error::ConnectionFailed => Attempt::Transient("connection failed".into()),
-            other => Attempt::Final(Error::Unreachable { api: self.api.clone(), op: op.to_string(), attempts: 1, detail: other.to_string() }),
+            other => {
+                Attempt::Final(Error::Unreachable { api: self.api.clone(), op: op.to_string(), attempts: 1, detail: other.to_string() })
+            }
         }
     }
 }
@@ -403,10 +404,7 @@ fn parse_add_reply(text: &str, file_len: u64) -> Result<String, String> {
 
 /// Any CID form a node or a caller may use, as CIDv1 base32.
 fn normalize(cid: &str) -> Result<String, Error> {
-    cid.trim()
-        .parse::<Cid>()
-        .map(|c| c.to_string())
-        .map_err(|detail| Error::InvalidCid { cid: truncate(cid).to_string(), detail })
+    cid.trim().parse::<Cid>().map(|c| c.to_string()).map_err(|detail| Error::InvalidCid { cid: truncate(cid).to_string(), detail })
 }
 
 /// A multipart boundary that does not occur in `data` (RFC 2046 requires it).
@@ -498,7 +496,12 @@ mod tests {
     }
 
     fn fast() -> ClientConfig {
-        ClientConfig { timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(1), attempts: 3, first_backoff: Duration::from_millis(10) }
+        ClientConfig {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            attempts: 3,
+            first_backoff: Duration::from_millis(10),
+        }
     }
 
     #[test]

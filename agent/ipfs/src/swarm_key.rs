@@ -68,8 +68,7 @@ impl SwarmKey {
             options.mode(0o600);
         }
         let mut file = options.open(path).with_context(|| format!("creating swarm key {}", path.display()))?;
-        file.write_all(self.to_kubo_format().as_bytes())
-            .with_context(|| format!("writing swarm key {}", path.display()))
+        file.write_all(self.to_kubo_format().as_bytes()).with_context(|| format!("writing swarm key {}", path.display()))
     }
 }
 

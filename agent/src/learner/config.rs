@@ -39,7 +39,6 @@ The signing key comes from the keystore (password from ETH_PASSWORD or the passw
 or, for development only, from ETH_PRIVATE_KEY; never from a flag.
 ";
 
-
 /// How a demonstration board takes its share of a data set all boards hold.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,9 +168,11 @@ impl LearnerConfig {
             None => FileConfig::default(),
         };
         let where_ = config_path.as_ref().map(|p| format!(" (in {})", p.display())).unwrap_or_default();
-        let node_id = flags.node_id.or(parse_env("FL_NODE_ID")?).or(file.node_id).with_context(|| {
-            format!("no node id: set node_id{where_}, FL_NODE_ID or --node-id")
-        })?;
+        let node_id = flags
+            .node_id
+            .or(parse_env("FL_NODE_ID")?)
+            .or(file.node_id)
+            .with_context(|| format!("no node id: set node_id{where_}, FL_NODE_ID or --node-id"))?;
         let file_endpoints = EndpointSettings {
             rpc_url: file.rpc_url,
             chain_id: file.chain_id,
@@ -182,12 +183,17 @@ impl LearnerConfig {
             confirmations: file.confirmations,
         };
         let endpoints = flag_endpoints.or(EndpointSettings::from_env()?).or(file_endpoints).finish(Missing::Fail, &where_)?;
-        let registry = endpoints
-            .registry
-            .with_context(|| format!("no registry address: set registry{where_}, FL_REGISTRY or --registry"))?;
-        let data_dir = flags.data_dir.or(env_path("FL_DATA_DIR")).or(file.data_dir)
+        let registry =
+            endpoints.registry.with_context(|| format!("no registry address: set registry{where_}, FL_REGISTRY or --registry"))?;
+        let data_dir = flags
+            .data_dir
+            .or(env_path("FL_DATA_DIR"))
+            .or(file.data_dir)
             .with_context(|| format!("no data folder: set data_dir{where_}, FL_DATA_DIR or --data"))?;
-        let state_dir = flags.state_dir.or(env_path("FL_STATE_DIR")).or(file.state_dir)
+        let state_dir = flags
+            .state_dir
+            .or(env_path("FL_STATE_DIR"))
+            .or(file.state_dir)
             .with_context(|| format!("no state folder: set state_dir{where_}, FL_STATE_DIR or --state-dir"))?;
         let local_epochs = positive(flags.local_epochs.or(file.local_epochs).unwrap_or(1), "local_epochs")?;
         let batch_size = positive(flags.batch_size.or(file.batch_size).unwrap_or(32), "batch_size")?;
@@ -248,9 +254,8 @@ seed = 9
         let dir = temp_dir("config");
         let path = dir.join("agent.toml");
         std::fs::write(&path, CONFIG).unwrap();
-        let config = LearnerConfig::parse(args(&["--config", path.to_str().unwrap(), "--local-epochs", "2", "--node-id", "4"]))
-            .unwrap()
-            .unwrap();
+        let config =
+            LearnerConfig::parse(args(&["--config", path.to_str().unwrap(), "--local-epochs", "2", "--node-id", "4"])).unwrap().unwrap();
         assert_eq!(config.node_id, 4);
         assert_eq!(config.local_epochs, 2);
         assert_eq!(config.batch_size, 32);

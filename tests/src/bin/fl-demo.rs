@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_core::flags::number;
 use fl_aggregator::report::Results;
+use fl_core::flags::number;
 use fl_tests::devnet::{Devnet, Running};
 use lexopt::prelude::*;
 
@@ -104,8 +104,7 @@ fn run(config: &DemoConfig) -> Result<()> {
             bail!("{} not found: build with `cargo build --release --workspace --bins` (`make demo` does)", bin.display());
         }
     }
-    let data = std::fs::canonicalize(&config.data)
-        .with_context(|| format!("MNIST folder {}: run `make setup`", config.data.display()))?;
+    let data = std::fs::canonicalize(&config.data).with_context(|| format!("MNIST folder {}: run `make setup`", config.data.display()))?;
     if config.out.exists() {
         std::fs::remove_dir_all(&config.out).with_context(|| format!("clearing {}", config.out.display()))?;
     }
@@ -141,12 +140,8 @@ fn run(config: &DemoConfig) -> Result<()> {
     if let Some(n) = config.test_limit {
         aggregator_args.extend(["--test-limit".to_string(), n.to_string()]);
     }
-    let mut aggregator = Running::spawn(
-        "aggregator",
-        devnet.aggregator_command(&aggregator_bin, &aggregator_args),
-        &out.join("logs/aggregator.log"),
-        true,
-    )?;
+    let mut aggregator =
+        Running::spawn("aggregator", devnet.aggregator_command(&aggregator_bin, &aggregator_args), &out.join("logs/aggregator.log"), true)?;
     let mut learners = Vec::new();
     for node_id in 1..=config.learners {
         let config_path = devnet.write_agent_config(node_id, &data, config.local_epochs, config.rounds, &extra)?;
@@ -188,6 +183,11 @@ fn run(config: &DemoConfig) -> Result<()> {
             100.0 * last
         );
     }
-    println!("wall time {:.0} s; results in {}, plot in {}", wall.as_secs_f64(), results_path.display(), out.join("accuracy.svg").display());
+    println!(
+        "wall time {:.0} s; results in {}, plot in {}",
+        wall.as_secs_f64(),
+        results_path.display(),
+        out.join("accuracy.svg").display()
+    );
     Ok(())
 }

@@ -2,15 +2,15 @@
 
 use anyhow::{bail, Context, Result};
 use fl_contracts::cid::cid_from_bytes;
-use fl_contracts::{commitment, Client, Error, Event, FeeMode, LocalUpdate, Registry, Rpc};
-use fl_tests::anvil::{Anvil, AnvilOptions};
-use fl_tests::util::free_port;
 use fl_contracts::ethers_core::abi::Token;
 use fl_contracts::ethers_core::types::{transaction::eip2718::TypedTransaction, Bytes, Eip1559TransactionRequest, Transaction, U64};
+use fl_contracts::ethers_core::utils::keccak256;
+use fl_contracts::{commitment, Client, Error, Event, FeeMode, LocalUpdate, Registry, Rpc};
 use fl_contracts::{TransactionReceipt, U256};
+use fl_tests::anvil::{Anvil, AnvilOptions};
+use fl_tests::util::free_port;
 use serde_json::json;
 use std::collections::HashMap;
-use fl_contracts::ethers_core::utils::keccak256;
 use std::time::Duration;
 
 /// A well-formed CIDv1 (SHA-256 multihash) whose hash is keccak256(label); `dag_pb` picks the
@@ -124,7 +124,8 @@ fn deploy_and_the_papers_four_functions_over_two_rounds(anvil: &Anvil) -> Result
     // Round 1: both learners submit; each writes only its own node id.
     let mut inputs = Vec::new();
     for (node_id, client) in [(1u64, &learner1), (2u64, &learner2)] {
-        let update = LocalUpdate { node_id, round: 1, cid: cid(&format!("local {node_id} 1"), true), digest: [node_id as u8; 32], samples: 30_000 };
+        let update =
+            LocalUpdate { node_id, round: 1, cid: cid(&format!("local {node_id} 1"), true), digest: [node_id as u8; 32], samples: 30_000 };
         Registry::at(client, registry.address()).set_local_weight(node_id, 1, &update.cid, update.digest, update.samples)?;
         assert_eq!(registry.get_local_weight(node_id)?, update.cid);
         inputs.push(update);
@@ -145,7 +146,8 @@ fn deploy_and_the_papers_four_functions_over_two_rounds(anvil: &Anvil) -> Result
     // The events tell the whole story, and the commitment can be recomputed from them.
     let head = owner.rpc().block_number()?;
     let from = registry.deployed_at()?;
-    let events: Vec<Event> = Registry::at(&owner, registry.address()).with_log_range(2).events(from, head)?.into_iter().map(|l| l.event).collect();
+    let events: Vec<Event> =
+        Registry::at(&owner, registry.address()).with_log_range(2).events(from, head)?.into_iter().map(|l| l.event).collect();
     assert_eq!(events.len(), 6, "{events:#?}");
     assert_eq!(events[0], Event::LearnerAdded { node_id: 1, account: anvil.address(1) });
     assert_eq!(events[1], Event::LearnerAdded { node_id: 2, account: anvil.address(2) });
@@ -316,8 +318,15 @@ fn gas_of_every_write_and_the_steady_state_learner_update(anvil: &Anvil, hardfor
     for round in 1..=3u64 {
         let mut inputs = Vec::new();
         for (node_id, client) in [(1u64, &learner1), (2u64, &learner2)] {
-            let update = LocalUpdate { node_id, round, cid: cid(&format!("{node_id}/{round}"), true), digest: ethers_keccak(&format!("d{node_id}/{round}")), samples: 30_000 };
-            let receipt = Registry::at(client, registry.address()).set_local_weight(node_id, round, &update.cid, update.digest, update.samples)?;
+            let update = LocalUpdate {
+                node_id,
+                round,
+                cid: cid(&format!("{node_id}/{round}"), true),
+                digest: ethers_keccak(&format!("d{node_id}/{round}")),
+                samples: 30_000,
+            };
+            let receipt =
+                Registry::at(client, registry.address()).set_local_weight(node_id, round, &update.cid, update.digest, update.samples)?;
             if round == 1 && node_id == 1 {
                 table.push(("setLocalWeight first (round 1)", cost(&receipt)?));
             } else if round >= 2 {
@@ -405,7 +414,11 @@ fn istanbul_gas(rpc: &Rpc, receipt: &TransactionReceipt) -> Result<u64> {
         istanbul_steps += if now == new {
             SLOAD_GAS
         } else if original == now {
-            if original.is_zero() { SSTORE_SET_GAS } else { SSTORE_RESET_GAS }
+            if original.is_zero() {
+                SSTORE_SET_GAS
+            } else {
+                SSTORE_RESET_GAS
+            }
         } else {
             SLOAD_GAS
         };
@@ -436,7 +449,10 @@ fn istanbul_gas(rpc: &Rpc, receipt: &TransactionReceipt) -> Result<u64> {
     };
     let anvil_figure = settle(anvil_steps, anvil_refund);
     if anvil_figure != gas(receipt) as i64 {
-        bail!("{hash:?}: anvil's step costs add up to {anvil_figure} gas but its receipt says {}: the trace is not read as anvil meant it", gas(receipt));
+        bail!(
+            "{hash:?}: anvil's step costs add up to {anvil_figure} gas but its receipt says {}: the trace is not read as anvil meant it",
+            gas(receipt)
+        );
     }
     Ok(settle(istanbul_steps, istanbul_refund) as u64)
 }
@@ -483,7 +499,9 @@ fn operator_commands_deploy_add_list_and_status_with_a_keystore() -> Result<()> 
 
     // A wrong password and a missing key are clear errors.
     std::fs::write(&password_file, "wrong\n")?;
-    let err = operator(&[], &[&["learners", "add", "5", &learner][..], &owner_flags, &["--registry", &address]].concat()).unwrap_err().to_string();
+    let err = operator(&[], &[&["learners", "add", "5", &learner][..], &owner_flags, &["--registry", &address]].concat())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("wrong password"), "{err}");
     let err = operator(&envs, &["learners", "add", "5", &learner]).unwrap_err().to_string();
     assert!(err.contains("no signing key"), "{err}");
@@ -500,7 +518,11 @@ fn a_transaction_that_fails_after_mining_is_explained_and_receipt_waits_have_a_d
     registry.add_learner(1, anvil.address(1))?;
     registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?;
     let learner = client(&anvil, 1)?;
-    let first = learner.send("setLocalWeight", Some(registry.address()), Registry::set_local_weight_calldata(1, 1, &cid("a", false), [1; 32], 5)?)?;
+    let first = learner.send(
+        "setLocalWeight",
+        Some(registry.address()),
+        Registry::set_local_weight_calldata(1, 1, &cid("a", false), [1; 32], 5)?,
+    )?;
     // The node would refuse to estimate the second (its pending state already holds the
     // first), so it goes out with a fixed gas limit.
     let data = Registry::set_local_weight_calldata(1, 1, &cid("b", false), [2; 32], 5)?;
@@ -561,7 +583,9 @@ fn a_build_for_a_newer_evm_is_refused_before_any_gas_is_spent_and_never_called_a
     assert!(matches!(&err, Error::InvalidOpcode { call, opcodes, .. } if call == "deploy" && opcodes == &[0x5f, 0x5e]), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.starts_with("deploy: this chain rejects the PUSH0 opcode (0x5f, Shanghai, EIP-3855) and the MCOPY opcode (0x5e, Cancun, EIP-5656)"),
+        text.starts_with(
+            "deploy: this chain rejects the PUSH0 opcode (0x5f, Shanghai, EIP-3855) and the MCOPY opcode (0x5e, Cancun, EIP-5656)"
+        ),
         "{text}"
     );
     assert!(text.contains("the bytecode needs the Cancun rules or later"), "{text}");

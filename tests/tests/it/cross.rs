@@ -26,19 +26,11 @@ struct Target {
     cpu: &'static str,
 }
 
-const AARCH64: Target = Target {
-    triple: "aarch64-unknown-linux-gnu",
-    qemu: "qemu-aarch64-static",
-    sysroot: "/usr/aarch64-linux-gnu",
-    cpu: "cortex-a53",
-};
+const AARCH64: Target =
+    Target { triple: "aarch64-unknown-linux-gnu", qemu: "qemu-aarch64-static", sysroot: "/usr/aarch64-linux-gnu", cpu: "cortex-a53" };
 
-const ARMV7: Target = Target {
-    triple: "armv7-unknown-linux-gnueabihf",
-    qemu: "qemu-arm-static",
-    sysroot: "/usr/arm-linux-gnueabihf",
-    cpu: "cortex-a7",
-};
+const ARMV7: Target =
+    Target { triple: "armv7-unknown-linux-gnueabihf", qemu: "qemu-arm-static", sysroot: "/usr/arm-linux-gnueabihf", cpu: "cortex-a7" };
 
 impl Target {
     /// The cross-built agent, or an error saying how to build it.
@@ -66,9 +58,7 @@ impl Target {
         let binary = self.binary()?;
         let mut command = self.command()?;
         command.args(args);
-        let output = command
-            .output()
-            .with_context(|| format!("running {} (install qemu-user-static: `make cross` does)", self.qemu))?;
+        let output = command.output().with_context(|| format!("running {} (install qemu-user-static: `make cross` does)", self.qemu))?;
         check_success(&format!("{} {} {}", self.qemu, binary.display(), args.join(" ")), &output)?;
         Ok(output)
     }
@@ -137,14 +127,11 @@ fn training_matches_native(target: &Target) -> Result<()> {
     let dir = TempDir::new(&format!("cross-train-{}", target.cpu))?;
     let data = data.to_str().context("the workspace path is not UTF-8")?;
     let flags = |out: &Path| -> Vec<String> {
-        [
-            "train", "--data", data, "--train-limit", "256", "--test-limit", "200", "--epochs", "1", "--seed", "7",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.display().to_string()])
-        .collect()
+        ["train", "--data", data, "--train-limit", "256", "--test-limit", "200", "--epochs", "1", "--seed", "7", "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([out.display().to_string()])
+            .collect()
     };
     let native_out = dir.path().join("native.bin");
     let native_flags = flags(&native_out);
@@ -175,8 +162,7 @@ fn training_matches_native(target: &Target) -> Result<()> {
     );
     // Both wrote a model file of the same format and size (same tensors, same shapes).
     let native_len = std::fs::metadata(&native_out).with_context(|| format!("reading {}", native_out.display()))?.len();
-    let emulated_len =
-        std::fs::metadata(&emulated_out).with_context(|| format!("reading {}", emulated_out.display()))?.len();
+    let emulated_len = std::fs::metadata(&emulated_out).with_context(|| format!("reading {}", emulated_out.display()))?.len();
     assert_eq!(emulated_len, native_len, "model file sizes, {} vs native", target.triple);
     Ok(())
 }
@@ -234,9 +220,8 @@ fn packaged_config_template_is_what_the_learner_reads() -> Result<()> {
         .lines()
         .map(|line| {
             let rest = line.strip_prefix("# ").unwrap_or("");
-            let is_key = rest.split_once(" = ").is_some_and(|(key, _)| {
-                !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-            });
+            let is_key =
+                rest.split_once(" = ").is_some_and(|(key, _)| !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
             if is_key || rest == "[shard]" {
                 format!("{rest}\n")
             } else {
@@ -267,7 +252,8 @@ fn emulated_pi_learners_take_part_in_a_full_round_with_a_native_one() -> Result<
     let data = workspace_root().join("data/mnist");
     // Emulation is about 20 times slower than native: 200 training images per learner.
     let extra = "train_limit = 600\ntest_limit = 200\n";
-    let args: Vec<String> = ["--rounds", "1", "--data", &data.display().to_string(), "--test-limit", "200"].iter().map(|a| a.to_string()).collect();
+    let args: Vec<String> =
+        ["--rounds", "1", "--data", &data.display().to_string(), "--test-limit", "200"].iter().map(|a| a.to_string()).collect();
     let mut aggregator = Running::spawn(
         "aggregator",
         devnet.aggregator_command(&workspace_bin("fl-aggregator")?, &args),
@@ -293,11 +279,7 @@ fn emulated_pi_learners_take_part_in_a_full_round_with_a_native_one() -> Result<
     let client = devnet.read_client()?;
     let registry = fl_contracts::Registry::at(&client, devnet.registry);
     let latest = client.rpc().block_number()?;
-    let round_1 = registry
-        .global_updates(0, latest)?
-        .into_iter()
-        .find(|g| g.round == 1)
-        .context("round 1 was not published")?;
+    let round_1 = registry.global_updates(0, latest)?.into_iter().find(|g| g.round == 1).context("round 1 was not published")?;
     assert_eq!(round_1.node_ids, vec![1, 2, 3], "the native and both emulated learners are averaged");
     let endpoints = fl_contracts::endpoints::Endpoints {
         rpc_url: devnet.anvil.url().to_string(),

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
 use fl_core::data::Mnist;
 use fl_core::train::evaluate;
 use fl_core::weights::{sha256, ModelFile, NamedTensor};
-use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
 use fl_tests::devnet::{Devnet, Running};
 use fl_tests::util::{workspace_bin, workspace_root, TempDir};
 
@@ -70,7 +70,12 @@ impl Federation {
     pub(super) fn learner_with(&self, node_id: usize, log: &str, extra: &str) -> Result<Running> {
         let extra = format!("train_limit = {TRAIN_LIMIT}\ntest_limit = {TEST_LIMIT}\n{extra}");
         let config = self.devnet.write_agent_config(node_id, &self.data, 1, ROUNDS, &extra)?;
-        Running::spawn(&format!("learner {node_id}"), self.devnet.agent_command(&self.agent, node_id, &config), &self.devnet.dir.join(log), false)
+        Running::spawn(
+            &format!("learner {node_id}"),
+            self.devnet.agent_command(&self.agent, node_id, &config),
+            &self.devnet.dir.join(log),
+            false,
+        )
     }
 
     /// Every registry event since deployment.
@@ -152,10 +157,8 @@ pub(super) fn check_rounds(federation: &Federation) -> Result<BTreeMap<u64, Mode
             inputs.sort_by_key(|u| u.node_id);
             assert_eq!(inputs.len(), 2, "one update per learner in round {round}: {inputs:?}");
             assert_eq!(commitment(&inputs)?, global.inputs_commitment, "round {round}: commitment");
-            let local_models = inputs
-                .iter()
-                .map(|u| ModelFile::from_bytes(&federation.fetch(&u.cid, &u.digest)?))
-                .collect::<Result<Vec<_>>>()?;
+            let local_models =
+                inputs.iter().map(|u| ModelFile::from_bytes(&federation.fetch(&u.cid, &u.digest)?)).collect::<Result<Vec<_>>>()?;
             let expected = independent_fedavg(&local_models, round).to_bytes();
             assert!(expected == bytes, "round {round}: the global model is not the FedAvg of the recorded local models");
         }
@@ -231,10 +234,7 @@ fn federation_killed_learner_and_aggregator_resume_without_publishing_twice() ->
     }
     // The restarted aggregator carried on from the chain rather than from the beginning.
     let lines = aggregator.lines();
-    assert!(
-        !lines.iter().any(|l| l.contains("round 0: published")),
-        "the restarted aggregator published round 0 again: {lines:?}"
-    );
+    assert!(!lines.iter().any(|l| l.contains("round 0: published")), "the restarted aggregator published round 0 again: {lines:?}");
     let restarted_learner = learner_1.lines();
     assert!(restarted_learner.iter().any(|l| l.contains("learner 1 round 1: test accuracy")), "{restarted_learner:?}");
     Ok(())

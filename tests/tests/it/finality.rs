@@ -148,7 +148,10 @@ fn mine_one_short_of_confirmed(dev: &Dev, tx: H256, waiter: &std::thread::Scoped
 /// The confirmed checks of a receipt: in a canonical block with enough blocks on top.
 fn assert_confirmed(dev: &Dev, receipt: &TransactionReceipt, head_at_return: u64) -> Result<()> {
     let block = receipt.block_number.context("receipt without block number")?.as_u64();
-    ensure!(head_at_return >= block + CONFIRMATIONS, "the wait returned at head {head_at_return}, block {block} had fewer than {CONFIRMATIONS} confirmations");
+    ensure!(
+        head_at_return >= block + CONFIRMATIONS,
+        "the wait returned at head {head_at_return}, block {block} had fewer than {CONFIRMATIONS} confirmations"
+    );
     ensure!(dev.rpc.block_hash(block)? == receipt.block_hash, "the returned receipt is from a block that is not canonical");
     Ok(())
 }
@@ -312,9 +315,19 @@ fn finality_reads_stay_below_the_confirmed_head_so_a_reorganised_update_is_never
 #[test]
 fn finality_bad_confirmations_are_clear_errors() -> Result<()> {
     let aggregator = fl_tests::util::workspace_bin("fl-aggregator")?;
-    for (value, expected) in [("65", "--confirmations: 65 confirmations is more than 64"), ("-1", "--confirmations \"-1\": expected a whole number")] {
+    for (value, expected) in
+        [("65", "--confirmations: 65 confirmations is more than 64"), ("-1", "--confirmations \"-1\": expected a whole number")]
+    {
         let output = std::process::Command::new(&aggregator)
-            .args(["status", "--rpc-url", "http://127.0.0.1:1", "--registry", "0x5fbdb2315678afecb367f032d93f642f64180aa3", "--confirmations", value])
+            .args([
+                "status",
+                "--rpc-url",
+                "http://127.0.0.1:1",
+                "--registry",
+                "0x5fbdb2315678afecb367f032d93f642f64180aa3",
+                "--confirmations",
+                value,
+            ])
             .env_remove("FL_CONFIRMATIONS")
             .output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -390,7 +403,14 @@ impl Miner {
         Ok(Miner { stop, held, release, thread })
     }
 
-    fn run(url: &str, registry: Address, mut targets: Vec<Target>, stop: &AtomicBool, held: &AtomicBool, release: &AtomicBool) -> Result<Vec<Reorganised>> {
+    fn run(
+        url: &str,
+        registry: Address,
+        mut targets: Vec<Target>,
+        stop: &AtomicBool,
+        held: &AtomicBool,
+        release: &AtomicBool,
+    ) -> Result<Vec<Reorganised>> {
         let dev = Dev::new(url)?;
         let reader = Client::read_only(Rpc::new(url)?, None)?;
         let registry = Registry::at(&reader, registry);
@@ -519,10 +539,16 @@ fn finality_federation_with_confirmations_loses_no_update_and_publishes_no_round
     let learner_1_log = learner_1.lines().join("\n");
     assert_eq!(aggregator_log.matches("is no longer known to the node").count(), 2, "{aggregator_log}");
     assert!(
-        learner_1.lines().iter().any(|l| l.contains("round 1: the registering transaction") && l.contains("was dropped or reorganised out; sending it again")),
+        learner_1
+            .lines()
+            .iter()
+            .any(|l| l.contains("round 1: the registering transaction") && l.contains("was dropped or reorganised out; sending it again")),
         "{learner_1_log}"
     );
-    assert!(!learner_1_log.contains("round 2: the registering transaction") && !learner_2.lines().join("\n").contains("round 2: the registering transaction"));
+    assert!(
+        !learner_1_log.contains("round 2: the registering transaction")
+            && !learner_2.lines().join("\n").contains("round 2: the registering transaction")
+    );
     let client = federation.devnet.read_client()?;
     for moved in reorganised.iter().filter(|r| r.target.action == Action::Move) {
         let receipt = client.rpc().transaction_receipt(moved.tx)?.with_context(|| format!("moved transaction {:?} is gone", moved.tx))?;

@@ -3,13 +3,13 @@
 
 /// The registry contract and the JSON-RPC client on a real anvil chain.
 mod chain;
-/// The IPFS client against real js-ipfs nodes on a private network.
-mod ipfs;
-/// The whole federation as processes: FedAvg checked byte for byte, verify, restarts.
-mod federation;
-/// One federation round, as processes, on each EVM rule set the registry supports.
-mod rule_sets;
 /// The Raspberry Pi builds (aarch64, armv7) run under qemu-user-static against the native agent.
 mod cross;
+/// The whole federation as processes: FedAvg checked byte for byte, verify, restarts.
+mod federation;
 /// Confirmations on a chain that reorganises: the waiting rule, reads below the head, a federation across forced reorgs.
 mod finality;
+/// The IPFS client against real js-ipfs nodes on a private network.
+mod ipfs;
+/// One federation round, as processes, on each EVM rule set the registry supports.
+mod rule_sets;

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fl_core::weights::{sha256, ModelFile};
 use fl_contracts::ethers_core::types::Transaction;
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Logged, Registry};
+use fl_core::weights::{sha256, ModelFile};
 use fl_tests::anvil::AnvilOptions;
 use fl_tests::devnet::{Devnet, Running};
 use fl_tests::util::{workspace_bin, workspace_root, TempDir};
@@ -30,12 +30,20 @@ fn one_round_on(hardfork: &'static str) -> Result<()> {
     let devnet = Devnet::start_with(1, dir.path(), AnvilOptions { hardfork: Some(hardfork), ..Default::default() })?;
     let args: Vec<String> =
         ["--rounds", "1", "--data", &data.display().to_string(), "--test-limit", &TEST_LIMIT.to_string()].map(String::from).to_vec();
-    let mut aggregator =
-        Running::spawn("aggregator", devnet.aggregator_command(&workspace_bin("fl-aggregator")?, &args), &devnet.dir.join("aggregator.log"), false)?;
+    let mut aggregator = Running::spawn(
+        "aggregator",
+        devnet.aggregator_command(&workspace_bin("fl-aggregator")?, &args),
+        &devnet.dir.join("aggregator.log"),
+        false,
+    )?;
     let extra = format!("train_limit = {TRAIN_LIMIT}\ntest_limit = {TEST_LIMIT}\n");
     let config = devnet.write_agent_config(1, &data, 1, 1, &extra)?;
-    let mut learner =
-        Running::spawn("learner 1", devnet.agent_command(&workspace_bin("fl-agent")?, 1, &config), &devnet.dir.join("learner-1.log"), false)?;
+    let mut learner = Running::spawn(
+        "learner 1",
+        devnet.agent_command(&workspace_bin("fl-agent")?, 1, &config),
+        &devnet.dir.join("learner-1.log"),
+        false,
+    )?;
     aggregator.wait_success(RUN_LIMIT).with_context(|| format!("{hardfork}: aggregator"))?;
     learner.wait_success(Duration::from_secs(120)).with_context(|| format!("{hardfork}: learner"))?;
 
@@ -44,7 +52,8 @@ fn one_round_on(hardfork: &'static str) -> Result<()> {
     let client = devnet.read_client()?;
     let registry = Registry::at(&client, devnet.registry);
     let logged = registry.events(0, client.rpc().block_number()?)?;
-    let globals: Vec<&GlobalUpdate> = logged.iter().filter_map(|l| if let Event::GlobalWeightSet(g) = &l.event { Some(g) } else { None }).collect();
+    let globals: Vec<&GlobalUpdate> =
+        logged.iter().filter_map(|l| if let Event::GlobalWeightSet(g) = &l.event { Some(g) } else { None }).collect();
     let locals: Vec<(&Logged, &LocalUpdate)> =
         logged.iter().filter_map(|l| if let Event::LocalWeightSet(u) = &l.event { Some((l, u)) } else { None }).collect();
     assert_eq!(globals.iter().map(|g| g.round).collect::<Vec<_>>(), [0, 1], "{hardfork}: {globals:?}");

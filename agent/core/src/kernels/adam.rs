@@ -39,22 +39,12 @@ impl candle_nn::Optimizer for Adam {
         let mut slots = Vec::with_capacity(vars.len());
         for var in vars {
             if var.dtype() != candle_core::DType::F32 {
-                bail!(
-                    "fused adam: expected f32 parameters, found {:?}",
-                    var.dtype()
-                )
+                bail!("fused adam: expected f32 parameters, found {:?}", var.dtype())
             }
             let n = var.elem_count();
-            slots.push(Slot {
-                var,
-                moments: Mutex::new((vec![0f32; n], vec![0f32; n])),
-            });
+            slots.push(Slot { var, moments: Mutex::new((vec![0f32; n], vec![0f32; n])) });
         }
-        Ok(Self {
-            slots,
-            step_t: 0,
-            params,
-        })
+        Ok(Self { slots, step_t: 0, params })
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
@@ -63,10 +53,7 @@ impl candle_nn::Optimizer for Adam {
         for slot in &self.slots {
             if let Some(grad) = grads.get(&slot.var) {
                 let grad = grad.contiguous()?;
-                let op = Update {
-                    step,
-                    moments: &slot.moments,
-                };
+                let op = Update { step, moments: &slot.moments };
                 slot.var.inplace_op2(&grad, &op)?;
             }
         }
@@ -116,10 +103,7 @@ impl AdamStep {
     /// # Panics
     /// If the four slices differ in length (a caller's bug).
     pub fn apply(&self, theta: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32]) {
-        assert!(
-            theta.len() == grad.len() && m.len() == grad.len() && v.len() == grad.len(),
-            "adam: slices of different lengths"
-        );
+        assert!(theta.len() == grad.len() && m.len() == grad.len() && v.len() == grad.len(), "adam: slices of different lengths");
         let u = *self;
         theta
             .par_chunks_mut(ELEMENTS_PER_TASK)
@@ -154,33 +138,15 @@ impl InplaceOp2 for Update<'_> {
         "fused-adam"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
         let grad = f32_slice(s2, l2, self.name())?;
-        let Some((start, end)) = l1.contiguous_offsets() else {
-            bail!("{}: expected a contiguous parameter", self.name())
-        };
-        let CpuStorage::F32(theta) = s1 else {
-            bail!("{}: expected an f32 parameter", self.name())
-        };
+        let Some((start, end)) = l1.contiguous_offsets() else { bail!("{}: expected a contiguous parameter", self.name()) };
+        let CpuStorage::F32(theta) = s1 else { bail!("{}: expected an f32 parameter", self.name()) };
         let theta = &mut theta[start..end];
-        let mut moments = self
-            .moments
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("adam moments poisoned".into()))?;
+        let mut moments = self.moments.lock().map_err(|_| candle_core::Error::Msg("adam moments poisoned".into()))?;
         let (m, v) = &mut *moments;
         if theta.len() != grad.len() || m.len() != grad.len() {
-            bail!(
-                "{}: parameter of {} values, gradient of {}",
-                self.name(),
-                theta.len(),
-                grad.len()
-            )
+            bail!("{}: parameter of {} values, gradient of {}", self.name(), theta.len(), grad.len())
         }
         self.step.apply(theta, m, v, grad);
         Ok(())
@@ -201,51 +167,24 @@ mod tests {
         let init = Tensor::randn(0f32, 1.0, (40_000,), &dev).unwrap();
         let target = Tensor::randn(0f32, 1.0, (40_000,), &dev).unwrap();
         for weight_decay in [0.0, 0.01] {
-            let params = ParamsAdamW {
-                lr: 0.01,
-                weight_decay,
-                ..Default::default()
-            };
+            let params = ParamsAdamW { lr: 0.01, weight_decay, ..Default::default() };
             let ours = Var::from_tensor(&init).unwrap();
             let theirs = Var::from_tensor(&init).unwrap();
             let mut opt1 = Adam::new(vec![ours.clone()], params.clone()).unwrap();
             let mut opt2 = candle_nn::AdamW::new(vec![theirs.clone()], params).unwrap();
             for _ in 0..5 {
-                let loss1 = (ours.as_tensor() - &target)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap();
+                let loss1 = (ours.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
                 opt1.backward_step(&loss1).unwrap();
-                let loss2 = (theirs.as_tensor() - &target)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap();
+                let loss2 = (theirs.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
                 opt2.backward_step(&loss2).unwrap();
             }
-            let diff = (ours.as_tensor() - theirs.as_tensor())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max(D::Minus1)
-                .unwrap();
+            let diff = (ours.as_tensor() - theirs.as_tensor()).unwrap().abs().unwrap().max(D::Minus1).unwrap();
             // A few ulps of the largest values (|randn| of 40,000 draws reaches ~4.5,
             // where one f32 ulp is 4.8e-7): 1e-6 failed about one run in 30.
             let diff = diff.to_scalar::<f32>().unwrap();
             assert!(diff < 4e-6, "fused Adam differs from candle's AdamW by {diff}");
-            let moved = (ours.as_tensor() - &init)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max(D::Minus1)
-                .unwrap();
-            assert!(
-                moved.to_scalar::<f32>().unwrap() > 0.01,
-                "the optimizer did not move"
-            );
+            let moved = (ours.as_tensor() - &init).unwrap().abs().unwrap().max(D::Minus1).unwrap();
+            assert!(moved.to_scalar::<f32>().unwrap() > 0.01, "the optimizer did not move");
         }
     }
 }

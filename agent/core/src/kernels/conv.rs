@@ -319,8 +319,7 @@ pub fn conv_relu_pool_forward(d: Dims, xs: &[f32], weight: &[f32], bias: &[f32],
     let direct = is_direct(d);
     // The direct kernel's weights, tap-major (for one input channel the patch order is
     // OIHW's: `weight[o * 9 + t]`); unused otherwise.
-    let taps: [[f32; DIRECT_C_OUT]; 9] =
-        std::array::from_fn(|t| std::array::from_fn(|o| if direct { weight[o * 9 + t] } else { 0.0 }));
+    let taps: [[f32; DIRECT_C_OUT]; 9] = std::array::from_fn(|t| std::array::from_fn(|o| if direct { weight[o * 9 + t] } else { 0.0 }));
     let group = images_per_gemm(hw, d.n);
     ys.par_chunks_mut(group * out_per_image)
         .zip(argmax.par_chunks_mut(group * out_per_image))
@@ -340,10 +339,8 @@ pub fn conv_relu_pool_forward(d: Dims, xs: &[f32], weight: &[f32], bias: &[f32],
                     // conv (pixels x Cout) = patches (pixels x K) * W^T (K x Cout)
                     sgemm(rows, c_out, k, conv, false, patches, k, 1, &patch_weight, 1, k);
                 }
-                for ((conv, y), am) in conv
-                    .chunks_exact(hw * c_out)
-                    .zip(y.chunks_exact_mut(out_per_image))
-                    .zip(am.chunks_exact_mut(out_per_image))
+                for ((conv, y), am) in
+                    conv.chunks_exact(hw * c_out).zip(y.chunks_exact_mut(out_per_image)).zip(am.chunks_exact_mut(out_per_image))
                 {
                     pool_image(conv, c_out, d.h, d.w, bias, y, am);
                 }
@@ -482,8 +479,7 @@ pub fn nhwc_to_nchw(src: &[f32], c: usize, hw: usize, dst: &mut [f32]) {
 // functions above.
 #[doc(hidden)]
 pub fn conv3x3_relu_pool(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    xs.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, ConvReluPool { saved: Mutex::new(None) })
+    xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, ConvReluPool { saved: Mutex::new(None) })
 }
 
 /// The candle op; `saved` keeps the forward's NHWC input and argmax for the backward.
@@ -553,9 +549,7 @@ impl CustomOp3 for ConvReluPool {
         let d = Dims { n, c_in, c_out, h, w };
         let (oh, ow) = d.pooled();
         let saved = self.saved.lock().map_err(lock_error)?;
-        let Some((xs_nhwc, argmax)) = saved.as_ref() else {
-            bail!("{}: backward before forward", self.name())
-        };
+        let Some((xs_nhwc, argmax)) = saved.as_ref() else { bail!("{}: backward before forward", self.name()) };
         let grad_res = grad_res.contiguous()?;
         let grad_nchw = grad_res.flatten_all()?.to_vec1::<f32>()?;
         if grad_nchw.len() != argmax.len() {
@@ -576,11 +570,7 @@ impl CustomOp3 for ConvReluPool {
             }
             None => None,
         };
-        Ok((
-            grad_xs,
-            Some(Tensor::from_vec(grad_w, weight.shape(), xs.device())?),
-            Some(Tensor::from_vec(grad_b, c_out, xs.device())?),
-        ))
+        Ok((grad_xs, Some(Tensor::from_vec(grad_w, weight.shape(), xs.device())?), Some(Tensor::from_vec(grad_b, c_out, xs.device())?)))
     }
 }
 

@@ -35,10 +35,7 @@ mod linalg;
 mod testing;
 
 pub use adam::{Adam, AdamStep};
-pub use conv::{
-    conv3x3_relu_pool, conv_relu_pool_backward, conv_relu_pool_forward, nchw_to_nhwc, nhwc_to_nchw,
-    Dims as ConvDims,
-};
+pub use conv::{conv3x3_relu_pool, conv_relu_pool_backward, conv_relu_pool_forward, nchw_to_nhwc, nhwc_to_nchw, Dims as ConvDims};
 pub use dense::{linear, linear_backward_input, linear_backward_params, linear_forward};
 
 use candle_core::backend::BackendStorage;
@@ -52,10 +49,7 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => bail!(
-            "{op}: expected a contiguous tensor, found strides {:?}",
-            layout.stride()
-        ),
+        None => bail!("{op}: expected a contiguous tensor, found strides {:?}", layout.stride()),
     }
 }
 
