@@ -181,18 +181,18 @@ impl Results {
             height - bottom
         );
         let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-        let mut series: Vec<(String, String, f64, Vec<(f64, f64)>)> = Vec::new();
+        let mut series: Vec<Series> = Vec::new();
         for (i, id) in self.node_ids().iter().enumerate() {
             let points = self
                 .rounds
                 .iter()
                 .filter_map(|r| r.learners.iter().find(|l| l.node_id == *id).and_then(|l| l.model.accuracy).map(|a| (r.round as f64, a)))
                 .collect();
-            series.push((format!("learner {id}"), palette[i % palette.len()].to_string(), 1.5, points));
+            series.push(Series { name: format!("learner {id}"), color: palette[i % palette.len()].to_string(), stroke: 1.5, points });
         }
         let global_points = plotted.iter().filter_map(|r| r.global.accuracy.map(|a| (r.round as f64, a))).collect();
-        series.push(("global".into(), "#d62728".into(), 3.0, global_points));
-        for (i, (name, color, stroke, points)) in series.iter().enumerate() {
+        series.push(Series { name: "global".into(), color: "#d62728".into(), stroke: 3.0, points: global_points });
+        for (i, Series { name, color, stroke, points }) in series.iter().enumerate() {
             let path: Vec<String> = points.iter().map(|(r, a)| format!("{:.1},{:.1}", x(*r), y(*a))).collect();
             if !path.is_empty() {
                 let _ = writeln!(svg, r##"<polyline fill="none" stroke="{color}" stroke-width="{stroke}" points="{}"/>"##, path.join(" "));
@@ -213,6 +213,14 @@ impl Results {
         svg.push_str("</svg>\n");
         svg
     }
+}
+
+/// One line of the accuracy plot: legend name, colour, stroke width and (round, accuracy) points.
+struct Series {
+    name: String,
+    color: String,
+    stroke: f64,
+    points: Vec<(f64, f64)>,
 }
 
 /// Seconds since the Unix epoch, for [`RoundResult::published_at`].
