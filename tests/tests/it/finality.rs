@@ -118,18 +118,20 @@ fn send_update(learner: &Client, registry: Address, label: &str) -> Result<Pendi
 /// Mines a block every 100 ms until `wait` returns; returns its result and the head at that
 /// moment (mining stops right after, so a wait that returned too early shows in the head).
 fn mine_until<T: Send>(dev: &Dev, wait: impl FnOnce() -> T + Send) -> Result<(T, u64)> {
-    std::thread::scope(|scope| {
-        let waiter = scope.spawn(wait);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !waiter.is_finished() {
-            ensure!(Instant::now() < deadline, "the wait did not return within a minute of mining");
-            dev.mine(1)?;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let head = dev.head()?;
-        let result = waiter.join().map_err(|_| anyhow::anyhow!("the waiting thread panicked"))?;
-        Ok((result, head))
-    })
+    std::thread::scope(|scope| mine_until_finished(dev, scope.spawn(wait)))
+}
+
+/// [`mine_until`] for a wait already running in `waiter`.
+fn mine_until_finished<T>(dev: &Dev, waiter: std::thread::ScopedJoinHandle<'_, T>) -> Result<(T, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !waiter.is_finished() {
+        ensure!(Instant::now() < deadline, "the wait did not return within a minute of mining");
+        dev.mine(1)?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let head = dev.head()?;
+    let result = waiter.join().map_err(|_| anyhow::anyhow!("the waiting thread panicked"))?;
+    Ok((result, head))
 }
 
 /// Mines the block holding `tx` and `CONFIRMATIONS - 1` more, then lets `wait` run for a
@@ -230,14 +232,7 @@ fn finality_a_transaction_moved_to_another_block_is_confirmed_in_its_new_block()
         dev.reorg(dev.head()? - block + 1, &[(raw, 1)])?;
         let (new_block, new_hash) = dev.mined_in(tx.hash)?.context("the re-included transaction is not mined")?;
         ensure!(new_block == block + 1 && new_hash != old_hash, "anvil_reorg did not move the transaction");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !waiter.is_finished() {
-            ensure!(Instant::now() < deadline, "the wait did not return within a minute of mining");
-            dev.mine(1)?;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let head = dev.head()?;
-        Ok((waiter.join().map_err(|_| anyhow::anyhow!("the waiting thread panicked"))?, head))
+        mine_until_finished(&dev, waiter)
     })?;
     let receipt = result?;
     assert_eq!(receipt.transaction_hash, tx.hash, "the moved transaction itself, not a resend");
@@ -264,14 +259,7 @@ fn finality_a_transaction_reorganised_out_and_back_in_the_pool_is_waited_for() -
         // Longer than the drop grace: a transaction in the pool is not reported dropped.
         std::thread::sleep(fl_contracts::finality::DROP_GRACE * 2);
         ensure!(!waiter.is_finished(), "the wait returned while the transaction was in the pool");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !waiter.is_finished() {
-            ensure!(Instant::now() < deadline, "the wait did not return within a minute of mining");
-            dev.mine(1)?;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let head = dev.head()?;
-        Ok((waiter.join().map_err(|_| anyhow::anyhow!("the waiting thread panicked"))?, head))
+        mine_until_finished(&dev, waiter)
     })?;
     let receipt = result?;
     assert_eq!(receipt.transaction_hash, tx.hash);
