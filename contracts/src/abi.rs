@@ -153,7 +153,7 @@ mod tests {
         pub fn keccak256(data: &[u8]) -> [u8; 32] {
             let mut padded = data.to_vec();
             padded.push(0x01);
-            while padded.len() % 136 != 0 {
+            while !padded.len().is_multiple_of(136) {
                 padded.push(0);
             }
             let last = padded.len() - 1;
