@@ -65,6 +65,13 @@ pub enum Missing {
     Fail,
 }
 
+/// A number of confirmations given as text by `what` (a flag or a variable, written before
+/// the value with `joiner`), parsed and checked against [`check_confirmations`].
+fn parse_confirmations(text: &str, what: &str, joiner: &str) -> Result<u64> {
+    let n = text.parse().with_context(|| format!("{what}{joiner}{text:?}: expected a whole number"))?;
+    check_confirmations(n).context(what.to_string())
+}
+
 /// Keeps an optional string only if it is not empty.
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
@@ -94,11 +101,7 @@ impl EndpointSettings {
             "keystore" => self.keystore = Some(PathBuf::from(value)),
             "password-file" => self.password_file = Some(PathBuf::from(value)),
             "ipfs-api" => self.ipfs_api = Some(text(value)?),
-            "confirmations" => {
-                let value = text(value)?;
-                let n = value.parse().with_context(|| format!("--confirmations {value:?}: expected a whole number"))?;
-                self.confirmations = Some(check_confirmations(n).context("--confirmations")?);
-            }
+            "confirmations" => self.confirmations = Some(parse_confirmations(&text(value)?, "--confirmations", " ")?),
             _ => bail!(
                 "--{flag}: keys and passwords are never taken from the command line; use ETH_PRIVATE_KEY, ETH_PASSWORD or --password-file"
             ),
@@ -112,10 +115,7 @@ impl EndpointSettings {
     pub fn from_env() -> Result<EndpointSettings> {
         let env = |name: &str| non_empty(std::env::var(name).ok());
         let confirmations = match env("FL_CONFIRMATIONS") {
-            Some(text) => {
-                let n = text.parse().with_context(|| format!("environment variable FL_CONFIRMATIONS={text:?}: expected a whole number"))?;
-                Some(check_confirmations(n).context("environment variable FL_CONFIRMATIONS")?)
-            }
+            Some(text) => Some(parse_confirmations(&text, "environment variable FL_CONFIRMATIONS", "=")?),
             None => None,
         };
         Ok(EndpointSettings {
