@@ -366,7 +366,8 @@ struct Reorganised {
     target: Target,
     tx: H256,
     block: u64,
-    /// Every transaction of that block (the target's included): all are dropped or moved.
+    /// Every transaction of that block (the target's included): all are dropped or moved;
+    /// the blocks on top keep theirs.
     block_txs: Vec<H256>,
 }
 
@@ -416,15 +417,27 @@ impl Miner {
                     // One block on top: replace both (depth 2, within the confirmations).
                     let depth = head - found.block + 1;
                     ensure!(depth <= CONFIRMATIONS, "reorganisation of depth {depth} is deeper than the confirmations");
-                    let txs = match found.target.action {
-                        Action::Move => found.block_txs.iter().map(|&tx| Ok((dev.raw_transaction(tx)?, 1))).collect::<Result<Vec<_>>>()?,
-                        Action::Drop | Action::HoldThenDrop => Vec::new(),
-                    };
+                    // Only the target's block is dropped or moved: whatever was mined on top
+                    // of it (a learner's update sent in the meantime) keeps its block, or the
+                    // test would drop transactions it did not choose.
+                    let mut kept: Vec<(H256, u64)> = Vec::new();
+                    if found.target.action == Action::Move {
+                        kept.extend(found.block_txs.iter().map(|&tx| (tx, found.block + 1)));
+                    }
+                    for block in found.block + 1..=head {
+                        kept.extend(dev.block_transactions(block)?.into_iter().map(|tx| (tx, block)));
+                    }
+                    let txs =
+                        kept.iter().map(|&(tx, block)| Ok((dev.raw_transaction(tx)?, block - found.block))).collect::<Result<Vec<_>>>()?;
                     dev.reorg(depth, &txs)?;
-                    let expected = (found.target.action == Action::Move).then_some(found.block + 1);
                     for &tx in &found.block_txs {
+                        let expected = kept.iter().find(|k| k.0 == tx).map(|k| k.1);
                         let now = dev.mined_in(tx)?.map(|(block, _)| block);
                         ensure!(now == expected, "after the reorganisation {tx:?} is in block {now:?}, expected {expected:?}");
+                    }
+                    for &(tx, expected) in &kept {
+                        let now = dev.mined_in(tx)?.map(|(block, _)| block);
+                        ensure!(now == Some(expected), "after the reorganisation {tx:?} is in block {now:?}, expected {expected}");
                     }
                     eprintln!("[miner] reorganised block {} holding {:?} ({:?})", found.block, found.tx, found.target);
                     done.push(found);
@@ -533,10 +546,9 @@ fn finality_federation_with_confirmations_loses_no_update_and_publishes_no_round
             .any(|l| l.contains("round 1: the registering transaction") && l.contains("was dropped or reorganised out; sending it again")),
         "{learner_1_log}"
     );
-    assert!(
-        !learner_1_log.contains("round 2: the registering transaction")
-            && !learner_2.lines().join("\n").contains("round 2: the registering transaction")
-    );
+    let learner_2_log = learner_2.lines().join("\n");
+    assert!(!learner_1_log.contains("round 2: the registering transaction"), "{learner_1_log}");
+    assert!(!learner_2_log.contains("round 2: the registering transaction"), "{learner_2_log}");
     let client = federation.devnet.read_client()?;
     for moved in reorganised.iter().filter(|r| r.target.action == Action::Move) {
         let receipt = client.rpc().transaction_receipt(moved.tx)?.with_context(|| format!("moved transaction {:?} is gone", moved.tx))?;
