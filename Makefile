@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test demo paper bench bench-vs-keras cross bench-cross check-fresh clean
+.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras cross bench-cross check-fresh clean
 
 all: build
 
@@ -32,6 +32,10 @@ paper: setup
 ## Training / evaluation throughput and peak memory of the agent.
 bench: setup
 	bash agent/core/bench/bench.sh
+
+## Time, peak memory and disk of each aggregation rule (fedavg, median, trimmed mean, krum, multi-krum) for 10-100 updates.
+bench-rules:
+	bash agent/core/bench/rules.sh $(ARGS)
 
 ## The agent against Keras (tensorflow-cpu) on the same CPU, same run.
 bench-vs-keras: setup

@@ -12,13 +12,23 @@ pragma solidity 0.8.28;
 /// 32-byte slot (the hash) plus one byte (the codec) packed with the learner's other fields.
 /// The getters rebuild the usual base32 text (`bafk...`, `bafy...`), which costs nothing in
 /// a call. This keeps a learner's steady-state update under 50,000 gas.
+///
+/// Version 2 (`version()`; version 1 had no such function) adds sample caps and the round
+/// record. Sample counts weigh updates in FedAvg, so they are not taken on trust: the owner
+/// sets a federation-wide cap at deployment and may set a lower or higher one per learner,
+/// and an update above its learner's cap is refused. Each global model carries its round
+/// record: "how this global model was made" (the aggregation rule and its parameters, the
+/// updates left out and why), versioned bytes the contract does not interpret, emitted in
+/// the event and covered by the inputs commitment.
 contract Registry {
-    /// One learner: the address allowed to write this nodeId, and its latest local update.
-    /// The first four fields share one storage slot (20 + 4 + 7 + 1 bytes).
+    /// One learner: the address allowed to write this nodeId, its sample cap and its latest
+    /// local update. The first four fields share one storage slot (20 + 4 + 7 + 1 bytes), so
+    /// checking the cap costs no extra storage read; the update's sample count is in its
+    /// event (the only place readers take it from).
     struct Learner {
         address account;
         uint32 round;
-        uint56 samples;
+        uint56 maxSamples;
         uint8 codec;
         bytes32 cidHash;
         bytes32 digest;
@@ -33,8 +43,12 @@ contract Registry {
         bytes32 inputsCommitment;
     }
 
+    /// This contract's interface version (version 1 had no `version()`).
+    uint256 public constant version = 2;
     /// The block the registry was deployed in: where readers of its events start.
     uint256 public immutable deployedAt;
+    /// The federation-wide sample cap: a learner added without its own cap gets this one.
+    uint256 public immutable defaultMaxSamples;
     /// The aggregator: publishes global models and manages learners.
     address public owner;
     /// The round that the next writes belong to; starts at 0 (the seeded global model).
@@ -56,21 +70,31 @@ contract Registry {
     error AlreadySubmitted(uint256 nodeId, uint256 round);
     error InvalidCid(bytes cid);
     error InvalidSamples(uint256 samples);
+    error SamplesAboveCap(uint256 nodeId, uint256 samples, uint256 maxSamples);
+    error InvalidCap(uint256 maxSamples);
+    error NoRecord(uint256 round);
     error SeedHasInputs(uint256 count);
     error NoInputs(uint256 round);
     error NodeIdsNotAscending(uint256 index);
     error MissingLocalUpdate(uint256 nodeId, uint256 round);
     error NoGlobalModel();
 
-    event LearnerAdded(uint256 indexed nodeId, address indexed account);
+    /// `maxSamples`: the most samples an update of this learner may claim.
+    event LearnerAdded(uint256 indexed nodeId, address indexed account, uint256 maxSamples);
     event LearnerRemoved(uint256 indexed nodeId, address indexed account);
     /// `cid` is the binary CID (36 bytes); `samples` is the number of training examples.
     event LocalWeightSet(uint256 indexed nodeId, uint256 indexed round, bytes cid, bytes32 digest, uint256 samples);
-    /// `nodeIds` lists, ascending, the learners whose round-`round` updates were averaged.
-    event GlobalWeightSet(uint256 indexed round, bytes cid, bytes32 digest, bytes32 inputsCommitment, uint256[] nodeIds);
+    /// `nodeIds` lists, ascending, the learners whose round-`round` updates were the inputs of
+    /// the aggregation rule; `record` is the round record (empty for round 0).
+    event GlobalWeightSet(
+        uint256 indexed round, bytes cid, bytes32 digest, bytes32 inputsCommitment, uint256[] nodeIds, bytes record
+    );
 
-    constructor() {
+    /// `maxSamples`: the federation-wide sample cap (1 to 2^56 - 1).
+    constructor(uint256 maxSamples) {
+        if (maxSamples == 0 || maxSamples > type(uint56).max) revert InvalidCap(maxSamples);
         deployedAt = block.number;
+        defaultMaxSamples = maxSamples;
         owner = msg.sender;
     }
 
@@ -79,17 +103,21 @@ contract Registry {
         _;
     }
 
-    /// Binds `nodeId` to `account`; only that address may then write the node's updates.
-    function addLearner(uint256 nodeId, address account) external onlyOwner {
+    /// Binds `nodeId` to `account`; only that address may then write the node's updates, each
+    /// claiming at most `maxSamples` samples (0: the federation-wide default).
+    function addLearner(uint256 nodeId, address account, uint256 maxSamples) external onlyOwner {
         if (account == address(0)) revert ZeroAddress();
+        if (maxSamples == 0) maxSamples = defaultMaxSamples;
+        if (maxSamples > type(uint56).max) revert InvalidCap(maxSamples);
         Learner storage learner = learners[nodeId];
         if (learner.account != address(0)) revert AlreadyRegistered(nodeId, learner.account);
         learner.account = account;
+        learner.maxSamples = uint56(maxSamples);
         if (nodeIdIndexPlusOne[nodeId] == 0) {
             nodeIdList.push(nodeId);
             nodeIdIndexPlusOne[nodeId] = nodeIdList.length;
         }
-        emit LearnerAdded(nodeId, account);
+        emit LearnerAdded(nodeId, account, maxSamples);
     }
 
     /// Unbinds `nodeId`; its past updates stay readable and in the event log.
@@ -108,8 +136,9 @@ contract Registry {
     }
 
     /// The paper's setter, with the round, the model file's SHA-256 digest and the number of
-    /// training samples. Only the address bound to `nodeId`, only for `round == currentRound`
-    /// (local rounds start at 1), and once per node and round: an update is never overwritten,
+    /// training samples (1 up to the learner's cap). Only the address bound to `nodeId`, only
+    /// for `round == currentRound` (local rounds start at 1), and once per node and round: an
+    /// update is never overwritten,
     /// so the inputs of a global model stay fixed and a restarted learner can see what it sent.
     function setLocalWeight(uint256 nodeId, uint256 round, bytes calldata cid, bytes32 digest, uint256 samples)
         external
@@ -121,10 +150,10 @@ contract Registry {
         if (account == address(0)) revert UnknownLearner(nodeId);
         if (account != msg.sender) revert NotLearner(nodeId, msg.sender);
         if (learner.round == round) revert AlreadySubmitted(nodeId, round);
-        if (samples == 0 || samples > type(uint56).max) revert InvalidSamples(samples);
+        if (samples == 0) revert InvalidSamples(samples);
+        if (samples > learner.maxSamples) revert SamplesAboveCap(nodeId, samples, learner.maxSamples);
         uint8 codec = _checkCid(cid);
         learner.round = uint32(round);
-        learner.samples = uint56(samples);
         learner.codec = codec;
         learner.cidHash = bytes32(cid[4:36]);
         learner.digest = digest;
@@ -138,32 +167,35 @@ contract Registry {
         return _cidText(learner.codec, learner.cidHash);
     }
 
-    /// The node's binding and latest update (round 0 and an empty cid when it has none).
+    /// The node's binding, its sample cap and its latest update (round 0 and an empty cid
+    /// when it has none; the update's sample count is in its event).
     function localUpdate(uint256 nodeId)
         external
         view
-        returns (address account, uint256 round, bytes memory cid, bytes32 digest, uint256 samples)
+        returns (address account, uint256 round, bytes memory cid, bytes32 digest, uint256 maxSamples)
     {
         Learner storage learner = learners[nodeId];
         account = learner.account;
         round = learner.round;
         if (round != 0) cid = _cidBytes(learner.codec, learner.cidHash);
         digest = learner.digest;
-        samples = learner.samples;
+        maxSamples = learner.maxSamples;
     }
 
     /// The paper's setter for the global model of `round == currentRound`; advances the
     /// round. Round 0 is the seeded initial model and has no inputs; every later round lists,
     /// strictly ascending, the node ids whose round-`round` updates it averages (any
-    /// non-empty subset of the learners that submitted) and a commitment to those updates:
-    /// keccak256(abi.encode(Input[])) with Input = (uint256 nodeId, uint256 round,
-    /// string cid, bytes32 digest, uint256 samples), cid in base32 text.
+    /// non-empty subset of the learners that submitted), the round record, and a commitment to
+    /// both: keccak256(abi.encode(Input[], bytes record)) with Input = (uint256 nodeId,
+    /// uint256 round, string cid, bytes32 digest, uint256 samples), cid in base32 text
+    /// (version 1: keccak256(abi.encode(Input[])), no record).
     function setGlobalWeight(
         uint256 round,
         bytes calldata cid,
         bytes32 digest,
         bytes32 inputsCommitment,
-        uint256[] calldata nodeIds
+        uint256[] calldata nodeIds,
+        bytes calldata record
     ) external onlyOwner {
         uint256 current = currentRound;
         if (round != current) revert WrongRound(round, current);
@@ -171,6 +203,7 @@ contract Registry {
             if (nodeIds.length != 0) revert SeedHasInputs(nodeIds.length);
         } else {
             if (nodeIds.length == 0) revert NoInputs(round);
+            if (record.length == 0) revert NoRecord(round);
             for (uint256 i = 0; i < nodeIds.length; i++) {
                 if (i > 0 && nodeIds[i] <= nodeIds[i - 1]) revert NodeIdsNotAscending(i);
                 if (learners[nodeIds[i]].round != round) revert MissingLocalUpdate(nodeIds[i], round);
@@ -185,7 +218,7 @@ contract Registry {
             inputsCommitment: inputsCommitment
         });
         currentRound = uint32(round + 1);
-        emit GlobalWeightSet(round, cid, digest, inputsCommitment, nodeIds);
+        emit GlobalWeightSet(round, cid, digest, inputsCommitment, nodeIds, record);
     }
 
     /// The paper's getter: the CID (base32 text) of the latest global model, or "".

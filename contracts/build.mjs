@@ -32,48 +32,61 @@ if (evmVersion !== DEFAULT_EVM_VERSION && !process.argv.includes("--print")) {
   process.stderr.write(`build: artifacts/ are always compiled for ${DEFAULT_EVM_VERSION}; add --print to print a ${evmVersion} build instead\n`);
   process.exit(2);
 }
-const input = {
-  language: "Solidity",
-  sources: { [SOURCE]: { content: fs.readFileSync(path.join(here, SOURCE), "utf8") } },
-  settings: {
-    optimizer: { enabled: true, runs: 200 },
-    evmVersion,
-    metadata: { bytecodeHash: "ipfs" },
-    outputSelection: { [SOURCE]: { [CONTRACT]: ["abi", "evm.bytecode.object"] } },
-  },
-};
+// The current registry, and each older version whose deployments readers must still
+// understand (their ABIs decode old events; tests deploy them to check old rounds verify).
+const BUILDS = [
+  { source: SOURCE, dir: path.join(here, "artifacts") },
+  { source: path.join("history", "Registry-v1.sol"), dir: path.join(here, "artifacts", "v1") },
+];
 
-const output = JSON.parse(solc.compile(JSON.stringify(input)));
-const errors = (output.errors || []).filter((e) => e.severity === "error");
-for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
-if (errors.length > 0) {
-  process.stderr.write(`build: ${SOURCE} did not compile (${errors.length} errors)\n`);
-  process.exit(1);
-}
-const contract = output.contracts[SOURCE][CONTRACT];
-const files = {
-  [`${CONTRACT}.abi.json`]: JSON.stringify(contract.abi, null, 2) + "\n",
-  [`${CONTRACT}.bin`]: contract.evm.bytecode.object + "\n",
-  "solc-version.txt": solc.version() + "\n",
-};
-
-const dir = path.join(here, "artifacts");
-if (process.argv.includes("--print")) {
-  process.stdout.write(contract.evm.bytecode.object + "\n");
-} else if (process.argv.includes("--check")) {
-  let stale = [];
-  for (const [name, text] of Object.entries(files)) {
-    const file = path.join(dir, name);
-    const committed = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : null;
-    if (committed !== text) stale.push(name);
-  }
-  if (stale.length > 0) {
-    process.stderr.write(`build: artifacts differ from a fresh compile: ${stale.join(", ")} (run \`node build.mjs\` in contracts/ and commit)\n`);
+function compile(source) {
+  const input = {
+    language: "Solidity",
+    sources: { [SOURCE]: { content: fs.readFileSync(path.join(here, source), "utf8") } },
+    settings: {
+      optimizer: { enabled: true, runs: 200 },
+      evmVersion,
+      metadata: { bytecodeHash: "ipfs" },
+      outputSelection: { [SOURCE]: { [CONTRACT]: ["abi", "evm.bytecode.object"] } },
+    },
+  };
+  const output = JSON.parse(solc.compile(JSON.stringify(input)));
+  const errors = (output.errors || []).filter((e) => e.severity === "error");
+  for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
+  if (errors.length > 0) {
+    process.stderr.write(`build: ${source} did not compile (${errors.length} errors)\n`);
     process.exit(1);
   }
-  process.stderr.write(`build: artifacts match solc ${solc.version()}\n`);
-} else {
-  fs.mkdirSync(dir, { recursive: true });
-  for (const [name, text] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), text);
-  process.stderr.write(`build: wrote ${Object.keys(files).join(", ")} to artifacts/ (solc ${solc.version()})\n`);
+  return output.contracts[SOURCE][CONTRACT];
 }
+
+if (process.argv.includes("--print")) {
+  process.stdout.write(compile(SOURCE).evm.bytecode.object + "\n");
+  process.exit(0);
+}
+let stale = [];
+for (const { source, dir } of BUILDS) {
+  const contract = compile(source);
+  const files = {
+    [`${CONTRACT}.abi.json`]: JSON.stringify(contract.abi, null, 2) + "\n",
+    [`${CONTRACT}.bin`]: contract.evm.bytecode.object + "\n",
+    "solc-version.txt": solc.version() + "\n",
+  };
+  const shown = path.relative(here, dir);
+  if (process.argv.includes("--check")) {
+    for (const [name, text] of Object.entries(files)) {
+      const file = path.join(dir, name);
+      const committed = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : null;
+      if (committed !== text) stale.push(path.join(shown, name));
+    }
+  } else {
+    fs.mkdirSync(dir, { recursive: true });
+    for (const [name, text] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), text);
+    process.stderr.write(`build: wrote ${Object.keys(files).join(", ")} to ${shown}/ from ${source} (solc ${solc.version()})\n`);
+  }
+}
+if (stale.length > 0) {
+  process.stderr.write(`build: artifacts differ from a fresh compile: ${stale.join(", ")} (run \`node build.mjs\` in contracts/ and commit)\n`);
+  process.exit(1);
+}
+if (process.argv.includes("--check")) process.stderr.write(`build: artifacts match solc ${solc.version()}\n`);

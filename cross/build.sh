@@ -5,7 +5,8 @@
 #      targets (cross/toolchains.sh);
 #   2. builds `fl-agent` with the `release-pi` profile (.cargo/config.toml) for
 #      aarch64-unknown-linux-gnu (64-bit Raspberry Pi OS) and
-#      armv7-unknown-linux-gnueabihf (32-bit Raspberry Pi OS);
+#      armv7-unknown-linux-gnueabihf (32-bit Raspberry Pi OS), and `fl-aggregator` for
+#      aarch64 (so `verify` runs on 64-bit ARM; the tests compare it with x86-64);
 #   3. checks each binary: right ELF machine, no glibc symbol newer than Bookworm's 2.36,
 #      and `--version` answers under qemu;
 #   4. packages each into target/cross/: fl-agent_<version>_<arch>.deb and
@@ -49,6 +50,12 @@ for t in $TARGETS; do
         cargo build -p fl-agent --bin fl-agent --profile "$PROFILE" --target "$t"
     fi
 done
+# The verifier for 64-bit ARM machines (a third party checking rounds on another CPU; the
+# tests run its re-computation under qemu and compare it with x86-64's). Not packaged.
+if [[ " $TARGETS " == *" aarch64-unknown-linux-gnu "* && -z ${USE_CROSS_RS:-} ]]; then
+    say "building fl-aggregator for aarch64-unknown-linux-gnu (verify on 64-bit ARM)"
+    cargo build -p fl-aggregator --bin fl-aggregator --profile "$PROFILE" --target aarch64-unknown-linux-gnu
+fi
 
 # `cargo pkgid` prints e.g. path+file:///work/main/agent#fl-agent@0.1.0 (or ...#0.1.0).
 version=$(cargo pkgid -p fl-agent | sed 's/.*[#@]//')

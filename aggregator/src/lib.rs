@@ -1,8 +1,10 @@
-//! The aggregator (header node): FedAvg of the learners' models, the paper's experiment
-//! in one process, the operator's chain commands, and the aggregation loop.
+//! The aggregator (header node): the aggregation rules applied to the learners' models,
+//! the paper's experiment in one process, the operator's chain commands, the aggregation
+//! loop, the round record each global model carries, and its public re-computation.
 
 pub mod average;
 pub mod operator;
+pub mod record;
 pub mod report;
 pub mod run;
 pub mod simulate;

@@ -12,12 +12,16 @@ use fl_core::weights::hex;
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
-usage: fl-aggregator deploy [FLAGS]                        deploy a registry, print its address (first
+usage: fl-aggregator deploy --max-samples N [FLAGS]        deploy a registry, print its address (first
                                                            checks with eth_call that the chain's EVM runs it)
        fl-aggregator learners add NODE_ID ADDRESS [FLAGS]  bind a node id to a learner's address
        fl-aggregator learners remove NODE_ID [FLAGS]       unbind a node id
-       fl-aggregator learners list [FLAGS]                 node id, address, latest round and CID
+       fl-aggregator learners list [FLAGS]                 node id, address, cap, latest round and CID
        fl-aggregator status [FLAGS]                        round, global model, each learner's update
+
+  --max-samples N        deploy: the federation-wide cap on the samples one update may claim
+                         (its FedAvg weight); required. learners add: this learner's own cap
+                         (default: the federation-wide one)
 
 flags:
 ";
@@ -30,8 +34,8 @@ Keys are never taken from the command line.
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Deploy,
-    AddLearner { node_id: u64, account: Address },
+    Deploy { max_samples: u64 },
+    AddLearner { node_id: u64, account: Address, max_samples: Option<u64> },
     RemoveLearner { node_id: u64 },
     ListLearners,
     Status,
@@ -50,12 +54,14 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
     let mut parser = lexopt::Parser::from_args(args);
     let mut positional: Vec<String> = Vec::new();
     let mut endpoints = EndpointSettings::default();
+    let mut max_samples = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long(flag) if EndpointSettings::handles(flag) => {
                 let flag = flag.to_string();
                 endpoints.set_flag(&flag, parser.value()?)?;
             }
+            Long("max-samples") => max_samples = Some(parse_cap(&parser.value()?.string()?)?),
             Short('h') | Long("help") => {
                 print!("{USAGE}{CHAIN_HELP}{KEYS_NOTE}");
                 return Ok(());
@@ -64,22 +70,30 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
             _ => return Err(arg.unexpected().into()),
         }
     }
-    let action = parse_action(command, &positional)?;
+    let action = parse_action(command, &positional, max_samples)?;
     let endpoints = endpoints.or(EndpointSettings::from_env()?).finish(Missing::Loopback, "")?;
-    if action != Action::Deploy && endpoints.registry.is_none() {
+    if !matches!(action, Action::Deploy { .. }) && endpoints.registry.is_none() {
         bail!("{command}: no registry address: pass --registry ADDRESS or set FL_REGISTRY");
     }
     run(&OperatorConfig { action, endpoints })
 }
 
-fn parse_action(command: &str, positional: &[String]) -> Result<Action> {
+fn parse_action(command: &str, positional: &[String], max_samples: Option<u64>) -> Result<Action> {
     let words: Vec<&str> = positional.iter().map(String::as_str).collect();
+    let takes_cap = matches!((command, words.first()), ("deploy", _) | ("learners", Some(&"add")));
+    if max_samples.is_some() && !takes_cap {
+        bail!("--max-samples goes with `deploy` and `learners add` only");
+    }
     Ok(match (command, words.as_slice()) {
-        ("deploy", []) => Action::Deploy,
+        ("deploy", []) => Action::Deploy {
+            max_samples: max_samples.context(
+                "deploy: --max-samples N is required: the federation-wide cap on the samples one update may claim (its weight in FedAvg)",
+            )?,
+        },
         ("status", []) => Action::Status,
         ("learners", ["list"]) => Action::ListLearners,
         ("learners", ["add", node_id, account]) => {
-            Action::AddLearner { node_id: parse_node_id(node_id)?, account: parse_address(account, "ADDRESS")? }
+            Action::AddLearner { node_id: parse_node_id(node_id)?, account: parse_address(account, "ADDRESS")?, max_samples }
         }
         ("learners", ["remove", node_id]) => Action::RemoveLearner { node_id: parse_node_id(node_id)? },
         _ => bail!("unexpected arguments for `{command}`: {positional:?}\n\n{USAGE}{CHAIN_HELP}{KEYS_NOTE}"),
@@ -90,14 +104,25 @@ fn parse_node_id(text: &str) -> Result<u64> {
     text.parse().with_context(|| format!("NODE_ID {text:?}: expected a whole number"))
 }
 
+/// The registry stores caps in 56 bits.
+const MAX_CAP: u64 = (1 << 56) - 1;
+
+fn parse_cap(text: &str) -> Result<u64> {
+    let cap: u64 = text.parse().with_context(|| format!("--max-samples {text:?}: expected a whole number"))?;
+    if cap == 0 || cap > MAX_CAP {
+        bail!("--max-samples {cap}: must be between 1 and {MAX_CAP} (a cap of 0 would refuse every update)");
+    }
+    Ok(cap)
+}
+
 /// Runs one operator command; results on stdout, progress on stderr.
 pub fn run(config: &OperatorConfig) -> Result<()> {
-    let needs_key = matches!(config.action, Action::Deploy | Action::AddLearner { .. } | Action::RemoveLearner { .. });
+    let needs_key = matches!(config.action, Action::Deploy { .. } | Action::AddLearner { .. } | Action::RemoveLearner { .. });
     let client = if needs_key { config.endpoints.signing_client()? } else { config.endpoints.read_only_client()? };
-    if config.action == Action::Deploy {
-        let (registry, receipt) = Registry::deploy(&client)?;
+    if let Action::Deploy { max_samples } = config.action {
+        let (registry, receipt) = Registry::deploy(&client, max_samples)?;
         eprintln!(
-            "deployed registry from {:?} on chain {} (tx {:?}, gas {})",
+            "deployed registry from {:?} on chain {} (tx {:?}, gas {}), sample cap {max_samples}",
             client.address(),
             client.chain_id(),
             receipt.transaction_hash,
@@ -110,10 +135,11 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
     let address = config.endpoints.registry()?;
     let registry = Registry::at(&client, address);
     match &config.action {
-        Action::Deploy => unreachable!("handled above"),
-        Action::AddLearner { node_id, account } => {
-            let receipt = registry.add_learner(*node_id, *account)?;
-            eprintln!("node {node_id} bound to {account:?} (tx {:?})", receipt.transaction_hash);
+        Action::Deploy { .. } => unreachable!("handled above"),
+        Action::AddLearner { node_id, account, max_samples } => {
+            let receipt = registry.add_learner(*node_id, *account, *max_samples)?;
+            let cap = registry.local_update(*node_id)?.max_samples;
+            eprintln!("node {node_id} bound to {account:?}, sample cap {cap} (tx {:?})", receipt.transaction_hash);
         }
         Action::RemoveLearner { node_id } => {
             let receipt = registry.remove_learner(*node_id)?;
@@ -125,7 +151,7 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
             }
         }
         Action::Status => {
-            println!("registry {:?}", registry.address());
+            println!("registry {:?} version {}", registry.address(), registry.version()?);
             println!("owner {:?}", registry.owner()?);
             println!("round {}", registry.current_round()?);
             match registry.global_update()? {
@@ -149,15 +175,15 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
 fn print_learner(learner: &fl_contracts::LearnerState) {
     match &learner.latest {
         Some(u) => println!(
-            "learner {} {:?} round {} cid {} digest {} samples {}",
+            "learner {} {:?} cap {} round {} cid {} digest {}",
             learner.node_id,
             learner.account,
+            learner.max_samples,
             u.round,
             u.cid,
-            hex(&u.digest),
-            u.samples
+            hex(&u.digest)
         ),
-        None => println!("learner {} {:?} round none", learner.node_id, learner.account),
+        None => println!("learner {} {:?} cap {} round none", learner.node_id, learner.account, learner.max_samples),
     }
 }
 
@@ -167,12 +193,22 @@ mod tests {
 
     #[test]
     fn actions_parse() {
-        let add = parse_action("learners", &["add".into(), "3".into(), "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into()]).unwrap();
-        assert!(matches!(add, Action::AddLearner { node_id: 3, .. }));
-        assert!(parse_action("learners", &["add".into(), "x".into(), "0x00".into()]).is_err());
-        assert!(parse_action("deploy", &["extra".into()]).is_err());
-        let err = parse_action("learners", &["add".into(), "3".into(), "0x1234".into()]).unwrap_err().to_string();
+        let add = parse_action("learners", &["add".into(), "3".into(), "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into()], None).unwrap();
+        assert!(matches!(add, Action::AddLearner { node_id: 3, max_samples: None, .. }));
+        assert!(parse_action("learners", &["add".into(), "x".into(), "0x00".into()], None).is_err());
+        assert!(parse_action("deploy", &["extra".into()], Some(5)).is_err());
+        assert_eq!(parse_action("deploy", &[], Some(5)).unwrap(), Action::Deploy { max_samples: 5 });
+        let err = parse_action("deploy", &[], None).unwrap_err().to_string();
+        assert!(err.contains("--max-samples N is required"), "{err}");
+        let err = parse_action("status", &[], Some(5)).unwrap_err().to_string();
+        assert!(err.contains("--max-samples goes with `deploy` and `learners add` only"), "{err}");
+        let err = parse_action("learners", &["add".into(), "3".into(), "0x1234".into()], None).unwrap_err().to_string();
         assert!(err.contains("ADDRESS \"0x1234\" is not a 0x-prefixed 20-byte address"), "{err}");
+        assert_eq!(parse_cap("30000").unwrap(), 30_000);
+        for bad in ["0", "-1", "x", "72057594037927936"] {
+            let err = format!("{:#}", parse_cap(bad).unwrap_err());
+            assert!(err.starts_with(&format!("--max-samples {bad}")) || err.starts_with(&format!("--max-samples \"{bad}\"")), "{err}");
+        }
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! `fl-aggregator run`: the header node's loop. It opens round 0 with a seeded initial
 //! model, then for each round waits for the learners' updates (following the registry's
 //! `LocalWeightSet` events over bounded `eth_getLogs` ranges), fetches each model from IPFS
-//! and checks it against the digest on chain, folds it into a streaming FedAvg, evaluates
-//! the result and publishes it with the commitment to its inputs.
+//! and checks it against the digest on chain, feeds it to the aggregation rule (`--rule`,
+//! FedAvg by default, streaming; see `fl_core::rules`), evaluates the result and publishes
+//! it with its round record ([`crate::record`]) and the commitment to both.
 //!
 //! All progress lives on the chain: a restarted aggregator reads the current round and
 //! carries on; the contract refuses a round published twice. By default a round waits for
 //! every registered learner; `--min-learners K --round-timeout S` lets it close without
 //! the stragglers once S seconds have passed and K updates are in (the paper's "global
-//! updates that do not wait for every learner").
+//! updates that do not wait for every learner"). A rule that needs more updates than are
+//! in (Krum: 2F + 3) keeps the round open, and says so, until enough are.
 //!
 //! With `--confirmations N` (chains that reorganise) it reads events and state only from
 //! blocks with N blocks on top and waits for N confirmations of each publication; one
@@ -24,14 +26,15 @@ use anyhow::{bail, Context, Result};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
 use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Registry, TransactionReceipt, H256};
 use fl_core::data::{Dataset, Mnist};
-use fl_core::fedavg::FedAvg;
 use fl_core::files::write_atomic;
 use fl_core::flags::{number, positive};
+use fl_core::rules::{parse_clip_norm, Aggregation, Recipe, Rule};
 use fl_core::train::{evaluate, Evaluation};
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
 use lexopt::prelude::*;
 
+use crate::record::RoundRecord;
 use crate::report::{header, row, unix_now, LearnerResult, Published, Results, RoundResult, Timings};
 
 const USAGE: &str = "\
@@ -43,6 +46,9 @@ aggregates federated rounds published through the registry and IPFS
   --data DIR             MNIST folder; its test set evaluates every model
   --test-limit N         evaluate on only the first N test images
   --seed N               seeds the initial model of round 0 (default 1)
+  --rule RULE            how updates are combined: fedavg (default), median, trimmed-mean:B,
+                         krum:F or multi-krum:F (see the README's \"Aggregation rules\")
+  --clip-norm C          first clip each update's L2 distance from the previous global model to C
   --min-learners K       a round may close with K updates once --round-timeout passed
   --round-timeout SECS   how long to wait for every learner before closing with K
   --no-local-eval        do not evaluate each learner's model (saves time on big fleets)
@@ -60,6 +66,7 @@ pub struct RunConfig {
     pub data: PathBuf,
     pub test_limit: Option<usize>,
     pub seed: u64,
+    pub recipe: Recipe,
     pub min_learners: Option<usize>,
     pub round_timeout: Option<Duration>,
     pub local_eval: bool,
@@ -77,6 +84,7 @@ impl RunConfig {
         let (mut rounds, mut data, mut test_limit, mut seed) = (None, None, None, 1);
         let (mut min_learners, mut round_timeout, mut local_eval, mut from_block) = (None, None, true, None);
         let (mut poll, mut results, mut plot) = (2.0f64, None, None);
+        let (mut rule, mut clip_norm) = (Rule::FedAvg, None);
         while let Some(arg) = parser.next()? {
             match arg {
                 Long(flag) if EndpointSettings::handles(flag) => {
@@ -87,6 +95,8 @@ impl RunConfig {
                 Long("data") => data = Some(PathBuf::from(parser.value()?)),
                 Long("test-limit") => test_limit = Some(positive(number(&mut parser, "--test-limit")?, "--test-limit")?),
                 Long("seed") => seed = number(&mut parser, "--seed")?,
+                Long("rule") => rule = number(&mut parser, "--rule")?,
+                Long("clip-norm") => clip_norm = Some(parse_clip_norm(&parser.value()?.string()?).context("--clip-norm")?),
                 Long("min-learners") => min_learners = Some(positive(number(&mut parser, "--min-learners")?, "--min-learners")?),
                 Long("round-timeout") => round_timeout = Some(Duration::from_secs(number(&mut parser, "--round-timeout")?)),
                 Long("no-local-eval") => local_eval = false,
@@ -115,6 +125,7 @@ impl RunConfig {
             data: data.context("--data DIR is required (the MNIST folder; its test set evaluates every model)")?,
             test_limit,
             seed,
+            recipe: Recipe { rule, clip_norm },
             min_learners,
             round_timeout,
             local_eval,
@@ -145,18 +156,27 @@ pub fn run(config: &RunConfig) -> Result<()> {
     if owner != client.address() {
         bail!("registry {:?} is owned by {owner:?}, but the aggregator's key is {:?}", registry.address(), client.address());
     }
+    let version = registry.version()?;
+    if version != 2 {
+        bail!(
+            "registry {:?} is version {version}; this aggregator publishes to version 2 (sample caps, round records): deploy a new registry (its old rounds still verify)",
+            registry.address()
+        );
+    }
     let ipfs = config.endpoints.ipfs();
     let mut results = Results::load_or_default(config.results.as_deref())?;
     results.registry = format!("{:?}", registry.address());
     results.chain_id = client.chain_id();
     log(&format!(
-        "aggregating on chain {} registry {:?} as {:?} ({} confirmations), IPFS {}, {} test images",
+        "aggregating on chain {} registry {:?} as {:?} ({} confirmations), IPFS {}, {} test images, rule {}{}",
         client.chain_id(),
         registry.address(),
         client.address(),
         client.confirmations(),
         config.endpoints.ipfs_api,
-        test_set.len()
+        test_set.len(),
+        config.recipe.rule,
+        config.recipe.clip_norm.map(|c| format!(" clipped to {c}")).unwrap_or_default()
     ));
     let mut cursor = Cursor::new(match config.from_block {
         Some(block) => block,
@@ -246,7 +266,7 @@ fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Clie
     let evaluation = evaluate(&model, test_set)?;
     let evaluate_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let (global, _receipt) = publish(registry, ipfs, &model, 0, [0u8; 32], &[])?;
+    let (global, _receipt) = publish(registry, ipfs, &model, 0, [0u8; 32], &[], &RoundRecord::initial(config.seed).to_bytes())?;
     log(&format!("round 0: published the initial model {} (seed {})", global.cid, config.seed));
     Ok(RoundResult {
         round: 0,
@@ -265,12 +285,13 @@ fn publish(
     round: u64,
     inputs_commitment: [u8; 32],
     node_ids: &[u64],
+    record: &[u8],
 ) -> Result<(Published, TransactionReceipt)> {
     let bytes = model.to_bytes();
     let digest = sha256(&bytes);
     let cid = ipfs.add(&bytes).with_context(|| format!("uploading the global model of round {round}"))?;
     let receipt = registry
-        .set_global_weight(round, &cid, digest, inputs_commitment, node_ids)
+        .set_global_weight(round, &cid, digest, inputs_commitment, node_ids, record)
         .with_context(|| format!("publishing the global model of round {round}"))?;
     let published = Published {
         accuracy: None,
@@ -284,16 +305,18 @@ fn publish(
     Ok((published, receipt))
 }
 
-/// Where the event scan has got to, and the updates it has seen for the round at hand.
+/// Where the event scan has got to, the updates it has seen for the round at hand, and
+/// those of them that could not be used (by node id, with the reason).
 struct Cursor {
     next_block: u64,
     round: u64,
     seen: BTreeMap<u64, (LocalUpdate, H256)>,
+    rejected: BTreeMap<u64, String>,
 }
 
 impl Cursor {
     fn new(from_block: u64) -> Cursor {
-        Cursor { next_block: from_block, round: 0, seen: BTreeMap::new() }
+        Cursor { next_block: from_block, round: 0, seen: BTreeMap::new(), rejected: BTreeMap::new() }
     }
 
     /// Reads the events of the blocks not read yet and keeps the round-`round` updates.
@@ -301,6 +324,7 @@ impl Cursor {
         if self.round != round {
             self.round = round;
             self.seen.retain(|_, (u, _)| u.round == round);
+            self.rejected.clear();
         }
         // Only blocks with the client's confirmations: an update read from a block that a
         // reorganisation can still remove could end up in a global model it is not under.
@@ -335,7 +359,8 @@ fn aggregate_round(
     let waiting_since = Instant::now();
     let mut poll = Backoff::new(Duration::from_millis(250), config.max_poll);
     let mut last_report = String::new();
-    let inputs: Vec<(LocalUpdate, H256)> = loop {
+    let rule = &config.recipe.rule;
+    let (inputs, expected, closed_at_block) = loop {
         cursor.advance(registry, round)?;
         if registry.current_round()? != round {
             return Ok(None);
@@ -343,26 +368,42 @@ fn aggregate_round(
         let expected = registry.learner_ids()?;
         let arrived: Vec<(LocalUpdate, H256)> =
             cursor.seen.values().filter(|(u, _)| u.round == round && expected.contains(&u.node_id)).cloned().collect();
-        let report = format!("round {round}: {} of {} learner updates in", arrived.len(), expected.len());
+        let usable: Vec<(LocalUpdate, H256)> = arrived.iter().filter(|(u, _)| !cursor.rejected.contains_key(&u.node_id)).cloned().collect();
+        let all_in = !expected.is_empty() && arrived.len() == expected.len();
+        let timed_out = match (config.min_learners, config.round_timeout) {
+            (Some(min), Some(timeout)) => waiting_since.elapsed() >= timeout && usable.len() >= min,
+            _ => false,
+        };
+        let mut report = format!("round {round}: {} of {} learner updates in", arrived.len(), expected.len());
+        if !cursor.rejected.is_empty() {
+            report += &format!(", {} left out", cursor.rejected.len());
+        }
+        if (all_in || timed_out) && usable.len() < rule.min_inputs() {
+            // Not published until the rule can run: more learners may register and send.
+            report += &format!("; rule {rule} needs at least {} usable updates, so the round stays open", rule.min_inputs());
+        } else if all_in || timed_out {
+            if !all_in {
+                let timeout = config.round_timeout.unwrap_or_default();
+                log(&format!("round {round}: closing after {timeout:?} with {} of {} learners", arrived.len(), expected.len()));
+            }
+            break (usable, expected, cursor.next_block.saturating_sub(1));
+        }
         if report != last_report {
             log(&report);
             last_report = report;
-        }
-        if !expected.is_empty() && arrived.len() == expected.len() {
-            break arrived;
-        }
-        if let (Some(min), Some(timeout)) = (config.min_learners, config.round_timeout) {
-            if waiting_since.elapsed() >= timeout && arrived.len() >= min {
-                log(&format!("round {round}: closing after {timeout:?} with {} of {} learners", arrived.len(), expected.len()));
-                break arrived;
-            }
         }
         poll.wait();
     };
     let wait_s = waiting_since.elapsed().as_secs_f64();
 
-    // Stream the models through FedAvg one at a time: memory does not grow with the fleet.
-    let mut fedavg = FedAvg::new();
+    // The previous global model, which clipping measures each update's distance from.
+    let previous = match config.recipe.clip_norm {
+        Some(_) => Some(previous_global(registry, ipfs, round)?),
+        None => None,
+    };
+    // Models are fetched and fed to the rule one at a time: FedAvg keeps a running sum and
+    // the other rules spill to disk, so memory does not grow with the fleet.
+    let mut aggregation = Aggregation::new(&config.recipe, previous.as_ref())?;
     let mut used: Vec<LocalUpdate> = Vec::new();
     let mut learners = Vec::new();
     let mut timings = Timings { wait_s, ..Timings::default() };
@@ -400,50 +441,75 @@ fn aggregate_round(
             used: false,
             note: None,
         };
-        match fetched {
-            Ok(model) => {
-                log(&format!("round {round}: fetched and verified {label} ({})", update.cid));
-                if config.local_eval {
-                    let started = Instant::now();
-                    let Evaluation { accuracy, loss, .. } = evaluate(&model, test_set)?;
-                    timings.evaluate_s += started.elapsed().as_secs_f64();
-                    entry.model.accuracy = Some(accuracy);
-                    entry.model.loss = Some(loss);
-                }
+        let added = fetched.and_then(|model| {
+            log(&format!("round {round}: fetched and verified {label} ({})", update.cid));
+            if config.local_eval {
                 let started = Instant::now();
-                fedavg.add(&model, &label)?;
-                timings.average_s += started.elapsed().as_secs_f64();
+                let Evaluation { accuracy, loss, .. } = evaluate(&model, test_set)?;
+                timings.evaluate_s += started.elapsed().as_secs_f64();
+                entry.model.accuracy = Some(accuracy);
+                entry.model.loss = Some(loss);
+            }
+            let started = Instant::now();
+            // A file that does not fit the others (another architecture) is refused here.
+            aggregation.add(update.node_id, &model, &label)?;
+            timings.average_s += started.elapsed().as_secs_f64();
+            Ok(())
+        });
+        match added {
+            Ok(()) => {
                 entry.used = true;
                 used.push(update);
             }
             Err(err) => {
                 // One bad or unreachable update must not stall the federation: leave it out,
-                // say so, and let the commitment record exactly what was averaged.
+                // say so, and let the round record say why.
                 log(&format!("round {round}: leaving out {label}: {err:#}"));
                 entry.note = Some(format!("{err:#}"));
+                cursor.rejected.insert(update.node_id, format!("{err:#}"));
             }
         }
         learners.push(entry);
     }
-    if used.is_empty() {
-        bail!("round {round}: none of the learners' updates could be fetched and verified");
-    }
-    if let Some(min) = config.min_learners {
-        if used.len() < min {
-            bail!("round {round}: only {} verified updates, fewer than --min-learners {min}", used.len());
-        }
+    if used.len() < rule.min_inputs() || config.min_learners.is_some_and(|min| used.len() < min) {
+        // Left-out updates are remembered: the round waits for more rather than refetching.
+        log(&format!(
+            "round {round}: only {} usable updates after fetching ({} left out); rule {rule} needs {}{}: not publishing yet",
+            used.len(),
+            cursor.rejected.len(),
+            rule.min_inputs(),
+            config.min_learners.map(|min| format!(", --min-learners {min}")).unwrap_or_default()
+        ));
+        return Ok(None);
     }
     let started = Instant::now();
-    let mut global = fedavg.finish()?;
+    let outcome = aggregation.finish()?;
+    let mut global = outcome.model;
     global.round = round;
     timings.average_s += started.elapsed().as_secs_f64();
+
+    // The record accounts for every round-`round` update read so far that is not an input.
+    let mut record = RoundRecord::aggregated(&config.recipe, closed_at_block);
+    record.selected = outcome.selected.clone();
+    record.clipped = outcome.clipped.clone();
+    for (update, _) in cursor.seen.values().filter(|(u, _)| u.round == round) {
+        if let Some(reason) = cursor.rejected.get(&update.node_id) {
+            record.leave_out(update.node_id, reason);
+        } else if !expected.contains(&update.node_id) {
+            record.leave_out(update.node_id, "the learner is no longer registered");
+        }
+    }
+    for entry in learners.iter_mut().filter(|l| l.used && !outcome.selected.contains(&l.node_id)) {
+        entry.note = Some(format!("an input of {rule}, not selected"));
+    }
     let started = Instant::now();
     let evaluation = evaluate(&global, test_set)?;
     timings.evaluate_s += started.elapsed().as_secs_f64();
-    let inputs_commitment = commitment(&used)?;
+    let record_bytes = record.to_bytes();
+    let inputs_commitment = commitment(&used, Some(&record_bytes))?;
     let node_ids: Vec<u64> = used.iter().map(|u| u.node_id).collect();
     let started = Instant::now();
-    let (published, _receipt) = match publish(registry, ipfs, &global, round, inputs_commitment, &node_ids) {
+    let (published, _receipt) = match publish(registry, ipfs, &global, round, inputs_commitment, &node_ids, &record_bytes) {
         Ok(done) => done,
         Err(err) if registry.current_round()? != round => {
             log(&format!("round {round}: already published elsewhere ({err:#}); moving on"));
@@ -453,9 +519,12 @@ fn aggregate_round(
     };
     timings.publish_s = started.elapsed().as_secs_f64();
     log(&format!(
-        "round {round}: published global model {} from {} learners, test accuracy {:.2}%, commitment {}",
+        "round {round}: published global model {} by {rule} from {} learners (selected {:?}, clipped {:?}, left out {:?}), test accuracy {:.2}%, commitment {}",
         published.cid,
         used.len(),
+        record.selected,
+        record.clipped,
+        record.left_out.iter().map(|l| l.node_id).collect::<Vec<_>>(),
         100.0 * evaluation.accuracy,
         hex(&inputs_commitment)
     ));
@@ -466,4 +535,17 @@ fn aggregate_round(
         timings,
         published_at: unix_now(),
     }))
+}
+
+/// The global model of round `round - 1` (the latest while `round` is open), checked
+/// against its digest on chain.
+fn previous_global(registry: &Registry, ipfs: &fl_ipfs::Client, round: u64) -> Result<ModelFile> {
+    let global = registry.global_update()?.context("no global model published yet")?;
+    if global.round + 1 != round {
+        bail!("round {round}: the latest global model is of round {}, expected {}", global.round, round - 1);
+    }
+    let bytes = ipfs
+        .fetch_verified(&global.cid, &global.digest, MAX_MODEL_BYTES)
+        .with_context(|| format!("fetching the global model of round {} to clip against", global.round))?;
+    ModelFile::from_bytes(&bytes).with_context(|| format!("the global model of round {} ({})", global.round, global.cid))
 }

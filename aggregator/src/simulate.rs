@@ -1,19 +1,29 @@
 //! `fl-aggregator simulate`: the paper's experiment in one process, without chain or
 //! IPFS. Every learner starts each round from the same global model (round 1: the seeded
-//! initial model), trains its shard for the local epochs, and the FedAvg of their models
-//! becomes the next global model. Prints, per round, each learner's test accuracy and the
-//! global model's (the paper's Table 2 plus a global column), in the same table and
-//! [`RoundResult`] rows as `fl-aggregator run`.
+//! initial model), trains its shard for the local epochs, and the aggregate of their models
+//! (`--rule`, FedAvg by default, as `fl-aggregator run` computes it) becomes the next global
+//! model. Prints, per round, each learner's test accuracy and the global model's (the
+//! paper's Table 2 plus a global column), in the same table and [`RoundResult`] rows as
+//! `fl-aggregator run`.
+//!
+//! Robustness experiments: `--hostile ID:ATTACK` makes learner ID hostile (see
+//! `fl_core::attacks`: `scale:S`, `noise`, `flip:A:B`); a hostile learner claims the
+//! sample cap (`--max-samples`, by default the largest shard), honest ones their shard
+//! size up to the cap, as the registry would allow them. `--rule` given several times runs
+//! one simulation per rule on the same learners, and trains each learner only once for
+//! every rule whose global model it starts from is the same (all of them in round 1).
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use fl_core::attacks::Attack;
 use fl_core::data::{Mnist, Split};
-use fl_core::fedavg::FedAvg;
 use fl_core::flags::{number, positive};
 use fl_core::rounds;
+use fl_core::rules::{parse_clip_norm, Aggregation, Recipe, Rule};
 use fl_core::train::{evaluate, train, Evaluation};
 use fl_core::weights::{hex, sha256, ModelFile};
 use lexopt::prelude::*;
@@ -23,7 +33,8 @@ use crate::report::{header, row, unix_now, LearnerResult, Published, RoundResult
 const USAGE: &str = "\
 usage: fl-aggregator simulate --data DIR --learners N --rounds R --local-epochs L
                               [--split iid|dirichlet:ALPHA] [--seed N] [--batch-size N]
-                              [--train-limit N] [--test-limit N]
+                              [--train-limit N] [--test-limit N] [--rule RULE] [--clip-norm C]
+                              [--max-samples N] [--hostile ID:ATTACK]...
 
 runs federated training in one process and prints a table of test accuracies
 
@@ -36,6 +47,13 @@ runs federated training in one process and prints a table of test accuracies
   --batch-size N      examples per step (default 32)
   --train-limit N     split only the first N training images
   --test-limit N      evaluate on only the first N test images
+  --rule RULE         fedavg (default), median, trimmed-mean:B, krum:F or multi-krum:F;
+                      given several times, one simulation per rule, compared at the end
+  --no-local-eval     do not evaluate each learner's model
+  --clip-norm C       clip each update's L2 distance from the previous global model to C
+  --max-samples N     the sample cap (default: the largest shard)
+  --hostile ID:ATTACK learner ID sends a hostile update: scale:S, noise or flip:A:B
+                      (repeatable; it claims the sample cap)
 ";
 
 /// Validated flags of `simulate`.
@@ -59,6 +77,16 @@ pub struct SimulateConfig {
     pub train_limit: Option<usize>,
     /// Evaluate on only the first N test images.
     pub test_limit: Option<usize>,
+    /// How updates are combined.
+    pub recipe: Recipe,
+    /// The sample cap; `None`: the largest shard.
+    pub max_samples: Option<u64>,
+    /// Hostile learners (node ids from 1) and what they do.
+    pub hostile: Vec<(u64, Attack)>,
+    /// Evaluate every learner's model (else only the global ones).
+    pub local_eval: bool,
+    /// More rules to simulate on the same learners (`--rule` given again).
+    pub also: Vec<Rule>,
 }
 
 impl SimulateConfig {
@@ -70,6 +98,8 @@ impl SimulateConfig {
         let mut seed = 1;
         let mut batch_size = 32;
         let (mut train_limit, mut test_limit) = (None, None);
+        let (mut rules, mut clip_norm, mut max_samples, mut hostile) = (Vec::new(), None, None, Vec::new());
+        let mut local_eval = true;
         while let Some(arg) = parser.next()? {
             match arg {
                 Long("data") => data = Some(PathBuf::from(parser.value()?)),
@@ -81,6 +111,11 @@ impl SimulateConfig {
                 Long("batch-size") => batch_size = positive(number(&mut parser, "--batch-size")?, "--batch-size")?,
                 Long("train-limit") => train_limit = Some(positive(number(&mut parser, "--train-limit")?, "--train-limit")?),
                 Long("test-limit") => test_limit = Some(positive(number(&mut parser, "--test-limit")?, "--test-limit")?),
+                Long("rule") => rules.push(number::<Rule>(&mut parser, "--rule")?),
+                Long("no-local-eval") => local_eval = false,
+                Long("clip-norm") => clip_norm = Some(parse_clip_norm(&parser.value()?.string()?).context("--clip-norm")?),
+                Long("max-samples") => max_samples = Some(positive(number(&mut parser, "--max-samples")?, "--max-samples")? as u64),
+                Long("hostile") => hostile.push(parse_hostile(&parser.value()?.string()?)?),
                 Short('h') | Long("help") => {
                     print!("{USAGE}");
                     return Ok(None);
@@ -88,9 +123,13 @@ impl SimulateConfig {
                 _ => return Err(arg.unexpected().into()),
             }
         }
+        let learners = learners.context("--learners N is required")?;
+        if let Some((id, _)) = hostile.iter().find(|(id, _)| *id as usize > learners) {
+            bail!("--hostile {id}: there are only {learners} learners (ids 1 to {learners})");
+        }
         Ok(Some(SimulateConfig {
             data: data.context("--data DIR is required (the MNIST folder, e.g. data/mnist)")?,
-            learners: learners.context("--learners N is required")?,
+            learners,
             rounds: rounds.context("--rounds R is required")?,
             local_epochs: local_epochs.context("--local-epochs L is required")?,
             split,
@@ -98,34 +137,84 @@ impl SimulateConfig {
             batch_size,
             train_limit,
             test_limit,
+            recipe: Recipe { rule: rules.first().copied().unwrap_or(Rule::FedAvg), clip_norm },
+            max_samples,
+            hostile,
+            local_eval,
+            also: rules.into_iter().skip(1).collect(),
         }))
     }
+}
+
+/// `ID:ATTACK`, e.g. `5:scale:-4`.
+fn parse_hostile(text: &str) -> Result<(u64, Attack)> {
+    let (id, attack) = text.split_once(':').with_context(|| format!("--hostile {text:?}: expected ID:ATTACK, e.g. 5:scale:-4"))?;
+    let id: u64 = id.parse().with_context(|| format!("--hostile {text:?}: learner id {id:?} is not a number"))?;
+    if id == 0 {
+        bail!("--hostile {text:?}: learner ids start at 1");
+    }
+    Ok((id, attack.parse().with_context(|| format!("--hostile {text:?}"))?))
+}
+
+/// What a simulation produced: the table's rows and the last global model.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    pub rows: Vec<RoundResult>,
+    pub global: ModelFile,
 }
 
 /// Parses the flags of `fl-aggregator simulate` and runs it.
 pub fn main(args: Vec<OsString>) -> Result<()> {
     let Some(config) = SimulateConfig::parse(args)? else { return Ok(()) };
-    run(&config)?;
+    let mut cache = TrainingCache::default();
+    let mut finals = Vec::new();
+    for rule in [config.recipe.rule].into_iter().chain(config.also.iter().copied()) {
+        let config = SimulateConfig { recipe: Recipe { rule, ..config.recipe }, ..config.clone() };
+        let simulation = run_cached(&config, &mut cache)?;
+        finals.push((rule, simulation.rows.last().and_then(|r| r.global.accuracy)));
+    }
+    if finals.len() > 1 {
+        println!("\nfinal global accuracy by rule:");
+        for (rule, accuracy) in finals {
+            println!("  {:<18} {}", rule.to_string(), accuracy.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into()));
+        }
+    }
     Ok(())
 }
 
+/// Local models already trained, by (SHA-256 of the global model they start from, round,
+/// node id, whether the data was poisoned): training is deterministic, so simulations of
+/// several rules share it while their global models agree.
+#[derive(Default)]
+pub struct TrainingCache(HashMap<([u8; 32], u64, u64, bool), ModelFile>);
+
 /// Runs the simulation, printing the table on stdout as rows complete (the same table
-/// as `fl-aggregator run`), and returns the rows. Each model's CID is the one IPFS would
-/// give it and its digest the one the chain would record, though nothing is uploaded.
-pub fn run(config: &SimulateConfig) -> Result<Vec<RoundResult>> {
+/// as `fl-aggregator run`), and returns the rows and the last global model. Each model's
+/// CID is the one IPFS would give it and its digest the one the chain would record, though
+/// nothing is uploaded.
+pub fn run(config: &SimulateConfig) -> Result<Simulation> {
+    run_cached(config, &mut TrainingCache::default())
+}
+
+/// [`run`], reusing and filling `cache`.
+pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<Simulation> {
     let mnist = Mnist::load(&config.data)?;
     let train_set = mnist.train.take(config.train_limit.unwrap_or(usize::MAX));
     let test_set = mnist.test.take(config.test_limit.unwrap_or(usize::MAX));
     let shards = rounds::shards(train_set.labels(), config.learners, config.split, config.seed)?;
     let shards: Vec<_> = shards.iter().map(|indices| train_set.select(indices)).collect();
+    let cap = config.max_samples.unwrap_or_else(|| shards.iter().map(|s| s.len() as u64).max().unwrap_or(1));
     eprintln!(
-        "simulating {} learners ({:?} split, shard sizes {:?}), {} rounds of {} local epoch(s), testing on {} images",
+        "simulating {} learners ({:?} split, shard sizes {:?}, cap {cap}), {} rounds of {} local epoch(s), rule {}{}, testing on {} images{}",
         config.learners,
         config.split,
         shards.iter().map(|s| s.len()).collect::<Vec<_>>(),
         config.rounds,
         config.local_epochs,
-        test_set.len()
+        config.recipe.rule,
+        config.recipe.clip_norm.map(|c| format!(" clipped to {c}")).unwrap_or_default(),
+        test_set.len(),
+        config.hostile.iter().map(|(id, a)| format!(", learner {id} hostile ({a:?})")).collect::<String>()
     );
     // Learner i (from 0) plays node id i + 1, as on the devnet.
     let node_ids: Vec<u64> = (1..=config.learners as u64).collect();
@@ -133,24 +222,61 @@ pub fn run(config: &SimulateConfig) -> Result<Vec<RoundResult>> {
     let mut global = ModelFile::initial(config.seed)?;
     let mut results = Vec::with_capacity(config.rounds);
     for round in 1..=config.rounds as u64 {
-        let mut fedavg = FedAvg::new();
+        let start_digest = sha256(&global.to_bytes());
+        let mut aggregation = Aggregation::new(&config.recipe, Some(&global))?;
         let mut timings = Timings::default();
         let mut learners = Vec::with_capacity(config.learners);
         for (shard, &node_id) in shards.iter().zip(&node_ids) {
             let progress = format!("round {round} learner {node_id}");
             let train_config = rounds::local_train_config(config.seed, round, node_id, config.local_epochs, config.batch_size, progress);
-            let mut local = train(&global, shard, None, &train_config, &mut |_| {})?.model;
+            let attack = config.hostile.iter().find(|(id, _)| *id == node_id).map(|(_, a)| *a);
+            let poisons = attack.is_some_and(|a| matches!(a, Attack::FlipLabels(..)));
+            let key = (start_digest, round, node_id, poisons);
+            let trained = match cache.0.get(&key) {
+                Some(model) => model.clone(),
+                None => {
+                    let data = match attack {
+                        Some(attack) if poisons => attack.poison(shard)?,
+                        _ => shard.clone(),
+                    };
+                    let model = train(&global, &data, None, &train_config, &mut |_| {})?.model;
+                    cache.0.insert(key, model.clone());
+                    model
+                }
+            };
+            let mut local = match attack {
+                Some(attack) => {
+                    let mut hostile = attack.corrupt(&trained, train_config.seed);
+                    hostile.n_samples = cap;
+                    hostile
+                }
+                None => {
+                    let mut local = trained;
+                    local.n_samples = local.n_samples.min(cap);
+                    local
+                }
+            };
             local.round = round;
             let started = Instant::now();
-            let evaluation = evaluate(&local, &test_set)?;
+            let evaluation =
+                if config.local_eval { evaluate(&local, &test_set)? } else { Evaluation { accuracy: f64::NAN, loss: f64::NAN, n: 0 } };
             timings.evaluate_s += started.elapsed().as_secs_f64();
             let started = Instant::now();
-            fedavg.add(&local, &format!("learner {node_id}"))?;
+            aggregation.add(node_id, &local, &format!("learner {node_id}"))?;
             timings.average_s += started.elapsed().as_secs_f64();
-            learners.push(LearnerResult { node_id, model: unpublished(&local, evaluation), used: true, note: None });
+            let note = attack.map(|a| format!("hostile: {a:?}"));
+            let mut model = unpublished(&local, evaluation);
+            if !config.local_eval {
+                (model.accuracy, model.loss) = (None, None);
+            }
+            learners.push(LearnerResult { node_id, model, used: true, note });
         }
         let started = Instant::now();
-        global = fedavg.finish()?;
+        let outcome = aggregation.finish()?;
+        for entry in learners.iter_mut().filter(|l| !outcome.selected.contains(&l.node_id)) {
+            entry.used = false;
+        }
+        global = outcome.model;
         global.round = round;
         timings.average_s += started.elapsed().as_secs_f64();
         let started = Instant::now();
@@ -160,7 +286,7 @@ pub fn run(config: &SimulateConfig) -> Result<Vec<RoundResult>> {
         println!("{}", row(&record, &node_ids));
         results.push(record);
     }
-    Ok(results)
+    Ok(Simulation { rows: results, global })
 }
 
 /// A model's row entry as if it were published: its would-be CID and digest, no transaction.
@@ -199,8 +325,13 @@ mod tests {
             batch_size: 32,
             train_limit: Some(960),
             test_limit: Some(200),
+            recipe: Recipe { rule: Rule::FedAvg, clip_norm: None },
+            max_samples: None,
+            hostile: Vec::new(),
+            local_eval: true,
+            also: Vec::new(),
         };
-        let rows = run(&config).unwrap();
+        let rows = run(&config).unwrap().rows;
         assert_eq!(rows.iter().map(|r| (r.round, r.learners.len())).collect::<Vec<_>>(), vec![(1, 2), (2, 2)]);
         let accuracy = |r: &RoundResult| r.global.accuracy.unwrap();
         assert!(rows.iter().all(|r| (0.0..=1.0).contains(&accuracy(r))));
@@ -210,6 +341,6 @@ mod tests {
         let models = |rows: &[RoundResult]| -> Vec<Published> {
             rows.iter().flat_map(|r| r.learners.iter().map(|l| l.model.clone()).chain([r.global.clone()])).collect()
         };
-        assert_eq!(models(&run(&config).unwrap()), models(&rows));
+        assert_eq!(models(&run(&config).unwrap().rows), models(&rows));
     }
 }

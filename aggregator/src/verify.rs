@@ -1,11 +1,16 @@
 //! `fl-aggregator verify --round N`: anyone with RPC and IPFS access recomputes round N's
-//! global model from the local updates it commits to, and checks the bytes against the
-//! digest published on chain. Needs no key.
+//! global model from what the chain records, and checks every claim of it. Needs no key.
 //!
-//! Steps: find the round's `GlobalWeightSet` event (its CID, digest, commitment and the node
-//! ids it averaged); find those learners' `LocalWeightSet` events of the round; check they
-//! hash to the published commitment; fetch each model (checked against its digest on
-//! chain); FedAvg them in ascending node id order, as the aggregator does; compare.
+//! Steps: find the round's `GlobalWeightSet` event (its CID, digest, commitment, the node
+//! ids of the rule's inputs and the round record, see [`crate::record`]); find those
+//! learners' `LocalWeightSet` events of the round; check they and the record hash to the
+//! published commitment; check every update of the round that the aggregator had read is
+//! an input or left out with a reason; fetch each model (checked against its digest on
+//! chain) and, with clipping, the previous global model; apply the recorded rule in
+//! ascending node id order, as the aggregator does; compare the bytes, and the updates the
+//! rule selected and clipping changed with what the record says. Round 0 is recomputed from
+//! its recorded seed. A round of a version-1 registry (no record) is checked as FedAvg.
+//! Every mismatch is printed; the exit status is 1 if there is any.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -13,35 +18,42 @@ use std::ffi::OsString;
 use anyhow::{bail, Context, Result};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
-use fl_core::fedavg::FedAvg;
 use fl_core::flags::number;
+use fl_core::rules::{Aggregation, Recipe, Rule};
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use lexopt::prelude::*;
+
+use crate::record::RoundRecord;
 
 const USAGE: &str = "\
 usage: fl-aggregator verify --round N [flags]
 
-recomputes round N's global model from the local updates it commits to and checks that
-its bytes match the digest published on chain; exits with status 1 if they do not
+recomputes round N's global model with the rule its round record names, from the local
+updates it commits to, and checks its bytes, its commitment, the updates it selected and
+clipped, and that every update of the round is used or left out with a reason; prints each
+mismatch and exits with status 1 if there is any. Round 0 is recomputed from its seed.
 
-  --round N              the round to check (1 or later)
+  --round N              the round to check
   --from-block N         first block to search for events (default: the registry's deployment)
 ";
 
-/// What `verify` found.
+/// What `verify` found: every check that failed is in `problems`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub round: u64,
+    /// The rule and clipping the round record names (FedAvg for a version-1 registry).
+    pub recipe: String,
     pub published_digest: [u8; 32],
-    pub recomputed_digest: [u8; 32],
-    pub commitment_matches: bool,
+    /// `None` when nothing could be recomputed (the inputs are not what the event says).
+    pub recomputed_digest: Option<[u8; 32]>,
     pub node_ids: Vec<u64>,
+    pub problems: Vec<String>,
 }
 
 impl Verdict {
-    /// True if the commitment and the model bytes both match.
+    /// True if every check passed.
     pub fn ok(&self) -> bool {
-        self.commitment_matches && self.published_digest == self.recomputed_digest
+        self.problems.is_empty()
     }
 }
 
@@ -66,24 +78,32 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
         }
     }
     let round = round.context("--round N is required")?;
-    if round == 0 {
-        bail!("--round 0 is the seeded initial model: it has no inputs to recompute it from");
-    }
     let endpoints = endpoints.or(EndpointSettings::from_env()?).finish(Missing::Loopback, "")?;
     let verdict = verify(&endpoints, round, from_block)?;
     println!(
-        "round {}: inputs {:?}, commitment {}, published sha256 {}, recomputed sha256 {}",
+        "round {}: {}, inputs {:?}, published sha256 {}, recomputed sha256 {}",
         verdict.round,
+        verdict.recipe,
         verdict.node_ids,
-        if verdict.commitment_matches { "matches" } else { "DOES NOT MATCH" },
         hex(&verdict.published_digest),
-        hex(&verdict.recomputed_digest)
+        verdict.recomputed_digest.map(|d| hex(&d)).unwrap_or_else(|| "(not recomputed)".into())
     );
+    for problem in &verdict.problems {
+        println!("round {round}: MISMATCH: {problem}");
+    }
     if !verdict.ok() {
-        bail!("round {round}: the published global model is not the FedAvg of the updates it commits to");
+        bail!("round {round}: {} check(s) failed: the published global model is not what its record says", verdict.problems.len());
     }
     println!("round {round}: verified");
     Ok(())
+}
+
+/// The events `verify` needs, read in one bounded pass.
+struct RoundEvents {
+    global: Option<(GlobalUpdate, u64)>,
+    previous: Option<GlobalUpdate>,
+    /// The round's updates by node id, with the block each was mined in.
+    locals: BTreeMap<u64, (LocalUpdate, u64)>,
 }
 
 /// Recomputes round `round` from the chain and IPFS.
@@ -96,44 +116,134 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     };
     let ipfs = endpoints.ipfs();
     let latest = client.confirmed_head()?;
-    // One pass over the events, keeping only what this round needs.
-    let mut global: Option<GlobalUpdate> = None;
-    let mut locals: BTreeMap<u64, LocalUpdate> = BTreeMap::new();
+    let mut events = RoundEvents { global: None, previous: None, locals: BTreeMap::new() };
     registry.for_each_event(from_block, latest, &mut |logged| {
         match logged.event {
-            Event::GlobalWeightSet(g) if g.round == round => global = Some(g),
+            Event::GlobalWeightSet(g) if g.round == round => events.global = Some((g, logged.block_number)),
+            Event::GlobalWeightSet(g) if round > 0 && g.round == round - 1 => events.previous = Some(g),
             Event::LocalWeightSet(u) if u.round == round => {
-                locals.insert(u.node_id, u);
+                events.locals.insert(u.node_id, (u, logged.block_number));
             }
             _ => {}
         }
         Ok(())
     })?;
-    let global = global.with_context(|| format!("no global model of round {round} published in blocks {from_block}..={latest}"))?;
+    let (global, _) =
+        events.global.take().with_context(|| format!("no global model of round {round} published in blocks {from_block}..={latest}"))?;
+    let fetch = |cid: &str, digest: &[u8; 32], what: &str| -> Result<ModelFile> {
+        let bytes = ipfs.fetch_verified(cid, digest, MAX_MODEL_BYTES).with_context(|| format!("fetching {what} ({cid})"))?;
+        ModelFile::from_bytes(&bytes).with_context(|| format!("{what} ({cid})"))
+    };
+    // A version-1 registry's round has no record: FedAvg of its inputs, the old commitment.
+    let record = match global.record.is_empty() {
+        true => None,
+        false => Some(RoundRecord::from_bytes(&global.record).with_context(|| format!("round {round}'s record"))?),
+    };
+    let mut problems = Vec::new();
+    if round == 0 {
+        let seed = record.as_ref().and_then(|r| r.seed).context("round 0 has no recorded seed to recompute the initial model from")?;
+        let recomputed = sha256(&ModelFile::initial(seed)?.to_bytes());
+        if recomputed != global.digest {
+            problems.push(format!("the initial model is not the one seed {seed} gives"));
+        }
+        return Ok(Verdict {
+            round,
+            recipe: format!("initial model, seed {seed}"),
+            published_digest: global.digest,
+            recomputed_digest: Some(recomputed),
+            node_ids: Vec::new(),
+            problems,
+        });
+    }
+    let recipe = match &record {
+        Some(record) => record.recipe()?,
+        None => Recipe { rule: Rule::FedAvg, clip_norm: None },
+    };
+    let recipe_text = format!("{}{}", recipe.rule, recipe.clip_norm.map(|c| format!(", clip-norm {c}")).unwrap_or_default());
+
+    // The inputs: each listed node id must have an update of the round on chain.
     let mut inputs = Vec::with_capacity(global.node_ids.len());
     for id in &global.node_ids {
-        let update = locals
-            .remove(id)
-            .with_context(|| format!("round {round} averages learner {id}, but no round-{round} update of it is on chain"))?;
-        inputs.push(update);
+        match events.locals.get(id) {
+            Some((update, _)) => inputs.push(update.clone()),
+            None => problems.push(format!("the event lists learner {id} as an input, but no round-{round} update of it is on chain")),
+        }
     }
-    let commitment_matches = commitment(&inputs)? == global.inputs_commitment;
-    let mut fedavg = FedAvg::new();
+    let recorded = record.as_ref().map(|_| global.record.as_slice());
+    if commitment(&inputs, recorded)? != global.inputs_commitment {
+        problems.push(format!(
+            "the commitment {} is not the hash of the listed inputs{}",
+            hex(&global.inputs_commitment),
+            if record.is_some() { " and the round record" } else { "" }
+        ));
+    }
+    // Accounting: every update of the round read before it closed is an input or left out
+    // with a reason.
+    if let Some(record) = &record {
+        let closed = record.closed_at_block.unwrap_or(u64::MAX);
+        for (id, (_, block)) in &events.locals {
+            let accounted = global.node_ids.contains(id) || record.left_out.iter().any(|l| l.node_id == *id);
+            if !accounted && *block <= closed {
+                problems
+                    .push(format!("learner {id}'s round-{round} update (block {block}) is neither an input nor left out with a reason"));
+            }
+        }
+        for left in &record.left_out {
+            if global.node_ids.contains(&left.node_id) {
+                problems.push(format!("learner {} is both an input and left out ({})", left.node_id, left.reason));
+            }
+        }
+    }
+    if problems.iter().any(|p| p.contains("no round-")) {
+        // Nothing sound to recompute from.
+        return Ok(Verdict {
+            round,
+            recipe: recipe_text,
+            published_digest: global.digest,
+            recomputed_digest: None,
+            node_ids: global.node_ids,
+            problems,
+        });
+    }
+
+    // Recompute with the recorded rule, from the recorded inputs in ascending node id order.
+    let previous = match recipe.clip_norm {
+        Some(_) => {
+            let previous = events
+                .previous
+                .as_ref()
+                .with_context(|| format!("round {round} clips against round {}'s global model, which is not on chain", round - 1))?;
+            Some(fetch(&previous.cid, &previous.digest, &format!("the global model of round {}", round - 1))?)
+        }
+        None => None,
+    };
+    let mut aggregation = Aggregation::new(&recipe, previous.as_ref())?;
     for update in &inputs {
-        let bytes = ipfs
-            .fetch_verified(&update.cid, &update.digest, MAX_MODEL_BYTES)
-            .with_context(|| format!("fetching learner {}'s round-{round} model", update.node_id))?;
-        let model =
-            ModelFile::from_bytes(&bytes).with_context(|| format!("learner {}'s round-{round} model {}", update.node_id, update.cid))?;
-        fedavg.add(&model, &format!("learner {}", update.node_id))?;
+        let what = format!("learner {}'s round-{round} model", update.node_id);
+        let model = fetch(&update.cid, &update.digest, &what)?;
+        aggregation.add(update.node_id, &model, &what)?;
     }
-    let mut recomputed = fedavg.finish()?;
+    let outcome = aggregation.finish()?;
+    let mut recomputed = outcome.model;
     recomputed.round = round;
+    let recomputed_digest = sha256(&recomputed.to_bytes());
+    if recomputed_digest != global.digest {
+        problems.push(format!("the published model is not what {recipe_text} gives from the listed inputs"));
+    }
+    if let Some(record) = &record {
+        if record.selected != outcome.selected {
+            problems.push(format!("the record says the rule selected {:?}, it selects {:?}", record.selected, outcome.selected));
+        }
+        if record.clipped != outcome.clipped {
+            problems.push(format!("the record says {:?} were clipped, clipping changes {:?}", record.clipped, outcome.clipped));
+        }
+    }
     Ok(Verdict {
         round,
+        recipe: recipe_text,
         published_digest: global.digest,
-        recomputed_digest: sha256(&recomputed.to_bytes()),
-        commitment_matches,
+        recomputed_digest: Some(recomputed_digest),
         node_ids: global.node_ids,
+        problems,
     })
 }

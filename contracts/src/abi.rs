@@ -13,6 +13,32 @@ pub const REGISTRY_BIN_HEX: &str = include_str!("../artifacts/Registry.bin");
 /// The compiler that produced the artifacts.
 pub const SOLC_VERSION: &str = include_str!("../artifacts/solc-version.txt");
 
+/// Version 1 of the registry (no `version()`, no sample caps, no round record), kept so that
+/// its deployments' events still decode and tests can deploy it (`contracts/history/`).
+pub mod v1 {
+    use super::*;
+
+    pub const REGISTRY_ABI_JSON: &str = include_str!("../artifacts/v1/Registry.abi.json");
+    pub const REGISTRY_BIN_HEX: &str = include_str!("../artifacts/v1/Registry.bin");
+
+    /// The parsed version-1 ABI.
+    pub fn registry_abi() -> &'static Abi {
+        static ABI: OnceLock<Abi> = OnceLock::new();
+        ABI.get_or_init(|| serde_json::from_str(REGISTRY_ABI_JSON).expect("contracts/artifacts/v1/Registry.abi.json is valid ABI JSON"))
+    }
+
+    /// The version-1 creation bytecode (its constructor takes no arguments).
+    pub fn registry_bytecode() -> Bytes {
+        Bytes::from(ethers_core::utils::hex::decode(REGISTRY_BIN_HEX.trim()).expect("contracts/artifacts/v1/Registry.bin is hex"))
+    }
+
+    /// Calldata for version-1 function `name` with `args`.
+    pub fn encode_call(name: &str, args: &[Token]) -> Result<Bytes> {
+        let function = registry_abi().function(name).map_err(|e| Error::Invalid(format!("version-1 registry: {e}")))?;
+        function.encode_input(args).map(Bytes::from).map_err(|e| Error::Invalid(format!("encoding version-1 call {name}: {e}")))
+    }
+}
+
 /// The parsed registry ABI.
 pub fn registry_abi() -> &'static Abi {
     static ABI: OnceLock<Abi> = OnceLock::new();
@@ -187,9 +213,9 @@ mod tests {
         let signatures = [
             "setLocalWeight(uint256,uint256,bytes,bytes32,uint256)",
             "getLocalWeight(uint256)",
-            "setGlobalWeight(uint256,bytes,bytes32,bytes32,uint256[])",
+            "setGlobalWeight(uint256,bytes,bytes32,bytes32,uint256[],bytes)",
             "getGlobalWeight()",
-            "addLearner(uint256,address)",
+            "addLearner(uint256,address,uint256)",
             "removeLearner(uint256)",
             "localUpdate(uint256)",
             "globalUpdate()",
@@ -197,6 +223,8 @@ mod tests {
             "currentRound()",
             "owner()",
             "deployedAt()",
+            "version()",
+            "defaultMaxSamples()",
         ];
         let abi = registry_abi();
         assert_eq!(abi.functions().count(), signatures.len(), "every function is checked");
@@ -205,10 +233,10 @@ mod tests {
             assert_eq!(function(name).short_signature(), keccak256(signature.as_bytes())[..4], "{signature}");
         }
         let events = [
-            "LearnerAdded(uint256,address)",
+            "LearnerAdded(uint256,address,uint256)",
             "LearnerRemoved(uint256,address)",
             "LocalWeightSet(uint256,uint256,bytes,bytes32,uint256)",
-            "GlobalWeightSet(uint256,bytes,bytes32,bytes32,uint256[])",
+            "GlobalWeightSet(uint256,bytes,bytes32,bytes32,uint256[],bytes)",
         ];
         assert_eq!(abi.events().count(), events.len(), "every event is checked");
         for signature in events {

@@ -188,21 +188,30 @@ impl Client {
         tx.set_gas(gas);
         self.set_fees(&mut tx)?;
         let mut next = self.next_nonce.lock().map_err(|_| Error::Invalid("nonce manager lock poisoned".into()))?;
-        let nonce = match *next {
-            Some(nonce) => nonce,
-            None => self.rpc.transaction_count(self.address(), "pending")?,
-        };
-        tx.set_nonce(nonce);
-        let raw = signer.sign_transaction(&tx, self.chain_id)?;
-        match self.rpc.send_raw_transaction(&raw) {
-            Ok(hash) => {
-                *next = Some(nonce + 1);
-                Ok(PendingTx { hash, nonce })
-            }
-            Err(err) => {
-                // The pool may or may not hold this nonce now; ask the node next time.
-                *next = None;
-                Err(revert_or(what, err))
+        // Another process with the same key (an operator command while the aggregator runs)
+        // may have used the nonce we counted: the node says so, and we ask it for the next.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let nonce = match *next {
+                Some(nonce) => nonce,
+                None => self.rpc.transaction_count(self.address(), "pending")?,
+            };
+            tx.set_nonce(nonce);
+            let raw = signer.sign_transaction(&tx, self.chain_id)?;
+            match self.rpc.send_raw_transaction(&raw) {
+                Ok(hash) => {
+                    *next = Some(nonce + 1);
+                    return Ok(PendingTx { hash, nonce });
+                }
+                Err(err) => {
+                    // The pool may or may not hold this nonce now; ask the node next time.
+                    *next = None;
+                    if attempts < 3 && is_nonce_taken(&err) {
+                        continue;
+                    }
+                    return Err(revert_or(what, err));
+                }
             }
         }
     }
@@ -301,4 +310,31 @@ pub(crate) fn revert_or(what: &str, err: Error) -> Error {
         }
     }
     err
+}
+
+/// The node refused a transaction because its nonce is already used (geth, anvil: "nonce
+/// too low"; besu: "NONCE_TOO_LOW"): sending again with the node's next nonce is right.
+fn is_nonce_taken(err: &Error) -> bool {
+    match err {
+        Error::Rpc { message, .. } => {
+            let message = message.to_ascii_lowercase();
+            message.contains("nonce too low") || message.contains("nonce_too_low")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_used_by_another_sender_is_recognised_from_each_node() {
+        let rpc = |message: &str| Error::Rpc { method: "eth_sendRawTransaction".into(), code: -32003, message: message.into(), data: None };
+        assert!(is_nonce_taken(&rpc("nonce too low")));
+        assert!(is_nonce_taken(&rpc("Nonce too low: next nonce 7, tx nonce 6")));
+        assert!(is_nonce_taken(&rpc("NONCE_TOO_LOW")));
+        assert!(!is_nonce_taken(&rpc("insufficient funds for gas * price + value")));
+        assert!(!is_nonce_taken(&Error::Invalid("nonce too low".into())));
+    }
 }

@@ -25,14 +25,25 @@ pub struct LocalUpdate {
     pub samples: u64,
 }
 
-/// A learner's binding and its latest update, as the `localUpdate` view returns them.
+/// A learner's binding, cap and latest update, as the `localUpdate` view returns them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LearnerState {
     pub node_id: u64,
     /// The address allowed to write this node id (zero once removed).
     pub account: Address,
+    /// The most samples one of its updates may claim (0 if it was never registered).
+    pub max_samples: u64,
     /// The latest update, `None` before the first one.
-    pub latest: Option<LocalUpdate>,
+    pub latest: Option<LatestUpdate>,
+}
+
+/// A learner's latest update as the contract stores it (its sample count is only in the
+/// update's `LocalWeightSet` event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestUpdate {
+    pub round: u64,
+    pub cid: String,
+    pub digest: [u8; 32],
 }
 
 /// A global model as written by `setGlobalWeight`.
@@ -43,15 +54,28 @@ pub struct GlobalUpdate {
     pub digest: [u8; 32],
     /// [`commitment`] of the local updates it averages (zero for the seed, round 0).
     pub inputs_commitment: [u8; 32],
-    /// The node ids it averages, ascending; only known from the event, empty from the view.
+    /// The node ids of the updates its rule took as inputs, ascending; only known from the
+    /// event, empty from the view.
     pub node_ids: Vec<u64>,
+    /// The round record, "how this global model was made" (versioned bytes the contract does
+    /// not interpret; see the aggregator's `record` module). Empty from a version-1 registry
+    /// and from the view.
+    pub record: Vec<u8>,
 }
 
 /// A registry event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    LearnerAdded { node_id: u64, account: Address },
-    LearnerRemoved { node_id: u64, account: Address },
+    /// `max_samples` is `None` from a version-1 registry (it had no caps).
+    LearnerAdded {
+        node_id: u64,
+        account: Address,
+        max_samples: Option<u64>,
+    },
+    LearnerRemoved {
+        node_id: u64,
+        account: Address,
+    },
     LocalWeightSet(LocalUpdate),
     GlobalWeightSet(GlobalUpdate),
 }
@@ -65,12 +89,13 @@ pub struct Logged {
     pub event: Event,
 }
 
-/// The commitment a global model records to its inputs: keccak256 of the Solidity ABI
-/// encoding `abi.encode(Input[])` with `Input = (uint256 nodeId, uint256 round, string cid,
-/// bytes32 digest, uint256 samples)`, `cid` as base32 text, inputs in strictly ascending
-/// node id order. Anyone can recompute it from the `LocalWeightSet` events of the node ids
-/// listed in `GlobalWeightSet`.
-pub fn commitment(inputs: &[LocalUpdate]) -> Result<[u8; 32]> {
+/// The commitment a global model records to its inputs and its round record: keccak256 of
+/// the Solidity ABI encoding `abi.encode(Input[], bytes record)` with `Input = (uint256
+/// nodeId, uint256 round, string cid, bytes32 digest, uint256 samples)`, `cid` as base32
+/// text, inputs in strictly ascending node id order. Anyone can recompute it from the
+/// `LocalWeightSet` events of the node ids listed in `GlobalWeightSet` and the event's
+/// record. `record: None` gives a version-1 registry's commitment, `abi.encode(Input[])`.
+pub fn commitment(inputs: &[LocalUpdate], record: Option<&[u8]>) -> Result<[u8; 32]> {
     if let Some(pair) = inputs.windows(2).find(|w| w[0].node_id >= w[1].node_id) {
         return Err(Error::Invalid(format!(
             "commitment inputs must be in strictly ascending node id order, found {} before {}",
@@ -89,7 +114,11 @@ pub fn commitment(inputs: &[LocalUpdate]) -> Result<[u8; 32]> {
             ])
         })
         .collect();
-    Ok(ethers_core::utils::keccak256(ethers_core::abi::encode(&[Token::Array(items)])))
+    let mut tokens = vec![Token::Array(items)];
+    if let Some(record) = record {
+        tokens.push(Token::Bytes(record.to_vec()));
+    }
+    Ok(ethers_core::utils::keccak256(ethers_core::abi::encode(&tokens)))
 }
 
 /// A deployed registry, used through a [`Client`].
@@ -105,12 +134,15 @@ impl<'a> Registry<'a> {
     /// First checks, with `eth_call`s only, that the chain's EVM runs the registry's code
     /// ([`crate::evm::preflight`]): a chain whose rule set lacks an opcode gets
     /// [`Error::InvalidOpcode`] naming it, and no gas is spent.
-    pub fn deploy(client: &'a Client) -> Result<(Registry<'a>, TransactionReceipt)> {
-        Registry::deploy_bytecode(client, registry_bytecode())
+    /// `max_samples` is the federation-wide sample cap (at least 1): no update may claim more
+    /// samples than its learner's cap, which is this one unless set when adding the learner.
+    pub fn deploy(client: &'a Client, max_samples: u64) -> Result<(Registry<'a>, TransactionReceipt)> {
+        Registry::deploy_bytecode(client, creation_code(&registry_bytecode(), max_samples)?)
     }
 
-    /// [`Registry::deploy`] with other creation code of the same contract (e.g. compiled
-    /// for another EVM version), checked the same way before anything is sent.
+    /// [`Registry::deploy`] with other creation code (e.g. compiled for another EVM version,
+    /// with its constructor arguments: see [`creation_code`]), checked the same way before
+    /// anything is sent.
     pub fn deploy_bytecode(client: &'a Client, creation: ethers_core::types::Bytes) -> Result<(Registry<'a>, TransactionReceipt)> {
         crate::evm::preflight(client, "deploy", &creation)?;
         let receipt = client.send_and_wait("deploy", None, creation)?;
@@ -150,6 +182,24 @@ impl<'a> Registry<'a> {
         self.client.send_and_wait(name, Some(self.address), encode_call(name, args)?)
     }
 
+    /// The interface version: 1 for a registry without `version()` (no caps, no round
+    /// records), else what it returns.
+    pub fn version(&self) -> Result<u64> {
+        let data = self.client.call("version", self.address, encode_call("version", &[])?);
+        match data {
+            // Version 1 has no such function and no fallback: the call reverts with no data.
+            Err(Error::Revert { data, .. }) if data.is_empty() => Ok(1),
+            Err(err) => Err(err),
+            Ok(data) if data.is_empty() => Err(Error::Invalid(format!("version: empty reply: no registry contract at {:?}", self.address))),
+            Ok(data) => uint(&decode_output("version", &data)?[0], "version"),
+        }
+    }
+
+    /// The federation-wide sample cap set at deployment.
+    pub fn default_max_samples(&self) -> Result<u64> {
+        uint(&self.view("defaultMaxSamples", &[])?[0], "defaultMaxSamples")
+    }
+
     /// The owner (the aggregator's address).
     pub fn owner(&self) -> Result<Address> {
         address(&self.view("owner", &[])?[0], "owner")
@@ -165,9 +215,14 @@ impl<'a> Registry<'a> {
         uint(&self.view("currentRound", &[])?[0], "currentRound")
     }
 
-    /// Binds `node_id` to `account` (owner only).
-    pub fn add_learner(&self, node_id: u64, account: Address) -> Result<TransactionReceipt> {
-        self.write("addLearner", &[Token::Uint(node_id.into()), Token::Address(account)])
+    /// Binds `node_id` to `account` (owner only), with its own sample cap or, for `None`,
+    /// the federation-wide one.
+    pub fn add_learner(&self, node_id: u64, account: Address, max_samples: Option<u64>) -> Result<TransactionReceipt> {
+        if max_samples == Some(0) {
+            return Err(Error::Invalid(format!("addLearner {node_id}: a sample cap of 0 would refuse every update")));
+        }
+        let cap = max_samples.unwrap_or(0);
+        self.write("addLearner", &[Token::Uint(node_id.into()), Token::Address(account), Token::Uint(cap.into())])
     }
 
     /// Unbinds `node_id` (owner only).
@@ -206,25 +261,29 @@ impl<'a> Registry<'a> {
         encode_call("setLocalWeight", &local_args(node_id, round, cid, digest, samples)?)
     }
 
-    /// The node's binding and latest update (the `localUpdate` view).
+    /// The node's binding, cap and latest update (the `localUpdate` view).
     pub fn local_update(&self, node_id: u64) -> Result<LearnerState> {
         let out = self.view("localUpdate", &[Token::Uint(node_id.into())])?;
         let round = uint(&out[1], "localUpdate.round")?;
         let latest = if round == 0 {
             None
         } else {
-            Some(LocalUpdate {
-                node_id,
+            Some(LatestUpdate {
                 round,
                 cid: cid_from_bytes(&bytes(&out[2], "localUpdate.cid")?)?,
                 digest: bytes32(&out[3], "localUpdate.digest")?,
-                samples: uint(&out[4], "localUpdate.samples")?,
             })
         };
-        Ok(LearnerState { node_id, account: address(&out[0], "localUpdate.account")?, latest })
+        Ok(LearnerState {
+            node_id,
+            account: address(&out[0], "localUpdate.account")?,
+            max_samples: uint(&out[4], "localUpdate.maxSamples")?,
+            latest,
+        })
     }
 
-    /// Publishes the global model of `round` (owner only; must be the current round).
+    /// Publishes the global model of `round` (owner only; must be the current round) with
+    /// its round record (required after round 0).
     pub fn set_global_weight(
         &self,
         round: u64,
@@ -232,6 +291,7 @@ impl<'a> Registry<'a> {
         digest: [u8; 32],
         inputs_commitment: [u8; 32],
         node_ids: &[u64],
+        record: &[u8],
     ) -> Result<TransactionReceipt> {
         let ids = node_ids.iter().map(|&id| Token::Uint(id.into())).collect();
         self.write(
@@ -242,6 +302,7 @@ impl<'a> Registry<'a> {
                 Token::FixedBytes(digest.to_vec()),
                 Token::FixedBytes(inputs_commitment.to_vec()),
                 Token::Array(ids),
+                Token::Bytes(record.to_vec()),
             ],
         )
     }
@@ -259,6 +320,7 @@ impl<'a> Registry<'a> {
             digest: bytes32(&out[2], "globalUpdate.digest")?,
             inputs_commitment: bytes32(&out[3], "globalUpdate.inputsCommitment")?,
             node_ids: Vec::new(),
+            record: Vec::new(),
         }))
     }
 
@@ -351,6 +413,17 @@ impl<'a> Registry<'a> {
     }
 }
 
+/// Creation code: the registry's bytecode followed by its ABI-encoded constructor argument,
+/// the federation-wide sample cap.
+pub fn creation_code(bytecode: &[u8], max_samples: u64) -> Result<ethers_core::types::Bytes> {
+    if max_samples == 0 {
+        return Err(Error::Invalid("deploy: a federation-wide sample cap of 0 would refuse every update".into()));
+    }
+    let mut code = bytecode.to_vec();
+    code.extend(ethers_core::abi::encode(&[Token::Uint(max_samples.into())]));
+    Ok(code.into())
+}
+
 fn local_args(node_id: u64, round: u64, cid: &str, digest: [u8; 32], samples: u64) -> Result<Vec<Token>> {
     Ok(vec![
         Token::Uint(node_id.into()),
@@ -364,25 +437,24 @@ fn local_args(node_id: u64, round: u64, cid: &str, digest: [u8; 32], samples: u6
 /// Decodes one registry log.
 pub fn decode_log(log: &ethers_core::types::Log) -> Result<Logged> {
     let topic0 = log.topics.first().ok_or_else(|| Error::Invalid("log without topics".into()))?;
+    // This version's events first, then version 1's (whose LearnerAdded and GlobalWeightSet
+    // had fewer fields, so other signatures).
     let event = registry_abi()
         .events()
+        .chain(crate::abi::v1::registry_abi().events())
         .find(|e| e.signature() == *topic0)
         .ok_or_else(|| Error::Invalid(format!("log with unknown topic {topic0:?}")))?;
     let parsed = event
         .parse_log(RawLog { topics: log.topics.clone(), data: log.data.to_vec() })
         .map_err(|e| Error::Invalid(format!("decoding {} log: {e}", event.name)))?;
-    let param = |name: &str| -> Result<&Token> {
-        parsed
-            .params
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| &p.value)
-            .ok_or_else(|| Error::Invalid(format!("{} log has no {name}", event.name)))
-    };
+    let find = |name: &str| parsed.params.iter().find(|p| p.name == name).map(|p| &p.value);
+    let param = |name: &str| -> Result<&Token> { find(name).ok_or_else(|| Error::Invalid(format!("{} log has no {name}", event.name))) };
     let decoded = match event.name.as_str() {
-        "LearnerAdded" => {
-            Event::LearnerAdded { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? }
-        }
+        "LearnerAdded" => Event::LearnerAdded {
+            node_id: uint(param("nodeId")?, "nodeId")?,
+            account: address(param("account")?, "account")?,
+            max_samples: find("maxSamples").map(|t| uint(t, "maxSamples")).transpose()?,
+        },
         "LearnerRemoved" => {
             Event::LearnerRemoved { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? }
         }
@@ -403,6 +475,7 @@ pub fn decode_log(log: &ethers_core::types::Log) -> Result<Logged> {
                 digest: bytes32(param("digest")?, "digest")?,
                 inputs_commitment: bytes32(param("inputsCommitment")?, "inputsCommitment")?,
                 node_ids: ids.iter().map(|t| uint(t, "nodeIds")).collect::<Result<_>>()?,
+                record: find("record").map(|t| bytes(t, "record")).transpose()?.unwrap_or_default(),
             })
         }
         other => return Err(Error::Invalid(format!("unexpected event {other}"))),
@@ -469,9 +542,21 @@ mod tests {
         let mut text = cid.as_bytes().to_vec();
         text.resize(64, 0);
         expected.extend(text);
-        assert_eq!(commitment(std::slice::from_ref(&update)).unwrap(), ethers_core::utils::keccak256(&expected));
+        assert_eq!(commitment(std::slice::from_ref(&update), None).unwrap(), ethers_core::utils::keccak256(&expected));
+        // Version 2: abi.encode(Input[], bytes): two head words (offsets), the array as
+        // above, then the record's length and its bytes padded to 32.
+        let record = b"{\"version\":1}";
+        let mut v2 = Vec::new();
+        v2.extend(word(0x40)); // offset of the array
+        v2.extend(word(0x40 + expected.len() as u64 - 32)); // offset of the record
+        v2.extend(&expected[32..]); // the array itself (without its own head word)
+        v2.extend(word(record.len() as u64));
+        let mut padded = record.to_vec();
+        padded.resize(32, 0);
+        v2.extend(padded);
+        assert_eq!(commitment(std::slice::from_ref(&update), Some(record)).unwrap(), ethers_core::utils::keccak256(&v2));
         let mut second = update.clone();
         second.node_id = 2;
-        assert!(commitment(&[update, second]).is_err(), "descending node ids are refused");
+        assert!(commitment(&[update, second], None).is_err(), "descending node ids are refused");
     }
 }

@@ -30,6 +30,10 @@ pub struct Devnet {
     pub dir: PathBuf,
 }
 
+/// The federation-wide sample cap of the devnet's registry: MNIST's training set, so no
+/// learner can honestly claim more.
+pub const MAX_SAMPLES: u64 = 60_000;
+
 impl Devnet {
     /// Starts anvil and `n_learners + 1` IPFS nodes, deploys the registry and registers
     /// the learners. Files go under `dir` (created).
@@ -71,9 +75,9 @@ impl Devnet {
             }
         }
         let client = Client::new(Rpc::new(anvil.url())?, anvil.signer(0)?, Some(anvil.chain_id()))?;
-        let (registry, _) = Registry::deploy(&client)?;
+        let (registry, _) = Registry::deploy(&client, MAX_SAMPLES)?;
         for node_id in 1..=n_learners {
-            registry.add_learner(node_id as u64, anvil.address(node_id))?;
+            registry.add_learner(node_id as u64, anvil.address(node_id), None)?;
         }
         let address = registry.address();
         Ok(Devnet { n_learners, anvil, ipfs, registry: address, dir: dir.to_path_buf() })

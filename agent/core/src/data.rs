@@ -185,6 +185,11 @@ impl Dataset {
         &self.labels
     }
 
+    /// The raw pixels, 784 bytes per image, in the order of [`Dataset::labels`].
+    pub fn images(&self) -> &[u8] {
+        &self.images
+    }
+
     /// The first `n` examples (all of them if there are fewer). Consumes the set and
     /// keeps its buffers, so limiting a set never holds two copies of it.
     pub fn take(mut self, n: usize) -> Dataset {

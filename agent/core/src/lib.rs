@@ -1,9 +1,11 @@
 //! The federated learner's machine-learning core, shared by both binaries: MNIST data and
 //! partitions, the seeded generator, the paper's CNN (its candle reference and the
 //! buffer-based network that trains it on our CPU kernels), training and evaluation, the
-//! model file format, FedAvg, how a federated round derives its seeds and shards, and
+//! model file format, FedAvg and the robust aggregation rules (median, trimmed mean, Krum,
+//! Multi-Krum, norm clipping), how a federated round derives its seeds and shards, and
 //! the command-line helpers both binaries use. Nothing here talks to a network.
 
+pub mod attacks;
 pub mod data;
 pub mod fedavg;
 pub mod files;
@@ -13,5 +15,6 @@ pub mod model;
 pub mod network;
 pub mod rng;
 pub mod rounds;
+pub mod rules;
 pub mod train;
 pub mod weights;

@@ -142,22 +142,25 @@ fn step(
         *cursor = wait_for_global(registry, round, *cursor, config.max_poll)?;
         return Ok(Flow::Continue);
     }
-    submit_round(config, registry, ipfs, state, round, train_set, test_set)?;
+    submit_round(config, registry, ipfs, state, round, me.max_samples, train_set, test_set)?;
     state.prune(round);
     Ok(Flow::Continue)
 }
 
-/// Trains (or reuses the saved model of) `round`, uploads it and registers it.
+/// Trains (or reuses the saved model of) `round`, uploads it and registers it, claiming at
+/// most `max_samples` samples (this learner's cap on the registry).
+#[allow(clippy::too_many_arguments)]
 fn submit_round(
     config: &LearnerConfig,
     registry: &Registry,
     ipfs: &fl_ipfs::Client,
     state: &StateDir,
     round: u64,
+    max_samples: u64,
     train_set: &Dataset,
     test_set: &Dataset,
 ) -> Result<()> {
-    let model = match state.local_model(round) {
+    let mut model = match state.local_model(round) {
         Some(model) => {
             log(&format!("round {round}: reusing the saved local model {}", state.model_path(round).display()));
             model
@@ -195,6 +198,12 @@ fn submit_round(
             model
         }
     };
+    if model.n_samples > max_samples {
+        // The registry refuses more; an honest learner with more data than its cap claims
+        // the cap (its weight in FedAvg is the cap either way).
+        log(&format!("round {round}: trained on {} samples, claiming the registry's cap of {max_samples}", model.n_samples));
+        model.n_samples = max_samples;
+    }
     let evaluation = train::evaluate(&model, test_set)?;
     let bytes = model.to_bytes();
     let digest = fl_core::weights::sha256(&bytes);

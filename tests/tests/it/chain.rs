@@ -8,6 +8,7 @@ use fl_contracts::ethers_core::utils::keccak256;
 use fl_contracts::{commitment, Client, Error, Event, FeeMode, LocalUpdate, Registry, Rpc};
 use fl_contracts::{TransactionReceipt, U256};
 use fl_tests::anvil::{Anvil, AnvilOptions};
+use fl_tests::devnet::MAX_SAMPLES;
 use fl_tests::util::free_port;
 use serde_json::json;
 use std::collections::HashMap;
@@ -15,6 +16,9 @@ use std::time::Duration;
 
 /// A well-formed CIDv1 (SHA-256 multihash) whose hash is keccak256(label); `dag_pb` picks the
 /// `bafy…` codec (0x70) instead of raw `bafk…` (0x55).
+/// A round record as the contract sees it: bytes it only emits and the commitment covers.
+const RECORD: &[u8] = br#"{"version":1,"rule":"fedavg"}"#;
+
 fn cid(label: &str, dag_pb: bool) -> String {
     let mut bytes = vec![0x01, if dag_pb { 0x70 } else { 0x55 }, 0x12, 0x20];
     bytes.extend(ethers_keccak(label));
@@ -101,7 +105,7 @@ fn every_check_on_prague() -> Result<()> {
 fn deploy_and_the_papers_four_functions_over_two_rounds(anvil: &Anvil) -> Result<()> {
     let owner = client(anvil, 0)?;
     let (learner1, learner2) = (client(anvil, 1)?, client(anvil, 2)?);
-    let (registry, deploy) = Registry::deploy(&owner)?;
+    let (registry, deploy) = Registry::deploy(&owner, MAX_SAMPLES)?;
     let expected_type = if owner.fee_mode() == FeeMode::Legacy { 0 } else { 2 };
     assert_eq!(deploy.transaction_type.map(|t| t.as_u64()).unwrap_or(0), expected_type, "transaction type");
     assert_eq!(Some(registry.deployed_at()?), deploy.block_number.map(|b| b.as_u64()));
@@ -111,13 +115,13 @@ fn deploy_and_the_papers_four_functions_over_two_rounds(anvil: &Anvil) -> Result
     assert_eq!(registry.get_local_weight(1)?, "");
     assert!(registry.global_update()?.is_none());
 
-    registry.add_learner(1, anvil.address(1))?;
-    registry.add_learner(2, anvil.address(2))?;
+    registry.add_learner(1, anvil.address(1), None)?;
+    registry.add_learner(2, anvil.address(2), None)?;
     assert_eq!(registry.learner_ids()?, vec![1, 2]);
 
     // Round 0: the seeded global model, no inputs.
     let seed = cid("seed", true);
-    registry.set_global_weight(0, &seed, [0x11; 32], [0; 32], &[])?;
+    registry.set_global_weight(0, &seed, [0x11; 32], [0; 32], &[], &[])?;
     assert_eq!(registry.current_round()?, 1);
     assert_eq!(registry.get_global_weight()?, seed);
 
@@ -133,11 +137,13 @@ fn deploy_and_the_papers_four_functions_over_two_rounds(anvil: &Anvil) -> Result
     // A restarted learner sees what it already sent for this round.
     let state = registry.local_update(2)?;
     assert_eq!(state.account, anvil.address(2));
-    assert_eq!(state.latest.as_ref(), Some(&inputs[1]));
+    assert_eq!(state.max_samples, MAX_SAMPLES);
+    let latest = state.latest.as_ref().context("learner 2's update")?;
+    assert_eq!((latest.round, &latest.cid, latest.digest), (1, &inputs[1].cid, inputs[1].digest));
 
     let global1 = cid("global 1", true);
-    let inputs_commitment = commitment(&inputs)?;
-    registry.set_global_weight(1, &global1, [0x22; 32], inputs_commitment, &[1, 2])?;
+    let inputs_commitment = commitment(&inputs, Some(RECORD))?;
+    registry.set_global_weight(1, &global1, [0x22; 32], inputs_commitment, &[1, 2], RECORD)?;
     assert_eq!(registry.get_global_weight()?, global1);
     let global = registry.global_update()?.context("global model after round 1")?;
     assert_eq!((global.round, global.digest, global.inputs_commitment), (1, [0x22; 32], inputs_commitment));
@@ -149,16 +155,17 @@ fn deploy_and_the_papers_four_functions_over_two_rounds(anvil: &Anvil) -> Result
     let events: Vec<Event> =
         Registry::at(&owner, registry.address()).with_log_range(2).events(from, head)?.into_iter().map(|l| l.event).collect();
     assert_eq!(events.len(), 6, "{events:#?}");
-    assert_eq!(events[0], Event::LearnerAdded { node_id: 1, account: anvil.address(1) });
-    assert_eq!(events[1], Event::LearnerAdded { node_id: 2, account: anvil.address(2) });
+    assert_eq!(events[0], Event::LearnerAdded { node_id: 1, account: anvil.address(1), max_samples: Some(MAX_SAMPLES) });
+    assert_eq!(events[1], Event::LearnerAdded { node_id: 2, account: anvil.address(2), max_samples: Some(MAX_SAMPLES) });
     assert!(matches!(&events[2], Event::GlobalWeightSet(g) if g.round == 0 && g.cid == seed && g.node_ids.is_empty()));
     assert_eq!(events[3], Event::LocalWeightSet(inputs[0].clone()));
     assert_eq!(events[4], Event::LocalWeightSet(inputs[1].clone()));
     let Event::GlobalWeightSet(published) = &events[5] else { bail!("expected GlobalWeightSet, got {:?}", events[5]) };
     assert_eq!(published.node_ids, vec![1, 2]);
+    assert_eq!(published.record, RECORD);
     let from_logs = registry.local_updates_of_round(1, 0, head)?;
     let used: Vec<LocalUpdate> = from_logs.into_iter().filter(|u| published.node_ids.contains(&u.node_id)).collect();
-    assert_eq!(commitment(&used)?, published.inputs_commitment);
+    assert_eq!(commitment(&used, Some(&published.record))?, published.inputs_commitment);
     assert_eq!(registry.global_updates(0, head)?.len(), 2);
 
     // Removing a learner keeps its history readable.
@@ -171,10 +178,10 @@ fn deploy_and_the_papers_four_functions_over_two_rounds(anvil: &Anvil) -> Result
 fn a_learner_cannot_write_another_nodes_update_and_only_the_owner_publishes(anvil: &Anvil) -> Result<()> {
     let owner = client(anvil, 0)?;
     let learner2 = client(anvil, 2)?;
-    let (registry, _) = Registry::deploy(&owner)?;
-    registry.add_learner(1, anvil.address(1))?;
-    registry.add_learner(2, anvil.address(2))?;
-    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?;
+    let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
+    registry.add_learner(1, anvil.address(1), None)?;
+    registry.add_learner(2, anvil.address(2), None)?;
+    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[], &[])?;
 
     let as_learner2 = Registry::at(&learner2, registry.address());
     let args = expect_revert(as_learner2.set_local_weight(1, 1, &cid("forged", true), [9; 32], 10), "NotLearner")?;
@@ -184,11 +191,11 @@ fn a_learner_cannot_write_another_nodes_update_and_only_the_owner_publishes(anvi
     assert_eq!(arg(&args, "nodeId"), "7");
     assert_eq!(registry.get_local_weight(1)?, "", "node 1 untouched");
 
-    let args = expect_revert(as_learner2.set_global_weight(1, &cid("g", true), [1; 32], [0; 32], &[2]), "NotOwner")?;
+    let args = expect_revert(as_learner2.set_global_weight(1, &cid("g", true), [1; 32], [0; 32], &[2], RECORD), "NotOwner")?;
     assert_eq!(arg(&args, "caller"), format!("{:?}", anvil.address(2)));
-    expect_revert(as_learner2.add_learner(3, anvil.address(2)), "NotOwner")?;
+    expect_revert(as_learner2.add_learner(3, anvil.address(2), None), "NotOwner")?;
     expect_revert(as_learner2.remove_learner(1), "NotOwner")?;
-    let args = expect_revert(registry.add_learner(1, anvil.address(3)), "AlreadyRegistered")?;
+    let args = expect_revert(registry.add_learner(1, anvil.address(3), None), "AlreadyRegistered")?;
     assert_eq!(arg(&args, "account"), format!("{:?}", anvil.address(1)));
     Ok(())
 }
@@ -196,33 +203,50 @@ fn a_learner_cannot_write_another_nodes_update_and_only_the_owner_publishes(anvi
 fn wrong_rounds_and_bad_inputs_are_rejected_with_decoded_custom_errors(anvil: &Anvil) -> Result<()> {
     let owner = client(anvil, 0)?;
     let learner1 = client(anvil, 1)?;
-    let (registry, _) = Registry::deploy(&owner)?;
-    registry.add_learner(1, anvil.address(1))?;
-    registry.add_learner(2, anvil.address(2))?;
+    let err = Registry::deploy(&owner, 0).unwrap_err().to_string();
+    assert!(err.contains("a federation-wide sample cap of 0"), "{err}");
+    let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
+    assert_eq!(registry.version()?, 2);
+    registry.add_learner(1, anvil.address(1), None)?;
+    registry.add_learner(2, anvil.address(2), None)?;
     let as_learner1 = Registry::at(&learner1, registry.address());
 
     // Before the seed, no local round is open.
     let args = expect_revert(as_learner1.set_local_weight(1, 1, &cid("early", false), [1; 32], 5), "WrongRound")?;
     assert_eq!((arg(&args, "given"), arg(&args, "current")), ("1", "0"));
-    let args = expect_revert(registry.set_global_weight(1, &cid("g", true), [1; 32], [0; 32], &[]), "WrongRound")?;
+    let args = expect_revert(registry.set_global_weight(1, &cid("g", true), [1; 32], [0; 32], &[], RECORD), "WrongRound")?;
     assert_eq!((arg(&args, "given"), arg(&args, "current")), ("1", "0"));
-    expect_revert(registry.set_global_weight(0, &cid("g", true), [1; 32], [0; 32], &[1]), "SeedHasInputs")?;
-    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?;
+    expect_revert(registry.set_global_weight(0, &cid("g", true), [1; 32], [0; 32], &[1], &[]), "SeedHasInputs")?;
+    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[], &[])?;
 
     let args = expect_revert(as_learner1.set_local_weight(1, 2, &cid("late", false), [1; 32], 5), "WrongRound")?;
     assert_eq!((arg(&args, "given"), arg(&args, "current")), ("2", "1"));
     expect_revert(as_learner1.set_local_weight(1, 1, &cid("zero", false), [1; 32], 0), "InvalidSamples")?;
+    // Sample counts are capped: the federation-wide cap, or the learner's own.
+    let args = expect_revert(as_learner1.set_local_weight(1, 1, &cid("greedy", false), [1; 32], MAX_SAMPLES + 1), "SamplesAboveCap")?;
+    assert_eq!(
+        (arg(&args, "nodeId"), arg(&args, "samples"), arg(&args, "maxSamples")),
+        ("1", (MAX_SAMPLES + 1).to_string().as_str(), MAX_SAMPLES.to_string().as_str())
+    );
+    registry.add_learner(3, anvil.address(3), Some(100))?;
+    assert_eq!((registry.local_update(3)?.max_samples, registry.default_max_samples()?), (100, MAX_SAMPLES));
+    let learner3 = client(anvil, 3)?;
+    let as_learner3 = Registry::at(&learner3, registry.address());
+    expect_revert(as_learner3.set_local_weight(3, 1, &cid("101", false), [1; 32], 101), "SamplesAboveCap")?;
+    as_learner3.set_local_weight(3, 1, &cid("100", false), [1; 32], 100)?;
+    assert!(registry.add_learner(4, anvil.address(4), Some(0)).unwrap_err().to_string().contains("a sample cap of 0"));
     as_learner1.set_local_weight(1, 1, &cid("first", false), [1; 32], 5)?;
     let args = expect_revert(as_learner1.set_local_weight(1, 1, &cid("again", false), [2; 32], 5), "AlreadySubmitted")?;
     assert_eq!((arg(&args, "nodeId"), arg(&args, "round")), ("1", "1"));
 
     // A global model may only list node ids that submitted for the round, ascending.
-    let args = expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1, 2]), "MissingLocalUpdate")?;
+    let args = expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1, 2], RECORD), "MissingLocalUpdate")?;
     assert_eq!((arg(&args, "nodeId"), arg(&args, "round")), ("2", "1"));
-    expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1, 1]), "NodeIdsNotAscending")?;
-    expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[]), "NoInputs")?;
+    expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1, 1], RECORD), "NodeIdsNotAscending")?;
+    expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[], RECORD), "NoInputs")?;
     // A subset of the learners is enough.
-    registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1])?;
+    expect_revert(registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1], &[]), "NoRecord")?;
+    registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1], RECORD)?;
     assert_eq!(registry.current_round()?, 2);
 
     // A malformed CID never reaches the chain: the client refuses it.
@@ -236,13 +260,13 @@ fn ten_transactions_in_flight_get_consecutive_nonces_and_all_mine() -> Result<()
     // One block per second, so the ten transactions really wait in the pool together.
     let anvil = Anvil::start_with(AnvilOptions { block_time: Some(1), ..Default::default() })?;
     let owner = client(&anvil, 0)?;
-    let (registry, _) = Registry::deploy(&owner)?;
+    let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
     let start = owner.rpc().transaction_count(anvil.address(0), "latest")?;
     let mut pending = Vec::new();
     for node_id in 0..10u64 {
         let data = fl_contracts::abi::encode_call(
             "addLearner",
-            &[Token::Uint(node_id.into()), Token::Address(anvil.address(1 + node_id as usize % 9))],
+            &[Token::Uint(node_id.into()), Token::Address(anvil.address(1 + node_id as usize % 9)), Token::Uint(0.into())],
         )?;
         pending.push(owner.send("addLearner", Some(registry.address()), data)?);
     }
@@ -306,13 +330,13 @@ fn gas_of_every_write_and_the_steady_state_learner_update(anvil: &Anvil, hardfor
             Ok(gas(receipt))
         }
     };
-    let (registry, deploy) = Registry::deploy(&owner)?;
+    let (registry, deploy) = Registry::deploy(&owner, MAX_SAMPLES)?;
     let mut table = vec![("deploy", cost(&deploy)?)];
-    table.push(("addLearner", cost(&registry.add_learner(1, anvil.address(1))?)?));
-    registry.add_learner(2, anvil.address(2))?;
-    registry.add_learner(3, anvil.address(3))?;
+    table.push(("addLearner", cost(&registry.add_learner(1, anvil.address(1), None)?)?));
+    registry.add_learner(2, anvil.address(2), None)?;
+    registry.add_learner(3, anvil.address(3), None)?;
     table.push(("removeLearner", cost(&registry.remove_learner(3)?)?));
-    table.push(("setGlobalWeight round 0 (seed)", cost(&registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?)?));
+    table.push(("setGlobalWeight round 0 (seed)", cost(&registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[], &[])?)?));
 
     let mut steady = Vec::new();
     for round in 1..=3u64 {
@@ -334,7 +358,14 @@ fn gas_of_every_write_and_the_steady_state_learner_update(anvil: &Anvil, hardfor
             }
             inputs.push(update);
         }
-        let receipt = registry.set_global_weight(round, &cid(&format!("g{round}"), true), [2; 32], commitment(&inputs)?, &[1, 2])?;
+        let receipt = registry.set_global_weight(
+            round,
+            &cid(&format!("g{round}"), true),
+            [2; 32],
+            commitment(&inputs, Some(RECORD))?,
+            &[1, 2],
+            RECORD,
+        )?;
         if round == 2 {
             table.push(("setGlobalWeight, 2 inputs", cost(&receipt)?));
         }
@@ -484,15 +515,19 @@ fn operator_commands_deploy_add_list_and_status_with_a_keystore() -> Result<()> 
     let (keystore, password_file) = (keystore.to_string_lossy().to_string(), password_file.to_string_lossy().to_string());
     let owner_flags = ["--rpc-url", anvil.url(), "--keystore", &keystore, "--password-file", &password_file];
 
-    let address = operator(&[], &[&["deploy"][..], &owner_flags].concat())?.trim().to_string();
+    let err = operator(&[], &[&["deploy", "--max-samples", "0"][..], &owner_flags].concat()).unwrap_err().to_string();
+    assert!(err.contains("--max-samples 0: must be between 1 and"), "{err}");
+    let address = operator(&[], &[&["deploy", "--max-samples", "30000"][..], &owner_flags].concat())?.trim().to_string();
     assert!(address.starts_with("0x") && address.len() == 42, "{address:?}");
     let learner = format!("{:?}", anvil.address(1));
     operator(&[], &[&["learners", "add", "4", &learner][..], &owner_flags, &["--registry", &address]].concat())?;
+    let other = format!("{:?}", anvil.address(2));
+    operator(&[], &[&["learners", "add", "6", &other, "--max-samples", "500"][..], &owner_flags, &["--registry", &address]].concat())?;
 
     // Read-only commands need no key; the environment supplies URL and registry.
     let envs = [("ETH_RPC_URL", anvil.url()), ("FL_REGISTRY", address.as_str())];
     let list = operator(&envs, &["learners", "list"])?;
-    assert_eq!(list, format!("learner 4 {learner} round none\n"));
+    assert_eq!(list, format!("learner 4 {learner} cap 30000 round none\nlearner 6 {other} cap 500 round none\n"));
     let status = operator(&envs, &["status"])?;
     assert!(status.contains("round 0\nglobal none\n"), "{status}");
     assert!(status.contains(&format!("owner {:?}", anvil.address(0))), "{status}");
@@ -514,9 +549,9 @@ fn a_transaction_that_fails_after_mining_is_explained_and_receipt_waits_have_a_d
     // second fails when mined, and the replay names the contract's error.
     let anvil = Anvil::start_with(AnvilOptions { block_time: Some(1), ..Default::default() })?;
     let owner = client(&anvil, 0)?;
-    let (registry, _) = Registry::deploy(&owner)?;
-    registry.add_learner(1, anvil.address(1))?;
-    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[])?;
+    let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
+    registry.add_learner(1, anvil.address(1), None)?;
+    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[], &[])?;
     let learner = client(&anvil, 1)?;
     let first = learner.send(
         "setLocalWeight",
@@ -534,7 +569,7 @@ fn a_transaction_that_fails_after_mining_is_explained_and_receipt_waits_have_a_d
     // A node that never mines: the wait ends at its deadline with a Timeout error.
     let stalled = Anvil::start_with(AnvilOptions { no_mining: true, ..Default::default() })?;
     let client = client(&stalled, 0)?.with_receipt_timeout(Duration::from_millis(800));
-    let pending = client.send("deploy", None, fl_contracts::abi::registry_bytecode())?;
+    let pending = client.send("deploy", None, fl_contracts::creation_code(&fl_contracts::abi::registry_bytecode(), MAX_SAMPLES)?)?;
     let err = client.wait("deploy", pending).unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(err.to_string().starts_with("deploy: waiting for receipt of"), "{err}");
@@ -548,9 +583,9 @@ fn a_chain_without_base_fee_gets_legacy_transactions() -> Result<()> {
     let anvil = Anvil::start_with(AnvilOptions { base_fee: Some(0), ..Default::default() })?;
     let owner = client(&anvil, 0)?;
     assert_eq!(owner.fee_mode(), FeeMode::Legacy);
-    let (registry, receipt) = Registry::deploy(&owner)?;
+    let (registry, receipt) = Registry::deploy(&owner, MAX_SAMPLES)?;
     assert_eq!(receipt.transaction_type.map(|t| t.as_u64()).unwrap_or(0), 0, "legacy transaction");
-    registry.add_learner(1, anvil.address(1))?;
+    registry.add_learner(1, anvil.address(1), None)?;
     assert_eq!(registry.learner_ids()?, vec![1]);
     Ok(())
 }
@@ -573,7 +608,7 @@ fn cancun_build() -> Result<Bytes> {
 
 #[test]
 fn a_build_for_a_newer_evm_is_refused_before_any_gas_is_spent_and_never_called_a_revert() -> Result<()> {
-    let cancun = cancun_build()?;
+    let cancun = fl_contracts::creation_code(&cancun_build()?, MAX_SAMPLES)?;
 
     // London has neither PUSH0 (Shanghai) nor MCOPY (Cancun): deploy names both and the
     // rule set needed, and sends nothing.

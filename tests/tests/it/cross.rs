@@ -19,14 +19,14 @@ const PROFILE: &str = "release-pi";
 
 /// One emulated target: the Rust triple, the qemu binary, the sysroot of the Debian cross
 /// toolchain (its dynamic loader and glibc, for `-L`), and the oldest core we support.
-struct Target {
+pub(super) struct Target {
     triple: &'static str,
     qemu: &'static str,
     sysroot: &'static str,
     cpu: &'static str,
 }
 
-const AARCH64: Target =
+pub(super) const AARCH64: Target =
     Target { triple: "aarch64-unknown-linux-gnu", qemu: "qemu-aarch64-static", sysroot: "/usr/aarch64-linux-gnu", cpu: "cortex-a53" };
 
 const ARMV7: Target =
@@ -35,16 +35,26 @@ const ARMV7: Target =
 impl Target {
     /// The cross-built agent, or an error saying how to build it.
     fn binary(&self) -> Result<PathBuf> {
-        let path = workspace_root().join("target").join(self.triple).join(PROFILE).join("fl-agent");
+        self.binary_named("fl-agent")
+    }
+
+    /// A cross-built binary (`fl-agent`, or `fl-aggregator` for aarch64).
+    fn binary_named(&self, name: &str) -> Result<PathBuf> {
+        let path = workspace_root().join("target").join(self.triple).join(PROFILE).join(name);
         if !path.is_file() {
-            bail!("{} not found: run `make cross` (bash cross/build.sh) to build the Raspberry Pi agents", path.display());
+            bail!("{} not found: run `make cross` (bash cross/build.sh) to build the Raspberry Pi binaries", path.display());
         }
         Ok(path)
     }
 
     /// `qemu -cpu CPU -L SYSROOT fl-agent`, ready for the agent's arguments.
     fn command(&self) -> Result<Command> {
-        let binary = self.binary()?;
+        self.command_named("fl-agent")
+    }
+
+    /// `qemu -cpu CPU -L SYSROOT NAME` for a cross-built binary.
+    pub(super) fn command_named(&self, name: &str) -> Result<Command> {
+        let binary = self.binary_named(name)?;
         if !Path::new(self.sysroot).join("lib").is_dir() {
             bail!("{} not found: run `make cross`, which installs Debian's cross toolchains", self.sysroot);
         }

@@ -40,8 +40,13 @@ pub(super) struct Federation {
 
 impl Federation {
     pub(super) fn start(label: &str) -> Result<Federation> {
+        Federation::start_with_learners(label, 2)
+    }
+
+    /// A federation of `n` registered learners (each with its IPFS node).
+    pub(super) fn start_with_learners(label: &str, n: usize) -> Result<Federation> {
         let dir = TempDir::new(label)?;
-        let devnet = Devnet::start(2, dir.path())?;
+        let devnet = Devnet::start(n, dir.path())?;
         Ok(Federation { devnet, agent: workspace_bin("fl-agent")?, aggregator: workspace_bin("fl-aggregator")?, data: mnist(), _dir: dir })
     }
 
@@ -68,7 +73,9 @@ impl Federation {
 
     /// A learner whose `agent.toml` also holds `extra` (top-level keys).
     pub(super) fn learner_with(&self, node_id: usize, log: &str, extra: &str) -> Result<Running> {
-        let extra = format!("train_limit = {TRAIN_LIMIT}\ntest_limit = {TEST_LIMIT}\n{extra}");
+        // TRAIN_LIMIT / 2 images per learner, however many there are.
+        let train_limit = TRAIN_LIMIT / 2 * self.devnet.n_learners;
+        let extra = format!("train_limit = {train_limit}\ntest_limit = {TEST_LIMIT}\n{extra}");
         let config = self.devnet.write_agent_config(node_id, &self.data, 1, ROUNDS, &extra)?;
         Running::spawn(
             &format!("learner {node_id}"),
@@ -94,32 +101,44 @@ impl Federation {
         Ok((globals, locals))
     }
 
-    fn fetch(&self, cid: &str, digest: &[u8; 32]) -> Result<Vec<u8>> {
+    pub(super) fn fetch(&self, cid: &str, digest: &[u8; 32]) -> Result<Vec<u8>> {
         Ok(self.devnet.ipfs[0].client().fetch_verified(cid, digest, 64 << 20)?)
     }
 
-    fn verify_command(&self, round: u64) -> Result<Running> {
+    pub(super) fn verify_command(&self, round: u64) -> Result<Running> {
         self.verify_command_with(round, &[])
     }
 
     /// `fl-aggregator verify --round ROUND` with `extra` flags added.
     pub(super) fn verify_command_with(&self, round: u64, extra: &[&str]) -> Result<Running> {
-        let mut command = std::process::Command::new(&self.aggregator);
+        self.verify_command_via(std::process::Command::new(&self.aggregator), self.devnet.registry, round, extra)
+    }
+
+    /// The same through `launcher` (e.g. qemu with the aarch64 build), for `registry`, with
+    /// its own log.
+    pub(super) fn verify_command_via(
+        &self,
+        mut command: std::process::Command,
+        registry: fl_contracts::Address,
+        round: u64,
+        extra: &[&str],
+    ) -> Result<Running> {
+        let log = format!("verify-{round}-{}.log", self.devnet.dir.read_dir().map(|d| d.count()).unwrap_or(0));
         command
             .arg("verify")
             .args(["--round", &round.to_string()])
             .args(["--rpc-url", self.devnet.anvil.url()])
-            .args(["--registry", &format!("{:?}", self.devnet.registry)])
+            .args(["--registry", &format!("{registry:?}")])
             .args(["--ipfs-api", &self.devnet.ipfs[0].api_url])
             .args(extra);
-        Running::spawn("verify", command, &self.devnet.dir.join(format!("verify-{round}.log")), false)
+        Running::spawn("verify", command, &self.devnet.dir.join(log), false)
     }
 }
 
 /// FedAvg written here from its definition (McMahan et al. 2017: the sample-weighted
 /// mean), independently of `fl_core::fedavg`: per parameter, the sum over learners
 /// in ascending node id order of `n_k * w_k` in f64, divided by the total, rounded to f32.
-fn independent_fedavg(models: &[ModelFile], round: u64) -> ModelFile {
+pub(super) fn independent_fedavg(models: &[ModelFile], round: u64) -> ModelFile {
     let total: u64 = models.iter().map(|m| m.n_samples).sum();
     let first = &models[0];
     let tensors = first
@@ -156,7 +175,7 @@ pub(super) fn check_rounds(federation: &Federation) -> Result<BTreeMap<u64, Mode
             let mut inputs: Vec<LocalUpdate> = locals.iter().filter(|u| u.round == round).cloned().collect();
             inputs.sort_by_key(|u| u.node_id);
             assert_eq!(inputs.len(), 2, "one update per learner in round {round}: {inputs:?}");
-            assert_eq!(commitment(&inputs)?, global.inputs_commitment, "round {round}: commitment");
+            assert_eq!(commitment(&inputs, Some(&global.record))?, global.inputs_commitment, "round {round}: commitment");
             let local_models =
                 inputs.iter().map(|u| ModelFile::from_bytes(&federation.fetch(&u.cid, &u.digest)?)).collect::<Result<Vec<_>>>()?;
             let expected = independent_fedavg(&local_models, round).to_bytes();
@@ -255,7 +274,7 @@ fn federation_round_closes_without_a_silent_learner_after_the_timeout() -> Resul
         let global = globals.iter().find(|g| g.round == round).context("round not published")?;
         assert_eq!(global.node_ids, vec![1], "round {round} must average learner 1 alone");
         let inputs: Vec<LocalUpdate> = locals.iter().filter(|u| u.round == round).cloned().collect();
-        assert_eq!(commitment(&inputs)?, global.inputs_commitment);
+        assert_eq!(commitment(&inputs, Some(&global.record))?, global.inputs_commitment);
         // The average of one model is that model.
         let local = federation.fetch(&inputs[0].cid, &inputs[0].digest)?;
         let published = ModelFile::from_bytes(&federation.fetch(&global.cid, &global.digest)?)?;

@@ -17,7 +17,7 @@ use fl_contracts::ethers_core::types::Bytes;
 use fl_contracts::ethers_core::utils::keccak256;
 use fl_contracts::{Address, Client, Error, Event, PendingTx, Registry, Rpc, TransactionReceipt, H256};
 use fl_tests::anvil::Anvil;
-use fl_tests::devnet::Running;
+use fl_tests::devnet::{Running, MAX_SAMPLES};
 use serde_json::{json, Value};
 
 use crate::federation::{check_rounds, Federation, ROUNDS, RUN_LIMIT};
@@ -96,9 +96,9 @@ fn client(anvil: &Anvil, key: usize) -> Result<Client> {
 /// a block per transaction; then mining becomes manual.
 fn open_round_one(anvil: &Anvil, dev: &Dev) -> Result<Address> {
     let owner = client(anvil, 0)?;
-    let (registry, _) = Registry::deploy(&owner)?;
-    registry.add_learner(1, anvil.address(1))?;
-    registry.set_global_weight(0, &cid("seed"), [1; 32], [0; 32], &[])?;
+    let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
+    registry.add_learner(1, anvil.address(1), None)?;
+    registry.set_global_weight(0, &cid("seed"), [1; 32], [0; 32], &[], &[])?;
     dev.manual_mining()?;
     // Everything above gets its confirmations before the test starts.
     dev.mine(CONFIRMATIONS)?;

@@ -11,5 +11,7 @@ mod federation;
 mod finality;
 /// The IPFS client against real js-ipfs nodes on a private network.
 mod ipfs;
+/// Hostile learners and a dishonest aggregator: the robust rules, and what `verify` catches.
+mod robust;
 /// One federation round, as processes, on each EVM rule set the registry supports.
 mod rule_sets;

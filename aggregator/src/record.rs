@@ -1,0 +1,151 @@
+//! The round record: "how this global model was made", published with every global model
+//! (the `record` of `GlobalWeightSet`, covered by its inputs commitment), so that anyone
+//! can recompute the model (`fl-aggregator verify`) and see every update the round did not
+//! use, and why.
+//!
+//! It is compact JSON with a `version`. Version 1 holds:
+//! - `seed` (round 0 only): the seed of the initial model;
+//! - `rule` and `clip_norm` (later rounds): the aggregation rule in its canonical text
+//!   (`fedavg`, `median`, `trimmed-mean:B`, `krum:F`, `multi-krum:F`, see `fl_core::rules`)
+//!   and the clipping bound, if any;
+//! - `closed_at_block`: the last block whose updates the aggregator had read when it closed
+//!   the round; an update of the round mined later arrived too late and needs no reason;
+//! - `selected` (the updates the rule's result is drawn from: Krum's choice, Multi-Krum's
+//!   m, every input for the others) and `clipped` (the updates clipping changed): both
+//!   recomputed by `verify`;
+//! - `left_out`: every update of the round read by `closed_at_block` that is not an input,
+//!   with the reason (not fetched, digest or file wrong, learner no longer registered).
+//!
+//! Later features add optional fields (round mode and staleness, update encoding, model
+//! group); a reader refuses a record whose version is newer than it knows rather than
+//! misread it. A round published by a version-1 registry has no record: it was FedAvg of
+//! its inputs, without clipping.
+
+use anyhow::{bail, Context, Result};
+use fl_core::rules::{parse_clip_norm, Recipe, Rule};
+use serde::{Deserialize, Serialize};
+
+/// The record version this code writes and the newest it reads.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Longest reason kept per left-out update (the record is calldata: it costs gas).
+const MAX_REASON_CHARS: usize = 160;
+
+/// One update of the round that the rule did not take as an input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeftOut {
+    pub node_id: u64,
+    pub reason: String,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundRecord {
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_norm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at_block: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selected: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clipped: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+impl RoundRecord {
+    /// The record of round 0, the initial model made from `seed`.
+    pub fn initial(seed: u64) -> RoundRecord {
+        RoundRecord { version: RECORD_VERSION, seed: Some(seed), ..RoundRecord::default() }
+    }
+
+    /// The record of an aggregated round (`selected`, `clipped` and `left_out` are set by
+    /// the caller once known).
+    pub fn aggregated(recipe: &Recipe, closed_at_block: u64) -> RoundRecord {
+        RoundRecord {
+            version: RECORD_VERSION,
+            rule: Some(recipe.rule.to_string()),
+            clip_norm: recipe.clip_norm.map(|c| c.to_string()),
+            closed_at_block: Some(closed_at_block),
+            ..RoundRecord::default()
+        }
+    }
+
+    /// Records an update left out, its reason cut to a bounded length.
+    pub fn leave_out(&mut self, node_id: u64, reason: &str) {
+        let mut kept: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        if kept.len() < reason.len() {
+            kept.push_str("...");
+        }
+        self.left_out.push(LeftOut { node_id, reason: kept });
+    }
+
+    /// The bytes published on chain.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // A plain struct of strings and numbers always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads published bytes; a version newer than [`RECORD_VERSION`] is an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<RoundRecord> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .with_context(|| format!("round record is not JSON: {:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])))?;
+        let version = value.get("version").and_then(|v| v.as_u64()).context("round record has no numeric \"version\"")?;
+        if version > u64::from(RECORD_VERSION) {
+            bail!("round record version {version} is newer than this program reads ({RECORD_VERSION}): upgrade fl-aggregator");
+        }
+        serde_json::from_value(value).context("round record (version 1)")
+    }
+
+    /// The rule and clipping bound the record says were used; a record without a rule (a
+    /// version-1 registry's round has no record at all) means FedAvg.
+    pub fn recipe(&self) -> Result<Recipe> {
+        let rule: Rule = match &self.rule {
+            Some(text) => text.parse().with_context(|| format!("round record rule {text:?}"))?,
+            None => Rule::FedAvg,
+        };
+        let clip_norm = match &self.clip_norm {
+            Some(text) => Some(parse_clip_norm(text).with_context(|| format!("round record clip_norm {text:?}"))?),
+            None => None,
+        };
+        Ok(Recipe { rule, clip_norm })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_newer_versions_and_garbage() {
+        let recipe = Recipe { rule: "trimmed-mean:0.2".parse().unwrap(), clip_norm: Some(5.0) };
+        let mut record = RoundRecord::aggregated(&recipe, 42);
+        record.selected = vec![1, 2, 3];
+        record.leave_out(4, &"x".repeat(500));
+        let bytes = record.to_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with(r#"{"version":1,"rule":"trimmed-mean:0.2","clip_norm":"5","closed_at_block":42"#), "{text}");
+        let back = RoundRecord::from_bytes(&bytes).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.recipe().unwrap(), recipe);
+        assert_eq!(back.left_out[0].reason.chars().count(), MAX_REASON_CHARS + 3);
+        assert_eq!(RoundRecord::from_bytes(&RoundRecord::initial(7).to_bytes()).unwrap().seed, Some(7));
+
+        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":2,"rule":"fedavg"}"#).unwrap_err());
+        assert!(err.contains("round record version 2 is newer than this program reads (1)"), "{err}");
+        let err = format!("{:#}", RoundRecord::from_bytes(b"\x00\x01").unwrap_err());
+        assert!(err.starts_with("round record is not JSON"), "{err}");
+        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":1,"colour":"red"}"#).unwrap_err());
+        assert!(err.contains("unknown field `colour`"), "{err}");
+        let bad_rule = RoundRecord { rule: Some("mean-ish".into()), ..RoundRecord::initial(1) };
+        let err = format!("{:#}", bad_rule.recipe().unwrap_err());
+        assert!(err.starts_with("round record rule \"mean-ish\""), "{err}");
+    }
+}
