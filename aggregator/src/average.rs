@@ -107,7 +107,7 @@ mod tests {
         a.save(&pa).unwrap();
         b.save(&pb).unwrap();
         let fedavg = Recipe { rule: Rule::FedAvg, clip_norm: None };
-        run(&AverageConfig { out: out.clone(), models: vec![pa.clone(), pb.clone()], recipe: fedavg.clone(), previous: None }).unwrap();
+        run(&AverageConfig { out: out.clone(), models: vec![pa.clone(), pb.clone()], recipe: fedavg, previous: None }).unwrap();
         let avg = ModelFile::load(&out).unwrap();
         assert_eq!(avg.n_samples, 4);
         // Spot-check one weight against the definition: (1 * a + 3 * b) / 4.

@@ -260,6 +260,9 @@ impl Driver<'_> {
     }
 }
 
+/// What a lie changes before publishing: the model, the inputs, the record, the commitment.
+type Tamper = dyn FnMut(&mut ModelFile, &mut Vec<LocalUpdate>, &mut RoundRecord, &mut Option<[u8; 32]>);
+
 /// Runs `verify --round ROUND` natively and, if given, under qemu with the aarch64 build;
 /// returns each one's (success, stdout).
 fn verify_round(federation: &Federation, round: u64, on_aarch64: bool) -> Result<Vec<(bool, Vec<String>)>> {
@@ -332,7 +335,7 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     // Now the lies. Each makes verify name what does not match and fail.
     let mut lie = |what: &str,
                    expected: &str,
-                   tamper: &mut dyn FnMut(&mut ModelFile, &mut Vec<LocalUpdate>, &mut RoundRecord, &mut Option<[u8; 32]>)|
+                   tamper: &mut Tamper|
      -> Result<()> {
         round += 1;
         let (mut inputs, models) = send_round(round)?;
