@@ -333,10 +333,7 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     assert!(ok && stdout.iter().any(|l| l == "round 0: verified"), "round 0: {stdout:?}");
 
     // Now the lies. Each makes verify name what does not match and fail.
-    let mut lie = |what: &str,
-                   expected: &str,
-                   tamper: &mut Tamper|
-     -> Result<()> {
+    let mut lie = |what: &str, expected: &str, tamper: &mut Tamper| -> Result<()> {
         round += 1;
         let (mut inputs, models) = send_round(round)?;
         let recipe = Recipe { rule: Rule::Median, clip_norm: None };
