@@ -307,5 +307,17 @@ fn federation_bad_flags_and_config_are_clear_errors() -> Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("--min-learners and --round-timeout go together"), "{stderr}");
+    // A bad rule, trim or clip is refused before anything reaches the chain (no node runs).
+    for (flags, says) in [
+        (&["--rule", "mean"][..], "unknown aggregation rule \"mean\""),
+        (&["--rule", "trimmed-mean:0.5"][..], "B must be at least 0 and below 0.5"),
+        (&["--rule", "krum:x"][..], "--rule"),
+        (&["--clip-norm", "0"][..], "--clip-norm"),
+    ] {
+        let output = std::process::Command::new(&aggregator).args(["run", "--rounds", "2", "--data", "x"]).args(flags).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(says), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("cannot reach"), "{flags:?} got as far as the chain: {stderr}");
+    }
     Ok(())
 }
