@@ -258,7 +258,10 @@ mod tests {
     /// The weights a fixed seed gives, pinned. The digests were computed with the code of
     /// commit 5968374 (before the ML core moved to its own crate): a refactor must not
     /// change them; a deliberate change of the numbers (initialisation, kernels, Adam,
-    /// shuffling, dropout) updates them here and says why in its commit.
+    /// shuffling, dropout) updates them here and says why in its commit. Training's bytes
+    /// also depend on the CPU: the GEMM crate picks its own kernels by the CPU's vector
+    /// extensions (AVX2 or AVX-512 round differently; forcing our own kernels to AVX2 on an
+    /// AVX-512 machine does not change the digest), so each known CPU family has its pin.
     #[test]
     fn a_fixed_seed_gives_the_pinned_weights() {
         let mnist = mnist();
@@ -266,11 +269,17 @@ mod tests {
         let start = ModelFile::initial(3).unwrap();
         assert_eq!(payload_sha256(&start), PINNED_INITIAL_SEED_3, "the initial model of seed 3 changed");
         let trained = train(&start, &train_set, None, &quiet(5, 32), &mut |_| {}).unwrap().model;
-        assert_eq!(payload_sha256(&trained), PINNED_TRAINED_SEED_5, "three steps from seed 3 with seed 5 changed");
+        let digest = payload_sha256(&trained);
+        assert!(PINNED_TRAINED_SEED_5.contains(&digest.as_str()), "three steps from seed 3 with seed 5 changed: {digest}");
     }
 
     const PINNED_INITIAL_SEED_3: &str = "c41279314569e26433acdd14a5d8e146ed328f7f8bed0ca457c7d6c690ce7ad0";
-    const PINNED_TRAINED_SEED_5: &str = "6928b6b054a1fe8fbe49e18668588ad3f53a1d2017754c3df79d4beeed3f3d1b";
+    const PINNED_TRAINED_SEED_5: [&str; 2] = [
+        // AVX2 + FMA x86-64 (the machines of the earlier sessions).
+        "6928b6b054a1fe8fbe49e18668588ad3f53a1d2017754c3df79d4beeed3f3d1b",
+        // AVX-512 x86-64 (this session's machine; the same at commit fe233d7).
+        "30356043059d6a474a20c4cd17e5787d3d27f6cbc2c4ee77290a1c96d171212c",
+    ];
 
     /// The ML core's bar: one epoch on all 60,000 training images reaches at least 98%
     /// on the 10,000 test images (98.54% measured with seed 1).
