@@ -156,13 +156,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
     if owner != client.address() {
         bail!("registry {:?} is owned by {owner:?}, but the aggregator's key is {:?}", registry.address(), client.address());
     }
-    let version = registry.version()?;
-    if version != 2 {
-        bail!(
-            "registry {:?} is version {version}; this aggregator publishes to version 2 (sample caps, round records): deploy a new registry (its old rounds still verify)",
-            registry.address()
-        );
-    }
+    registry.require_current_version()?;
     let ipfs = config.endpoints.ipfs();
     let mut results = Results::load_or_default(config.results.as_deref())?;
     results.registry = format!("{:?}", registry.address());

@@ -21,6 +21,8 @@ pub use error::{is_transient, Error, Result};
 pub use ethers_core;
 pub use ethers_core::types::{Address, TransactionReceipt, H256, U256};
 pub use finality::{check_confirmations, MAX_CONFIRMATIONS};
-pub use registry::{commitment, creation_code, Event, GlobalUpdate, LatestUpdate, LearnerState, LocalUpdate, Logged, Registry};
+pub use registry::{
+    commitment, creation_code, Event, GlobalUpdate, LatestUpdate, LearnerState, LocalUpdate, Logged, Registry, REGISTRY_VERSION,
+};
 pub use rpc::Rpc;
 pub use signer::{KeySource, Signer};

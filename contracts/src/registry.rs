@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 use ethers_core::abi::{RawLog, Token};
 use ethers_core::types::{Address, BlockNumber, Filter, TransactionReceipt, H256, U256};
 
+/// The registry interface version this crate writes to (`version()` of `Registry.sol`).
+pub const REGISTRY_VERSION: u64 = 2;
+
 /// Default largest block range of one `eth_getLogs` request (many public nodes cap it).
 pub const DEFAULT_LOG_RANGE: u64 = 1_000;
 
@@ -193,6 +196,19 @@ impl<'a> Registry<'a> {
             Ok(data) if data.is_empty() => Err(Error::Invalid(format!("version: empty reply: no registry contract at {:?}", self.address))),
             Ok(data) => uint(&decode_output("version", &data)?[0], "version"),
         }
+    }
+
+    /// Fails unless the registry is the version this code writes to ([`REGISTRY_VERSION`]):
+    /// a learner or aggregator pointed at an older deployment says so before doing anything.
+    pub fn require_current_version(&self) -> Result<()> {
+        let version = self.version()?;
+        if version != REGISTRY_VERSION {
+            return Err(Error::Invalid(format!(
+                "registry {:?} is version {version}, this program writes to version {REGISTRY_VERSION} (sample caps, round records): deploy a new registry with `fl-aggregator deploy` and use its address (the old one's rounds still verify)",
+                self.address
+            )));
+        }
+        Ok(())
     }
 
     /// The federation-wide sample cap set at deployment.

@@ -83,6 +83,7 @@ pub fn run(config: &LearnerConfig) -> Result<()> {
         train_set.len(),
         test_set.len()
     ));
+    registry.require_current_version()?;
     wait_until_registered(&registry, config)?;
 
     // Events are followed from the (confirmed) block where we start; anything older is

@@ -410,6 +410,10 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     v1_global(2, &average, commitment(&inputs, None)?, &[1, 2])?;
     let (ok, stdout) = v1_verify(2)?;
     assert!(!ok && stdout.iter().any(|l| l.contains("is not what fedavg gives")), "{stdout:?}");
+    // The learner and the aggregator refuse to write to it, before doing anything.
+    let err = Registry::at(&driver.owner, v1_address).require_current_version().unwrap_err().to_string();
+    assert!(err.contains("is version 1, this program writes to version 2"), "{err}");
+    assert_eq!(Registry::at(&driver.owner, devnet.registry).version()?, 2);
     Ok(())
 }
 
