@@ -55,6 +55,9 @@ contract Registry {
     /// Shares the owner's slot, so a learner's update reads both with one cold load.
     uint32 public currentRound;
 
+    /// The address `transferOwnership` named, until it accepts (zero when none).
+    address public pendingOwner;
+
     mapping(uint256 => Learner) private learners;
     /// Registered node ids in no particular order, for `learnerIds()`; index + 1 by id.
     uint256[] private nodeIdList;
@@ -73,6 +76,7 @@ contract Registry {
     error SamplesAboveCap(uint256 nodeId, uint256 samples, uint256 maxSamples);
     error InvalidCap(uint256 maxSamples);
     error NoRecord(uint256 round);
+    error NotPendingOwner(address caller);
     error SeedHasInputs(uint256 count);
     error NoInputs(uint256 round);
     error NodeIdsNotAscending(uint256 index);
@@ -82,6 +86,10 @@ contract Registry {
     /// `maxSamples`: the most samples an update of this learner may claim.
     event LearnerAdded(uint256 indexed nodeId, address indexed account, uint256 maxSamples);
     event LearnerRemoved(uint256 indexed nodeId, address indexed account);
+    /// A learner's board got a new key; its updates, round and cap stay.
+    event LearnerAccountChanged(uint256 indexed nodeId, address indexed previousAccount, address indexed account);
+    event OwnershipTransferStarted(address indexed owner, address indexed pendingOwner);
+    event OwnershipTransferred(address indexed previousOwner, address indexed owner);
     /// `cid` is the binary CID (36 bytes); `samples` is the number of training examples.
     event LocalWeightSet(uint256 indexed nodeId, uint256 indexed round, bytes cid, bytes32 digest, uint256 samples);
     /// `nodeIds` lists, ascending, the learners whose round-`round` updates were the inputs of
@@ -118,6 +126,33 @@ contract Registry {
             nodeIdIndexPlusOne[nodeId] = nodeIdList.length;
         }
         emit LearnerAdded(nodeId, account, maxSamples);
+    }
+
+    /// Binds `nodeId` to a new address (a board's key leaked, or its SD card died): its
+    /// latest update, round and cap stay, and only the new address may write from now on.
+    function replaceLearnerAccount(uint256 nodeId, address account) external onlyOwner {
+        if (account == address(0)) revert ZeroAddress();
+        Learner storage learner = learners[nodeId];
+        address previous = learner.account;
+        if (previous == address(0)) revert UnknownLearner(nodeId);
+        learner.account = account;
+        emit LearnerAccountChanged(nodeId, previous, account);
+    }
+
+    /// First step of moving the registry to another key: names the new owner, who must then
+    /// call `acceptOwnership` (so a mistyped address cannot take it). The zero address
+    /// cancels a pending transfer.
+    function transferOwnership(address newOwner) external onlyOwner {
+        pendingOwner = newOwner;
+        emit OwnershipTransferStarted(owner, newOwner);
+    }
+
+    /// Second step: the named address takes over.
+    function acceptOwnership() external {
+        if (msg.sender != pendingOwner) revert NotPendingOwner(msg.sender);
+        emit OwnershipTransferred(owner, msg.sender);
+        owner = msg.sender;
+        pendingOwner = address(0);
     }
 
     /// Unbinds `nodeId`; its past updates stay readable and in the event log.

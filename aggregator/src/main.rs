@@ -13,7 +13,8 @@ commands:
   average     FedAvg of model files:  average --out FILE MODEL...
   simulate    the paper's experiment in one process, without chain or IPFS
   deploy      deploy the registry contract, print its address
-  learners    manage learners:  learners add NODE_ID ADDRESS | learners list
+  learners    manage learners:  learners add|remove|replace|list
+  owner       move the registry to another key:  owner transfer ADDRESS | owner accept
   status      round, global model and each learner's latest update
   run         aggregate rounds from the chain and IPFS
   verify      recompute a round's global model and compare its digest
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     let result = match command.to_str().unwrap_or("") {
         "average" => fl_aggregator::average::main(rest),
         "simulate" => fl_aggregator::simulate::main(rest),
-        "deploy" | "learners" | "status" => fl_aggregator::operator::main(command.to_str().unwrap_or(""), rest),
+        "deploy" | "learners" | "owner" | "status" => fl_aggregator::operator::main(command.to_str().unwrap_or(""), rest),
         "run" => fl_aggregator::run::main(rest),
         "verify" => fl_aggregator::verify::main(rest),
         "-h" | "--help" | "help" => {

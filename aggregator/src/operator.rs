@@ -16,6 +16,9 @@ usage: fl-aggregator deploy --max-samples N [FLAGS]        deploy a registry, pr
                                                            checks with eth_call that the chain's EVM runs it)
        fl-aggregator learners add NODE_ID ADDRESS [FLAGS]  bind a node id to a learner's address
        fl-aggregator learners remove NODE_ID [FLAGS]       unbind a node id
+       fl-aggregator learners replace NODE_ID ADDRESS      give a node id a new address (its history stays)
+       fl-aggregator owner transfer ADDRESS [FLAGS]        name the registry's next owner (0x0...0 cancels)
+       fl-aggregator owner accept [FLAGS]                  with the named key: take the registry over
        fl-aggregator learners list [FLAGS]                 node id, address, cap, latest round and CID
        fl-aggregator status [FLAGS]                        round, global model, each learner's update
 
@@ -37,6 +40,9 @@ pub enum Action {
     Deploy { max_samples: u64 },
     AddLearner { node_id: u64, account: Address, max_samples: Option<u64> },
     RemoveLearner { node_id: u64 },
+    ReplaceLearner { node_id: u64, account: Address },
+    TransferOwnership { to: Address },
+    AcceptOwnership,
     ListLearners,
     Status,
 }
@@ -96,6 +102,11 @@ fn parse_action(command: &str, positional: &[String], max_samples: Option<u64>) 
             Action::AddLearner { node_id: parse_node_id(node_id)?, account: parse_address(account, "ADDRESS")?, max_samples }
         }
         ("learners", ["remove", node_id]) => Action::RemoveLearner { node_id: parse_node_id(node_id)? },
+        ("learners", ["replace", node_id, account]) => {
+            Action::ReplaceLearner { node_id: parse_node_id(node_id)?, account: parse_address(account, "ADDRESS")? }
+        }
+        ("owner", ["transfer", to]) => Action::TransferOwnership { to: parse_address(to, "ADDRESS")? },
+        ("owner", ["accept"]) => Action::AcceptOwnership,
         _ => bail!("unexpected arguments for `{command}`: {positional:?}\n\n{USAGE}{CHAIN_HELP}{KEYS_NOTE}"),
     })
 }
@@ -117,7 +128,7 @@ fn parse_cap(text: &str) -> Result<u64> {
 
 /// Runs one operator command; results on stdout, progress on stderr.
 pub fn run(config: &OperatorConfig) -> Result<()> {
-    let needs_key = matches!(config.action, Action::Deploy { .. } | Action::AddLearner { .. } | Action::RemoveLearner { .. });
+    let needs_key = !matches!(config.action, Action::ListLearners | Action::Status);
     let client = if needs_key { config.endpoints.signing_client()? } else { config.endpoints.read_only_client()? };
     if let Action::Deploy { max_samples } = config.action {
         let (registry, receipt) = Registry::deploy(&client, max_samples)?;
@@ -145,6 +156,25 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
             let receipt = registry.remove_learner(*node_id)?;
             eprintln!("node {node_id} removed (tx {:?})", receipt.transaction_hash);
         }
+        Action::ReplaceLearner { node_id, account } => {
+            let receipt = registry.replace_learner_account(*node_id, *account)?;
+            eprintln!("node {node_id} now bound to {account:?}; its updates and cap stay (tx {:?})", receipt.transaction_hash);
+        }
+        Action::TransferOwnership { to } => {
+            let receipt = registry.transfer_ownership(*to)?;
+            if to.is_zero() {
+                eprintln!("pending ownership transfer cancelled (tx {:?})", receipt.transaction_hash);
+            } else {
+                eprintln!(
+                    "{to:?} may now take the registry over with `fl-aggregator owner accept` and its key (tx {:?})",
+                    receipt.transaction_hash
+                );
+            }
+        }
+        Action::AcceptOwnership => {
+            let receipt = registry.accept_ownership()?;
+            eprintln!("{:?} now owns the registry (tx {:?})", client.address(), receipt.transaction_hash);
+        }
         Action::ListLearners => {
             for learner in registry.learners()? {
                 print_learner(&learner);
@@ -153,6 +183,10 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
         Action::Status => {
             println!("registry {:?} version {}", registry.address(), registry.version()?);
             println!("owner {:?}", registry.owner()?);
+            let pending = registry.pending_owner()?;
+            if !pending.is_zero() {
+                println!("pending owner {pending:?}");
+            }
             println!("round {}", registry.current_round()?);
             match registry.global_update()? {
                 Some(global) => println!(
@@ -204,6 +238,14 @@ mod tests {
         assert!(err.contains("--max-samples goes with `deploy` and `learners add` only"), "{err}");
         let err = parse_action("learners", &["add".into(), "3".into(), "0x1234".into()], None).unwrap_err().to_string();
         assert!(err.contains("ADDRESS \"0x1234\" is not a 0x-prefixed 20-byte address"), "{err}");
+        let addr = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".to_string();
+        assert!(matches!(
+            parse_action("learners", &["replace".into(), "3".into(), addr.clone()], None).unwrap(),
+            Action::ReplaceLearner { node_id: 3, .. }
+        ));
+        assert!(matches!(parse_action("owner", &["transfer".into(), addr], None).unwrap(), Action::TransferOwnership { .. }));
+        assert_eq!(parse_action("owner", &["accept".into()], None).unwrap(), Action::AcceptOwnership);
+        assert!(parse_action("owner", &["take".into()], None).is_err());
         assert_eq!(parse_cap("30000").unwrap(), 30_000);
         for bad in ["0", "-1", "x", "72057594037927936"] {
             let err = format!("{:#}", parse_cap(bad).unwrap_err());

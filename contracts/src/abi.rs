@@ -225,6 +225,10 @@ mod tests {
             "deployedAt()",
             "version()",
             "defaultMaxSamples()",
+            "replaceLearnerAccount(uint256,address)",
+            "transferOwnership(address)",
+            "acceptOwnership()",
+            "pendingOwner()",
         ];
         let abi = registry_abi();
         assert_eq!(abi.functions().count(), signatures.len(), "every function is checked");
@@ -237,6 +241,9 @@ mod tests {
             "LearnerRemoved(uint256,address)",
             "LocalWeightSet(uint256,uint256,bytes,bytes32,uint256)",
             "GlobalWeightSet(uint256,bytes,bytes32,bytes32,uint256[],bytes)",
+            "LearnerAccountChanged(uint256,address,address)",
+            "OwnershipTransferStarted(address,address)",
+            "OwnershipTransferred(address,address)",
         ];
         assert_eq!(abi.events().count(), events.len(), "every event is checked");
         for signature in events {

@@ -79,6 +79,19 @@ pub enum Event {
         node_id: u64,
         account: Address,
     },
+    LearnerAccountChanged {
+        node_id: u64,
+        previous: Address,
+        account: Address,
+    },
+    OwnershipTransferStarted {
+        owner: Address,
+        pending_owner: Address,
+    },
+    OwnershipTransferred {
+        previous: Address,
+        owner: Address,
+    },
     LocalWeightSet(LocalUpdate),
     GlobalWeightSet(GlobalUpdate),
 }
@@ -239,6 +252,27 @@ impl<'a> Registry<'a> {
         }
         let cap = max_samples.unwrap_or(0);
         self.write("addLearner", &[Token::Uint(node_id.into()), Token::Address(account), Token::Uint(cap.into())])
+    }
+
+    /// Binds `node_id` to a new address, keeping its updates, round and cap (owner only).
+    pub fn replace_learner_account(&self, node_id: u64, account: Address) -> Result<TransactionReceipt> {
+        self.write("replaceLearnerAccount", &[Token::Uint(node_id.into()), Token::Address(account)])
+    }
+
+    /// Names `new_owner` as the next owner; it takes over with [`Registry::accept_ownership`]
+    /// (owner only; the zero address cancels).
+    pub fn transfer_ownership(&self, new_owner: Address) -> Result<TransactionReceipt> {
+        self.write("transferOwnership", &[Token::Address(new_owner)])
+    }
+
+    /// Takes over the registry (only the address named by `transfer_ownership`).
+    pub fn accept_ownership(&self) -> Result<TransactionReceipt> {
+        self.write("acceptOwnership", &[])
+    }
+
+    /// The address named by `transfer_ownership`, zero when none.
+    pub fn pending_owner(&self) -> Result<Address> {
+        address(&self.view("pendingOwner", &[])?[0], "pendingOwner")
     }
 
     /// Unbinds `node_id` (owner only).
@@ -474,6 +508,19 @@ pub fn decode_log(log: &ethers_core::types::Log) -> Result<Logged> {
         "LearnerRemoved" => {
             Event::LearnerRemoved { node_id: uint(param("nodeId")?, "nodeId")?, account: address(param("account")?, "account")? }
         }
+        "LearnerAccountChanged" => Event::LearnerAccountChanged {
+            node_id: uint(param("nodeId")?, "nodeId")?,
+            previous: address(param("previousAccount")?, "previousAccount")?,
+            account: address(param("account")?, "account")?,
+        },
+        "OwnershipTransferStarted" => Event::OwnershipTransferStarted {
+            owner: address(param("owner")?, "owner")?,
+            pending_owner: address(param("pendingOwner")?, "pendingOwner")?,
+        },
+        "OwnershipTransferred" => Event::OwnershipTransferred {
+            previous: address(param("previousOwner")?, "previousOwner")?,
+            owner: address(param("owner")?, "owner")?,
+        },
         "LocalWeightSet" => Event::LocalWeightSet(LocalUpdate {
             node_id: uint(param("nodeId")?, "nodeId")?,
             round: uint(param("round")?, "round")?,

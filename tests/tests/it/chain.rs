@@ -5,7 +5,7 @@ use fl_contracts::cid::cid_from_bytes;
 use fl_contracts::ethers_core::abi::Token;
 use fl_contracts::ethers_core::types::{transaction::eip2718::TypedTransaction, Bytes, Eip1559TransactionRequest, Transaction, U64};
 use fl_contracts::ethers_core::utils::keccak256;
-use fl_contracts::{commitment, Client, Error, Event, FeeMode, LocalUpdate, Registry, Rpc};
+use fl_contracts::{commitment, Address, Client, Error, Event, FeeMode, LocalUpdate, Registry, Rpc};
 use fl_contracts::{TransactionReceipt, U256};
 use fl_tests::anvil::{Anvil, AnvilOptions};
 use fl_tests::devnet::MAX_SAMPLES;
@@ -532,6 +532,17 @@ fn operator_commands_deploy_add_list_and_status_with_a_keystore() -> Result<()> 
     assert!(status.contains("round 0\nglobal none\n"), "{status}");
     assert!(status.contains(&format!("owner {:?}", anvil.address(0))), "{status}");
 
+    // A board's new key, and the registry handed to another key in two steps.
+    let new_board = format!("{:?}", anvil.address(3));
+    operator(&[], &[&["learners", "replace", "4", &new_board][..], &owner_flags, &["--registry", &address]].concat())?;
+    assert!(operator(&envs, &["learners", "list"])?.starts_with(&format!("learner 4 {new_board} cap 30000 round none\n")));
+    let successor = format!("{:?}", anvil.address(5));
+    operator(&[], &[&["owner", "transfer", &successor][..], &owner_flags, &["--registry", &address]].concat())?;
+    assert!(operator(&envs, &["status"])?.contains(&format!("pending owner {successor}")));
+    let as_successor = [envs[0], envs[1], ("ETH_PRIVATE_KEY", anvil.key(5))];
+    operator(&as_successor, &["owner", "accept"])?;
+    assert!(operator(&envs, &["status"])?.contains(&format!("owner {successor}\n")));
+
     // A wrong password and a missing key are clear errors.
     std::fs::write(&password_file, "wrong\n")?;
     let err = operator(&[], &[&["learners", "add", "5", &learner][..], &owner_flags, &["--registry", &address]].concat())
@@ -573,6 +584,55 @@ fn a_transaction_that_fails_after_mining_is_explained_and_receipt_waits_have_a_d
     let err = client.wait("deploy", pending).unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(err.to_string().starts_with("deploy: waiting for receipt of"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn ownership_moves_in_two_steps_and_a_learner_gets_a_new_key_keeping_its_history() -> Result<()> {
+    let anvil = Anvil::start()?;
+    let owner = client(&anvil, 0)?;
+    let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
+    registry.add_learner(1, anvil.address(1), Some(500))?;
+    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[], &[])?;
+    let first_board = client(&anvil, 1)?;
+    Registry::at(&first_board, registry.address()).set_local_weight(1, 1, &cid("one", false), [1; 32], 5)?;
+    registry.set_global_weight(1, &cid("g1", true), [1; 32], [0; 32], &[1], RECORD)?;
+
+    // A board's key is replaced: the old key can no longer write, the new one can, and the
+    // node keeps its cap and its history.
+    let (old_board, new_board) = (client(&anvil, 1)?, client(&anvil, 6)?);
+    expect_revert(Registry::at(&new_board, registry.address()).replace_learner_account(1, anvil.address(6)), "NotOwner")?;
+    expect_revert(registry.replace_learner_account(9, anvil.address(6)), "UnknownLearner")?;
+    registry.replace_learner_account(1, anvil.address(6))?;
+    let state = registry.local_update(1)?;
+    assert_eq!((state.account, state.max_samples, state.latest.map(|u| u.round)), (anvil.address(6), 500, Some(1)));
+    let args =
+        expect_revert(Registry::at(&old_board, registry.address()).set_local_weight(1, 2, &cid("two", false), [2; 32], 5), "NotLearner")?;
+    assert_eq!(arg(&args, "nodeId"), "1");
+    Registry::at(&new_board, registry.address()).set_local_weight(1, 2, &cid("two", false), [2; 32], 5)?;
+
+    // Ownership: named first, taken by the named key only; the old key is then powerless.
+    let (successor, stranger) = (client(&anvil, 5)?, client(&anvil, 7)?);
+    registry.transfer_ownership(anvil.address(5))?;
+    assert_eq!((registry.owner()?, registry.pending_owner()?), (anvil.address(0), anvil.address(5)));
+    let args = expect_revert(Registry::at(&stranger, registry.address()).accept_ownership(), "NotPendingOwner")?;
+    assert_eq!(arg(&args, "caller"), format!("{:?}", anvil.address(7)));
+    Registry::at(&successor, registry.address()).accept_ownership()?;
+    assert_eq!((registry.owner()?, registry.pending_owner()?), (anvil.address(5), Address::zero()));
+    expect_revert(registry.add_learner(2, anvil.address(2), None), "NotOwner")?;
+    Registry::at(&successor, registry.address()).add_learner(2, anvil.address(2), None)?;
+    // A transfer can be cancelled before it is accepted.
+    let as_successor = Registry::at(&successor, registry.address());
+    as_successor.transfer_ownership(anvil.address(8))?;
+    as_successor.transfer_ownership(Address::zero())?;
+    let cancelled = client(&anvil, 8)?;
+    expect_revert(Registry::at(&cancelled, registry.address()).accept_ownership(), "NotPendingOwner")?;
+
+    // The events tell it all.
+    let events: Vec<Event> = registry.events(0, owner.rpc().block_number()?)?.into_iter().map(|l| l.event).collect();
+    assert!(events.contains(&Event::LearnerAccountChanged { node_id: 1, previous: anvil.address(1), account: anvil.address(6) }));
+    assert!(events.contains(&Event::OwnershipTransferStarted { owner: anvil.address(0), pending_owner: anvil.address(5) }));
+    assert!(events.contains(&Event::OwnershipTransferred { previous: anvil.address(0), owner: anvil.address(5) }));
     Ok(())
 }
 
