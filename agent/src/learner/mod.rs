@@ -68,8 +68,10 @@ const FIRST_PAUSE: Duration = Duration::from_millis(500);
 /// Runs the learner until global round `config.rounds` is published (or forever).
 pub fn run(config: &LearnerConfig) -> Result<()> {
     let (train_set, test_set) = load_data(config)?;
-    let state = StateDir::open(&config.state_dir)?;
     let client = config.endpoints.signing_client()?;
+    // Work in progress belongs to one registry: a model saved for round R of another
+    // (an old deployment the fleet moved from) must never be sent as this one's round R.
+    let state = StateDir::open(&config.state_dir.join(format!("chain-{}-{:?}", client.chain_id(), config.registry)))?;
     let registry = Registry::at(&client, config.registry);
     let ipfs = config.endpoints.ipfs();
     log(&format!(
