@@ -3,7 +3,7 @@
 //! time into a running f64 sum, so memory does not grow with the number of models, and
 //! the result depends only on the inputs and the order they are added in.
 
-use crate::weights::{ModelFile, NamedTensor};
+use crate::weights::{check_layout, ModelFile, NamedTensor};
 use anyhow::{bail, ensure, Result};
 
 /// A running sample-weighted sum of models.
@@ -39,56 +39,11 @@ impl FedAvg {
     /// differ from the first model's, or if it has no samples.
     pub fn add(&mut self, model: &ModelFile, label: &str) -> Result<()> {
         ensure!(model.n_samples > 0, "fedavg: {label} has n_samples 0, so it cannot be weighted");
-        match &self.template {
-            None => {
-                for t in &model.tensors {
-                    let expected = 4 * t.shape.iter().product::<u64>() as usize;
-                    ensure!(
-                        t.data.len() == expected,
-                        "fedavg: {label} tensor {} has {} bytes, expected {expected} for shape {:?}",
-                        t.name,
-                        t.data.len(),
-                        t.shape
-                    );
-                }
-                self.sums = model.tensors.iter().map(|t| vec![0.0; t.data.len() / 4]).collect();
-                self.template = Some(ModelFile { tensors: Vec::new(), ..model.clone() });
-                self.template_tensors(model);
-            }
-            Some(first) => {
-                ensure!(
-                    model.format_version == first.format_version && model.architecture == first.architecture,
-                    "fedavg: {label} is architecture {:?} format {}, but the first model is {:?} format {}",
-                    model.architecture,
-                    model.format_version,
-                    first.architecture,
-                    first.format_version
-                );
-                ensure!(
-                    model.tensors.len() == first.tensors.len(),
-                    "fedavg: {label} has {} tensors, the first model has {}",
-                    model.tensors.len(),
-                    first.tensors.len()
-                );
-                for ((mine, theirs), sum) in first.tensors.iter().zip(&model.tensors).zip(&self.sums) {
-                    if mine.name != theirs.name || mine.shape != theirs.shape || mine.dtype != theirs.dtype {
-                        bail!(
-                            "fedavg: {label} has tensor {:?} with shape {:?}, where the first model has {:?} with shape {:?}",
-                            theirs.name,
-                            theirs.shape,
-                            mine.name,
-                            mine.shape
-                        );
-                    }
-                    ensure!(
-                        theirs.data.len() == 4 * sum.len(),
-                        "fedavg: {label} tensor {} has {} bytes, expected {}",
-                        theirs.name,
-                        theirs.data.len(),
-                        4 * sum.len()
-                    );
-                }
-            }
+        check_layout(model, self.template.as_ref(), "fedavg", label, "the first model")?;
+        if self.template.is_none() {
+            self.sums = model.tensors.iter().map(|t| vec![0.0; t.data.len() / 4]).collect();
+            self.template = Some(ModelFile { tensors: Vec::new(), ..model.clone() });
+            self.template_tensors(model);
         }
         let weight = model.n_samples as f64;
         for (sum, tensor) in self.sums.iter_mut().zip(&model.tensors) {

@@ -112,7 +112,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::fedavg::FedAvg;
-use crate::weights::{ModelFile, NamedTensor};
+use crate::weights::{check_layout, ModelFile, NamedTensor};
 
 /// How the updates of a round are combined (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -456,57 +456,8 @@ impl Aggregation {
     /// Checks a model against the template, or on its own if there is none yet.
     fn check(&self, model: &ModelFile, label: &str) -> Result<()> {
         let rule = self.recipe.rule;
-        match &self.template {
-            None => {
-                for t in &model.tensors {
-                    let expected =
-                        byte_len(t).with_context(|| format!("{rule}: {label} tensor {} has an impossible shape {:?}", t.name, t.shape))?;
-                    ensure!(
-                        t.data.len() as u64 == expected,
-                        "{rule}: {label} tensor {} has {} bytes, expected {expected} for shape {:?}",
-                        t.name,
-                        t.data.len(),
-                        t.shape
-                    );
-                }
-            }
-            Some(first) => {
-                let whose = if self.template_is_previous { "the previous global model" } else { "the first model" };
-                ensure!(
-                    model.format_version == first.format_version && model.architecture == first.architecture,
-                    "{rule}: {label} is architecture {:?} format {}, but {whose} is {:?} format {}",
-                    model.architecture,
-                    model.format_version,
-                    first.architecture,
-                    first.format_version
-                );
-                ensure!(
-                    model.tensors.len() == first.tensors.len(),
-                    "{rule}: {label} has {} tensors, {whose} has {}",
-                    model.tensors.len(),
-                    first.tensors.len()
-                );
-                for (mine, theirs) in first.tensors.iter().zip(&model.tensors) {
-                    if mine.name != theirs.name || mine.shape != theirs.shape || mine.dtype != theirs.dtype {
-                        bail!(
-                            "{rule}: {label} has tensor {:?} with shape {:?}, where {whose} has {:?} with shape {:?}",
-                            theirs.name,
-                            theirs.shape,
-                            mine.name,
-                            mine.shape
-                        );
-                    }
-                    // The template's shapes passed `byte_len` already.
-                    let expected = byte_len(mine).unwrap_or(0);
-                    ensure!(
-                        theirs.data.len() as u64 == expected,
-                        "{rule}: {label} tensor {} has {} bytes, expected {expected}",
-                        theirs.name,
-                        theirs.data.len()
-                    );
-                }
-            }
-        }
+        let whose = if self.template_is_previous { "the previous global model" } else { "the first model" };
+        check_layout(model, self.template.as_ref(), &rule.to_string(), label, whose)?;
         for t in &model.tensors {
             if let Some(index) = t.data.chunks_exact(4).position(|b| !f32_le(b).is_finite()) {
                 bail!("{rule}: {label} tensor {} has a non-finite value (NaN or infinity) at index {index}", t.name);
@@ -567,11 +518,6 @@ fn with_previous<'a>(model: &'a ModelFile, previous: &'a [f32]) -> impl Iterator
         rest = others;
         (t, mine)
     })
-}
-
-/// Bytes of f32 data a tensor's shape calls for, or `None` if that overflows.
-fn byte_len(tensor: &NamedTensor) -> Option<u64> {
-    tensor.shape.iter().try_fold(4u64, |bytes, &d| bytes.checked_mul(d))
 }
 
 /// Values in a list of checked tensors.

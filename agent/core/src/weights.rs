@@ -98,6 +98,66 @@ pub struct ModelFile {
     pub tensors: Vec<NamedTensor>,
 }
 
+/// Bytes of an f32 tensor of `shape`, `None` if that overflows 64 bits.
+pub fn f32_byte_len(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(4u64, |bytes, &d| bytes.checked_mul(d))
+}
+
+/// The one check that a model can be combined with others: with a `reference` (a template
+/// whose tensors may hold no data), the same format, architecture, tensor names, shapes and
+/// dtypes, and data of the length the shapes say; without one, the data lengths only.
+/// Messages start with `what` (the rule, e.g. "fedavg"), name the model `label` and the
+/// reference `whose` (e.g. "the first model").
+pub fn check_layout(model: &ModelFile, reference: Option<&ModelFile>, what: &str, label: &str, whose: &str) -> Result<()> {
+    let Some(first) = reference else {
+        for t in &model.tensors {
+            let expected = f32_byte_len(&t.shape)
+                .with_context(|| format!("{what}: {label} tensor {} has an impossible shape {:?}", t.name, t.shape))?;
+            ensure!(
+                t.data.len() as u64 == expected,
+                "{what}: {label} tensor {} has {} bytes, expected {expected} for shape {:?}",
+                t.name,
+                t.data.len(),
+                t.shape
+            );
+        }
+        return Ok(());
+    };
+    ensure!(
+        model.format_version == first.format_version && model.architecture == first.architecture,
+        "{what}: {label} is architecture {:?} format {}, but {whose} is {:?} format {}",
+        model.architecture,
+        model.format_version,
+        first.architecture,
+        first.format_version
+    );
+    ensure!(
+        model.tensors.len() == first.tensors.len(),
+        "{what}: {label} has {} tensors, {whose} has {}",
+        model.tensors.len(),
+        first.tensors.len()
+    );
+    for (mine, theirs) in first.tensors.iter().zip(&model.tensors) {
+        if mine.name != theirs.name || mine.shape != theirs.shape || mine.dtype != theirs.dtype {
+            bail!(
+                "{what}: {label} has tensor {:?} with shape {:?}, where {whose} has {:?} with shape {:?}",
+                theirs.name,
+                theirs.shape,
+                mine.name,
+                mine.shape
+            );
+        }
+        let expected = f32_byte_len(&mine.shape).with_context(|| format!("{what}: {whose} has an impossible shape {:?}", mine.shape))?;
+        ensure!(
+            theirs.data.len() as u64 == expected,
+            "{what}: {label} tensor {} has {} bytes, expected {expected}",
+            theirs.name,
+            theirs.data.len()
+        );
+    }
+    Ok(())
+}
+
 /// SHA-256 of `bytes` (the digest recorded on chain for a model file).
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
