@@ -3,6 +3,7 @@
 //! loop, the round record each global model carries, and its public re-computation.
 
 pub mod average;
+pub mod config;
 pub mod operator;
 pub mod record;
 pub mod report;

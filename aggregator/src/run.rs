@@ -19,128 +19,27 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
 use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Registry, TransactionReceipt, H256};
 use fl_core::data::{Dataset, Mnist};
 use fl_core::files::write_atomic;
-use fl_core::flags::{number, positive};
-use fl_core::rules::{parse_clip_norm, Aggregation, Recipe, Rule};
+use fl_core::rules::Aggregation;
 use fl_core::train::{evaluate, Evaluation};
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
-use lexopt::prelude::*;
 
+pub use crate::config::{Parsed, RunConfig};
 use crate::record::RoundRecord;
 use crate::report::{header, row, unix_now, LearnerResult, Published, Results, RoundResult, Timings};
 
-const USAGE: &str = "\
-usage: fl-aggregator run --rounds R --data DIR [flags]
-
-aggregates federated rounds published through the registry and IPFS
-
-  --rounds R             stop after publishing the global model of round R
-  --data DIR             MNIST folder; its test set evaluates every model
-  --test-limit N         evaluate on only the first N test images
-  --seed N               seeds the initial model of round 0 (default 1)
-  --rule RULE            how updates are combined: fedavg (default), median, trimmed-mean:B,
-                         krum:F or multi-krum:F (see the README's \"Aggregation rules\")
-  --clip-norm C          first clip each update's L2 distance from the previous global model to C
-  --min-learners K       a round may close with K updates once --round-timeout passed
-  --round-timeout SECS   how long to wait for every learner before closing with K
-  --no-local-eval        do not evaluate each learner's model (saves time on big fleets)
-  --from-block N         first block to read events from (default: the registry's deployment)
-  --poll-seconds S       longest pause between two polls of the chain (default 2)
-  --results FILE         write results (accuracies, CIDs, transactions, gas, timings) as JSON
-  --plot FILE            write an SVG plot of accuracy per round
-";
-
-/// Validated flags of `fl-aggregator run`.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub endpoints: Endpoints,
-    pub rounds: u64,
-    pub data: PathBuf,
-    pub test_limit: Option<usize>,
-    pub seed: u64,
-    pub recipe: Recipe,
-    pub min_learners: Option<usize>,
-    pub round_timeout: Option<Duration>,
-    pub local_eval: bool,
-    pub from_block: Option<u64>,
-    pub max_poll: Duration,
-    pub results: Option<PathBuf>,
-    pub plot: Option<PathBuf>,
-}
-
-impl RunConfig {
-    /// Parses the flags; `Ok(None)` means `--help` was printed.
-    pub fn parse(args: Vec<OsString>) -> Result<Option<RunConfig>> {
-        let mut parser = lexopt::Parser::from_args(args);
-        let mut endpoints = EndpointSettings::default();
-        let (mut rounds, mut data, mut test_limit, mut seed) = (None, None, None, 1);
-        let (mut min_learners, mut round_timeout, mut local_eval, mut from_block) = (None, None, true, None);
-        let (mut poll, mut results, mut plot) = (2.0f64, None, None);
-        let (mut rule, mut clip_norm) = (Rule::FedAvg, None);
-        while let Some(arg) = parser.next()? {
-            match arg {
-                Long(flag) if EndpointSettings::handles(flag) => {
-                    let flag = flag.to_string();
-                    endpoints.set_flag(&flag, parser.value()?)?;
-                }
-                Long("rounds") => rounds = Some(number::<u64>(&mut parser, "--rounds")?),
-                Long("data") => data = Some(PathBuf::from(parser.value()?)),
-                Long("test-limit") => test_limit = Some(positive(number(&mut parser, "--test-limit")?, "--test-limit")?),
-                Long("seed") => seed = number(&mut parser, "--seed")?,
-                Long("rule") => rule = number(&mut parser, "--rule")?,
-                Long("clip-norm") => clip_norm = Some(parse_clip_norm(&parser.value()?.string()?).context("--clip-norm")?),
-                Long("min-learners") => min_learners = Some(positive(number(&mut parser, "--min-learners")?, "--min-learners")?),
-                Long("round-timeout") => round_timeout = Some(Duration::from_secs(number(&mut parser, "--round-timeout")?)),
-                Long("no-local-eval") => local_eval = false,
-                Long("from-block") => from_block = Some(number(&mut parser, "--from-block")?),
-                Long("poll-seconds") => poll = number(&mut parser, "--poll-seconds")?,
-                Long("results") => results = Some(PathBuf::from(parser.value()?)),
-                Long("plot") => plot = Some(PathBuf::from(parser.value()?)),
-                Short('h') | Long("help") => {
-                    print!("{USAGE}{CHAIN_HELP}{IPFS_HELP}");
-                    return Ok(None);
-                }
-                _ => return Err(arg.unexpected().into()),
-            }
-        }
-        if !(poll > 0.0 && poll <= 3600.0) {
-            bail!("--poll-seconds must be between 0 and 3600, got {poll}");
-        }
-        if min_learners.is_some() != round_timeout.is_some() {
-            bail!("--min-learners and --round-timeout go together: a round closes early only after the timeout, with at least K updates");
-        }
-        let endpoints = endpoints.or(EndpointSettings::from_env()?).finish(Missing::Loopback, "")?;
-        endpoints.registry()?;
-        Ok(Some(RunConfig {
-            endpoints,
-            rounds: rounds.context("--rounds R is required")?,
-            data: data.context("--data DIR is required (the MNIST folder; its test set evaluates every model)")?,
-            test_limit,
-            seed,
-            recipe: Recipe { rule, clip_norm },
-            min_learners,
-            round_timeout,
-            local_eval,
-            from_block,
-            max_poll: Duration::from_secs_f64(poll),
-            results,
-            plot,
-        }))
-    }
-}
-
 /// Parses the flags of `fl-aggregator run` and runs it.
 pub fn main(args: Vec<OsString>) -> Result<()> {
-    let Some(config) = RunConfig::parse(args)? else { return Ok(()) };
-    run(&config)
+    match RunConfig::parse(args)? {
+        Parsed::Run(config) => run(&config),
+        Parsed::Printed => Ok(()),
+    }
 }
 
 fn log(message: &str) {
