@@ -154,7 +154,7 @@ impl Settings {
     fn from_file(path: &Path) -> Result<Settings> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         let file: FileConfig = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
-        let at = |key: &str| format!("{key} in {}", path.display());
+        let at = |key: &str| format!("{key} (in {})", path.display());
         Ok(Settings {
             endpoints: EndpointSettings {
                 rpc_url: file.rpc_url,
@@ -247,13 +247,13 @@ impl RunConfig {
 
     /// Checks the merged settings; `file` names the config file in errors.
     fn from_settings(s: Settings, file: Option<&Path>) -> Result<RunConfig> {
-        let in_file = file.map(|p| format!(" in {}", p.display())).unwrap_or_default();
+        let in_file = file.map(|p| format!(" (in {})", p.display())).unwrap_or_default();
         let poll = s.poll_seconds.unwrap_or(2.0);
         if !(poll > 0.0 && poll <= 3600.0) {
             bail!("--poll-seconds (poll_seconds{in_file}) must be between 0 and 3600, got {poll}");
         }
         if s.min_learners.is_some() != s.round_timeout.is_some() {
-            bail!("--min-learners and --round-timeout (min_learners and round_timeout{in_file}) go together: a round closes early only after the timeout, with at least K updates");
+            bail!("--min-learners and --round-timeout go together (min_learners and round_timeout{in_file}): a round closes early only after the timeout, with at least K updates");
         }
         let endpoints = s.endpoints.finish(Missing::Loopback, &in_file)?;
         endpoints.registry()?;
@@ -478,12 +478,12 @@ mod tests {
         for (line, expected) in [
             ("roundz = 3\n", "unknown field `roundz`"),
             ("seed = \"one\"\n", "invalid type"),
-            ("rule = \"krum\"\n", "rule in"),
-            ("clip_norm = -1.0\n", "clip_norm in"),
-            ("listen = \"localhost\"\n", "listen in"),
-            ("test_limit = 0\n", "test_limit in"),
-            ("min_learners = 2\n", "min_learners and round_timeout in"),
-            ("poll_seconds = 0.0\n", "poll_seconds in"),
+            ("rule = \"krum\"\n", "rule (in"),
+            ("clip_norm = -1.0\n", "clip_norm (in"),
+            ("listen = \"localhost\"\n", "listen (in"),
+            ("test_limit = 0\n", "test_limit (in"),
+            ("min_learners = 2\n", "(min_learners and round_timeout (in"),
+            ("poll_seconds = 0.0\n", "poll_seconds (in"),
             ("confirmations = 65\n", "65 confirmations is more than 64"),
         ] {
             std::fs::write(&path, format!("{base}{line}")).unwrap();
