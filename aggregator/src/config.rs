@@ -191,7 +191,7 @@ fn parse_listen(text: &str) -> Result<SocketAddr> {
 /// What `RunConfig::parse` was asked to do.
 pub enum Parsed {
     /// Run with this config.
-    Run(RunConfig),
+    Run(Box<RunConfig>),
     /// `--help` or `--print-config` printed what was asked; nothing to run.
     Printed,
 }
@@ -242,7 +242,7 @@ impl RunConfig {
             print!("{}", config.to_toml());
             return Ok(Parsed::Printed);
         }
-        Ok(Parsed::Run(config))
+        Ok(Parsed::Run(Box::new(config)))
     }
 
     /// Checks the merged settings; `file` names the config file in errors.
@@ -332,7 +332,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<RunConfig> {
         match RunConfig::parse(args.iter().map(OsString::from).collect())? {
-            Parsed::Run(config) => Ok(config),
+            Parsed::Run(config) => Ok(*config),
             Parsed::Printed => panic!("nothing was to be printed"),
         }
     }

@@ -8,5 +8,6 @@ pub mod operator;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod service;
 pub mod simulate;
 pub mod verify;

@@ -52,6 +52,9 @@ pub struct Timings {
     pub average_s: f64,
     /// Uploading the global model and waiting for its transaction.
     pub publish_s: f64,
+    /// Recomputing the published round with `verify` (`run` without `--no-verify`).
+    #[serde(default)]
+    pub verify_s: f64,
 }
 
 /// One round: round 0 is the seeded initial model and has no learners.

@@ -33,6 +33,7 @@ use fl_ipfs::Backoff;
 pub use crate::config::{Parsed, RunConfig};
 use crate::record::RoundRecord;
 use crate::report::{header, row, unix_now, LearnerResult, Published, Results, RoundResult, Timings};
+use crate::service::{LeftOut, Monitor, Probe, Waiting};
 
 /// Parses the flags of `fl-aggregator run` and runs it.
 pub fn main(args: Vec<OsString>) -> Result<()> {
@@ -71,24 +72,39 @@ pub fn run(config: &RunConfig) -> Result<()> {
         config.recipe.rule,
         config.recipe.clip_norm.map(|c| format!(" clipped to {c}")).unwrap_or_default()
     ));
-    let mut cursor = Cursor::new(match config.from_block {
+    let from_block = match config.from_block {
         Some(block) => block,
         None => registry.deployed_at()?,
-    });
+    };
+    let mut cursor = Cursor::new(from_block);
+    let monitor = Monitor::new(
+        client.chain_id(),
+        format!("{:?}", registry.address()),
+        format!("{}{}", config.recipe.rule, config.recipe.clip_norm.map(|c| format!(", clipped to {c}")).unwrap_or_default()),
+        config.rounds,
+    );
+    monitor.resumed(&results.rounds);
+    if let Some(addr) = config.listen {
+        let probe = Probe::new(&config.endpoints.rpc_url, &config.endpoints.ipfs_api)?;
+        let bound = crate::service::serve(addr, monitor.clone(), probe)?;
+        log(&format!("serving the dashboard at http://{bound}/ (and /healthz, /metrics)"));
+    }
     let mut header_printed = false;
     // The server's node or IPFS may go away for a while: such failures are retried (all
     // progress is on chain); any other error ends the run with its cause.
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     loop {
-        let record = match step(config, &registry, &ipfs, &test_set, &mut cursor) {
+        let mut record = match step(config, &registry, &ipfs, &test_set, &mut cursor, &monitor) {
             Ok(Step::Done(round)) => {
                 log(&format!("global model of round {} is published; done", round - 1));
+                monitor.phase("done");
                 break;
             }
             Ok(Step::Again) => continue,
-            Ok(Step::Record(record)) => {
+            Ok(Step::Record(record, left_out)) => {
                 retry.reset();
-                record
+                monitor.published(&record, left_out);
+                *record
             }
             Err(err) if is_transient(&err) => {
                 log(&format!("{err:#}; retrying in {:?}", retry.next_pause()));
@@ -97,6 +113,9 @@ pub fn run(config: &RunConfig) -> Result<()> {
             }
             Err(err) => return Err(err),
         };
+        if config.verify {
+            record.timings.verify_s = self_verify(config, from_block, record.round, &monitor);
+        }
         let ids = match registry.learner_ids() {
             Ok(mut ids) => {
                 ids.sort_unstable();
@@ -124,20 +143,49 @@ enum Step {
     Done(u64),
     /// The round was published by someone else meanwhile: look again.
     Again,
-    /// A round this run published.
-    Record(RoundResult),
+    /// A round this run published, and the node ids its record leaves out.
+    Record(Box<RoundResult>, Vec<u64>),
 }
 
-fn step(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Client, test_set: &Dataset, cursor: &mut Cursor) -> Result<Step> {
+/// Recomputes round `round` with `verify`'s code right after publishing it, logs and
+/// reports the outcome; returns the seconds it took. A mismatch is reported, not fatal:
+/// the round is on chain, and the operator must see it (the dashboard, the metrics).
+fn self_verify(config: &RunConfig, from_block: u64, round: u64, monitor: &Monitor) -> f64 {
+    monitor.phase("verifying");
+    let started = Instant::now();
+    let outcome = crate::verify::verify(&config.endpoints, round, Some(from_block)).map(|v| v.problems).map_err(|e| format!("{e:#}"));
+    let seconds = started.elapsed().as_secs_f64();
+    match &outcome {
+        Ok(problems) if problems.is_empty() => log(&format!("round {round}: recomputed by verify: matched ({seconds:.2} s)")),
+        Ok(problems) => {
+            for problem in problems {
+                log(&format!("round {round}: recomputed by verify: MISMATCH: {problem}"));
+            }
+        }
+        Err(why) => log(&format!("round {round}: could not recompute it with verify: {why}")),
+    }
+    monitor.verified(round, outcome, seconds);
+    seconds
+}
+
+fn step(
+    config: &RunConfig,
+    registry: &Registry,
+    ipfs: &fl_ipfs::Client,
+    test_set: &Dataset,
+    cursor: &mut Cursor,
+    monitor: &Monitor,
+) -> Result<Step> {
     let round = registry.current_round()?;
     if round > config.rounds {
         return Ok(Step::Done(round));
     }
     if round == 0 {
-        return publish_initial(config, registry, ipfs, test_set).map(Step::Record);
+        monitor.phase("publishing");
+        return publish_initial(config, registry, ipfs, test_set).map(|record| Step::Record(Box::new(record), Vec::new()));
     }
-    Ok(match aggregate_round(config, registry, ipfs, test_set, round, cursor)? {
-        Some(record) => Step::Record(record),
+    Ok(match aggregate_round(config, registry, ipfs, test_set, round, cursor, monitor)? {
+        Some((record, left_out)) => Step::Record(Box::new(record), left_out),
         None => Step::Again,
     })
 }
@@ -248,7 +296,8 @@ fn aggregate_round(
     test_set: &Dataset,
     round: u64,
     cursor: &mut Cursor,
-) -> Result<Option<RoundResult>> {
+    monitor: &Monitor,
+) -> Result<Option<(RoundResult, Vec<u64>)>> {
     let waiting_since = Instant::now();
     let mut poll = Backoff::new(Duration::from_millis(250), config.max_poll);
     let mut last_report = String::new();
@@ -271,9 +320,11 @@ fn aggregate_round(
         if !cursor.rejected.is_empty() {
             report += &format!(", {} left out", cursor.rejected.len());
         }
+        let mut waiting = Waiting::ForLearners;
         if (all_in || timed_out) && usable.len() < rule.min_inputs() {
             // Not published until the rule can run: more learners may register and send.
             report += &format!("; rule {rule} needs at least {} usable updates, so the round stays open", rule.min_inputs());
+            waiting = Waiting::RuleNeedsMoreUpdates;
         } else if all_in || timed_out {
             if !all_in {
                 let timeout = config.round_timeout.unwrap_or_default();
@@ -281,6 +332,8 @@ fn aggregate_round(
             }
             break (usable, expected, cursor.next_block.saturating_sub(1));
         }
+        let seen: Vec<(u64, String)> = arrived.iter().map(|(u, _)| (u.node_id, u.cid.clone())).collect();
+        monitor.collecting(round, &expected, &seen, Some((waiting, report.clone())));
         if report != last_report {
             log(&report);
             last_report = report;
@@ -288,6 +341,9 @@ fn aggregate_round(
         poll.wait();
     };
     let wait_s = waiting_since.elapsed().as_secs_f64();
+    let seen: Vec<(u64, String)> = inputs.iter().map(|(u, _)| (u.node_id, u.cid.clone())).collect();
+    monitor.collecting(round, &expected, &seen, None);
+    monitor.phase("fetching");
 
     // The previous global model, which clipping measures each update's distance from.
     let previous = match config.recipe.clip_norm {
@@ -303,18 +359,23 @@ fn aggregate_round(
     for (update, tx) in inputs {
         let label = format!("learner {} round {round}", update.node_id);
         let started = Instant::now();
+        // Each failure with the reason it counts under in the metrics.
         let fetched = ipfs
             .fetch_verified(&update.cid, &update.digest, MAX_MODEL_BYTES)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| ModelFile::from_bytes(&bytes))
+            .map_err(|e| match e {
+                fl_ipfs::Error::DigestMismatch { .. } => (LeftOut::DigestMismatch, anyhow::Error::from(e)),
+                e => (LeftOut::Unavailable, anyhow::Error::from(e)),
+            })
+            .and_then(|bytes| ModelFile::from_bytes(&bytes).map_err(|e| (LeftOut::InvalidFile, e)))
             .and_then(|model| {
                 if model.n_samples != update.samples || model.round != round {
-                    bail!(
+                    let e = anyhow::anyhow!(
                         "the file says round {} with {} samples, the chain says round {round} with {}",
                         model.round,
                         model.n_samples,
                         update.samples
                     );
+                    return Err((LeftOut::WrongRoundOrSamples, e));
                 }
                 Ok(model)
             });
@@ -338,14 +399,14 @@ fn aggregate_round(
             log(&format!("round {round}: fetched and verified {label} ({})", update.cid));
             if config.local_eval {
                 let started = Instant::now();
-                let Evaluation { accuracy, loss, .. } = evaluate(&model, test_set)?;
+                let Evaluation { accuracy, loss, .. } = evaluate(&model, test_set).map_err(|e| (LeftOut::Incompatible, e))?;
                 timings.evaluate_s += started.elapsed().as_secs_f64();
                 entry.model.accuracy = Some(accuracy);
                 entry.model.loss = Some(loss);
             }
             let started = Instant::now();
             // A file that does not fit the others (another architecture) is refused here.
-            aggregation.add(update.node_id, &model, &label)?;
+            aggregation.add(update.node_id, &model, &label).map_err(|e| (LeftOut::Incompatible, e))?;
             timings.average_s += started.elapsed().as_secs_f64();
             Ok(())
         });
@@ -354,10 +415,11 @@ fn aggregate_round(
                 entry.used = true;
                 used.push(update);
             }
-            Err(err) => {
+            Err((why, err)) => {
                 // One bad or unreachable update must not stall the federation: leave it out,
                 // say so, and let the round record say why.
                 log(&format!("round {round}: leaving out {label}: {err:#}"));
+                monitor.left_out(why);
                 entry.note = Some(format!("{err:#}"));
                 cursor.rejected.insert(update.node_id, format!("{err:#}"));
             }
@@ -366,6 +428,10 @@ fn aggregate_round(
     }
     if used.len() < rule.min_inputs() || config.min_learners.is_some_and(|min| used.len() < min) {
         // Left-out updates are remembered: the round waits for more rather than refetching.
+        let waiting = if used.len() < rule.min_inputs() { Waiting::RuleNeedsMoreUpdates } else { Waiting::MinLearners };
+        let seen: Vec<(u64, String)> =
+            cursor.seen.values().filter(|(u, _)| u.round == round).map(|(u, _)| (u.node_id, u.cid.clone())).collect();
+        monitor.collecting(round, &expected, &seen, Some((waiting, format!("only {} usable updates after fetching", used.len()))));
         log(&format!(
             "round {round}: only {} usable updates after fetching ({} left out); rule {rule} needs {}{}: not publishing yet",
             used.len(),
@@ -375,6 +441,7 @@ fn aggregate_round(
         ));
         return Ok(None);
     }
+    monitor.phase("aggregating");
     let started = Instant::now();
     let outcome = aggregation.finish()?;
     let mut global = outcome.model;
@@ -390,14 +457,17 @@ fn aggregate_round(
             record.leave_out(update.node_id, reason);
         } else if !expected.contains(&update.node_id) {
             record.leave_out(update.node_id, "the learner is no longer registered");
+            monitor.left_out(LeftOut::Unregistered);
         }
     }
     for entry in learners.iter_mut().filter(|l| l.used && !outcome.selected.contains(&l.node_id)) {
         entry.note = Some(format!("an input of {rule}, not selected"));
     }
+    monitor.phase("evaluating");
     let started = Instant::now();
     let evaluation = evaluate(&global, test_set)?;
     timings.evaluate_s += started.elapsed().as_secs_f64();
+    monitor.phase("publishing");
     let record_bytes = record.to_bytes();
     let inputs_commitment = commitment(&used, Some(&record_bytes))?;
     let node_ids: Vec<u64> = used.iter().map(|u| u.node_id).collect();
@@ -421,13 +491,15 @@ fn aggregate_round(
         100.0 * evaluation.accuracy,
         hex(&inputs_commitment)
     ));
-    Ok(Some(RoundResult {
+    let left_out = record.left_out.iter().map(|l| l.node_id).collect();
+    let result = RoundResult {
         round,
         learners,
         global: Published { accuracy: Some(evaluation.accuracy), loss: Some(evaluation.loss), ..published },
         timings,
         published_at: unix_now(),
-    }))
+    };
+    Ok(Some((result, left_out)))
 }
 
 /// The global model of round `round - 1` (the latest while `round` is open), checked

@@ -33,7 +33,10 @@ packages_of() {
         build) echo gcc libc6-dev make git ca-certificates coreutils ;;
         node)  echo nodejs npm ;;
         # procps: `kill`, which the tests' process guards use to stop node groups.
-        test)  echo procps ;;
+        # chromium: the dashboard test loads the aggregator's page in it, headless.
+        # (promtool comes from Debian's prometheus package too, but unpacked, not installed:
+        # see unpack_promtool below.)
+        test)  echo procps chromium ;;
         # The cross gcc packages only *recommend* the target's C library headers and start
         # files (Scrt1.o, crti.o): without libc6-dev-*-cross nothing links.
         cross) echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu \
@@ -78,24 +81,59 @@ for group in "$@"; do
     }
     for p in "${pkgs[@]}"; do installed "$p" || wanted+=("$p"); done
 done
-((list)) && exit 0
-((${#wanted[@]})) || exit 0
+# promtool, which checks the aggregator's /metrics exposition, ships only in Debian's
+# prometheus package; installing that package would also enable and start a Prometheus
+# server on this machine. The test group unpacks the package's files into the
+# workspace's target/tools/prometheus instead (the tests look there first), once.
+root=$(cd "$(dirname "$0")/../.." && pwd)
+PROMTOOL_DIR=$root/target/tools/prometheus
+unpack_promtool() {
+    [[ -x $PROMTOOL_DIR/usr/bin/promtool ]] && return 0
+    [[ -z ${NO_INSTALL:-} ]] || { say "promtool missing (NO_INSTALL is set): it comes from Debian's prometheus package"; exit 1; }
+    command -v apt-get >/dev/null || { say "promtool missing and no apt-get to download Debian's prometheus package"; exit 1; }
+    local tmp
+    tmp=$(mktemp -d)
+    say "unpacking promtool from Debian's prometheus package into $PROMTOOL_DIR"
+    # apt-get download needs no root, but package lists that know the package (a fresh
+    # container has none until apt-get update, which does).
+    if ! { (cd "$tmp" && apt-get download -qq prometheus) ||
+           { "${sudo[@]}" apt-get update -qq && (cd "$tmp" && apt-get download -qq prometheus); }; } >"$tmp/log" 2>&1; then
+        tail -n 20 "$tmp/log" >&2
+        rm -rf "$tmp"
+        say "could not download Debian's prometheus package (for promtool)"
+        exit 1
+    fi
+    mkdir -p "$PROMTOOL_DIR"
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$PROMTOOL_DIR"
+    rm -rf "$tmp"
+    "$PROMTOOL_DIR/usr/bin/promtool" --version >/dev/null 2>&1 || { say "the unpacked $PROMTOOL_DIR/usr/bin/promtool does not run"; exit 1; }
+}
+wants_promtool=0
+for group in "$@"; do [[ $group == test ]] && wants_promtool=1; done
 
-[[ -z ${NO_INSTALL:-} ]] || { say "missing Debian packages (NO_INSTALL is set): ${wanted[*]}"; exit 1; }
-command -v apt-get >/dev/null || { say "missing ${wanted[*]} and there is no apt-get to install them"; exit 1; }
+if ((list)); then
+    ((wants_promtool)) && echo prometheus
+    exit 0
+fi
 sudo=()
-if ((EUID != 0)); then
-    command -v sudo >/dev/null || { say "installing ${wanted[*]} needs root: run as root or install sudo"; exit 1; }
+if ((EUID != 0)) && { ((${#wanted[@]})) || ((wants_promtool)); }; then
+    command -v sudo >/dev/null || { say "installing ${wanted[*]:-promtool} needs root: run as root or install sudo"; exit 1; }
     sudo=(sudo)
 fi
-say "installing ${wanted[*]}"
-# apt's output goes to a log, shown only when it fails: dpkg prints hundreds of lines.
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-if ! { "${sudo[@]}" apt-get update -qq &&
-       DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${wanted[@]}"; } >"$log" 2>&1; then
-    tail -n 30 "$log" >&2
-    say "apt-get could not install: ${wanted[*]} (its last lines are above)"
-    exit 1
+if ((${#wanted[@]})); then
+    [[ -z ${NO_INSTALL:-} ]] || { say "missing Debian packages (NO_INSTALL is set): ${wanted[*]}"; exit 1; }
+    command -v apt-get >/dev/null || { say "missing ${wanted[*]} and there is no apt-get to install them"; exit 1; }
+    say "installing ${wanted[*]}"
+    # apt's output goes to a log, shown only when it fails: dpkg prints hundreds of lines.
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    if ! { "${sudo[@]}" apt-get update -qq &&
+           DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${wanted[@]}"; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        say "apt-get could not install: ${wanted[*]} (its last lines are above)"
+        exit 1
+    fi
+    say "installed ${wanted[*]}"
 fi
-say "installed ${wanted[*]}"
+((wants_promtool)) && unpack_promtool
+exit 0

@@ -141,3 +141,14 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// The path of the command `bin`: on PATH, else unpacked by `tests/devnet/packages.sh test`
+/// under target/tools/ (promtool: see there). An error names the Debian package to get.
+pub fn tool(bin: &str, package: &str) -> Result<PathBuf> {
+    let unpacked = workspace_root().join("target/tools").join(package).join("usr/bin").join(bin);
+    if unpacked.is_file() {
+        return Ok(unpacked);
+    }
+    let on_path = std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|dir| dir.join(bin)).find(|path| path.is_file());
+    on_path.with_context(|| format!("{bin} not found: it comes from Debian's {package} package; run `bash tests/devnet/packages.sh test`"))
+}

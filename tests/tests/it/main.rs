@@ -15,3 +15,5 @@ mod ipfs;
 mod robust;
 /// One federation round, as processes, on each EVM rule set the registry supports.
 mod rule_sets;
+/// The aggregator as a service: /healthz, /metrics (checked by promtool) and the dashboard in headless Chromium.
+mod service;
