@@ -62,6 +62,12 @@ pub enum Error {
     DigestMismatch { api: String, cid: String, expected: String, actual: String },
     /// A CID given by the caller is not a valid CID.
     InvalidCid { cid: String, detail: String },
+    /// An MFS path given by the caller is not an absolute path to a file.
+    InvalidPath { path: String, detail: String },
+    /// The MFS path already holds other content than the CID to keep there.
+    MfsConflict { api: String, path: String, wanted: String, found: String },
+    /// The node answered, but reported an error inside its answer (a streamed command).
+    Reported { api: String, op: String, message: String },
 }
 
 impl fmt::Display for Error {
@@ -86,6 +92,11 @@ impl fmt::Display for Error {
                 "ipfs api {api}: cat {cid}: content has sha-256 {actual}, expected {expected}: refusing to use it"
             ),
             Error::InvalidCid { cid, detail } => write!(f, "invalid cid {cid:?}: {detail}"),
+            Error::InvalidPath { path, detail } => write!(f, "invalid mfs path {path:?}: {detail}"),
+            Error::MfsConflict { api, path, wanted, found } => {
+                write!(f, "ipfs api {api}: keeping {wanted} at mfs path {path}: the path already holds {found}; refusing to replace it")
+            }
+            Error::Reported { api, op, message } => write!(f, "ipfs api {api}: {op}: the node reported an error: {message}"),
         }
     }
 }
@@ -227,12 +238,104 @@ impl Client {
         self.expect_pinned(&op, &reply, &cid)
     }
 
-    /// Removes the recursive pin of `cid`, so the node may collect its blocks.
-    pub fn pin_rm(&self, cid: &str) -> Result<(), Error> {
+    /// Removes the pin of `cid`, so that the node's garbage collection ([`Client::repo_gc`])
+    /// may remove its blocks. Returns `false` when there was no pin to remove: a CID that
+    /// is not pinned, or only pinned indirectly (as part of another pin, which keeps it),
+    /// is what the caller wants already, not an error. Kubo says "not pinned or pinned
+    /// indirectly" for both; js-ipfs "CID is not pinned" or "CID is pinned indirectly
+    /// under ...". Pins are not counted: this removes the pin whoever made it, which is
+    /// why the aggregator keeps what it needs in MFS ([`Client::mfs_keep`]) rather than
+    /// as pins on a node it may share.
+    pub fn pin_rm(&self, cid: &str) -> Result<bool, Error> {
         let cid = normalize(cid)?;
         let op = format!("pin/rm {cid}");
-        let reply = self.call(&op, "pin/rm", &[("arg", cid.as_str()), ("recursive", "true")], Body::Empty, 1 << 20)?;
-        self.expect_pinned(&op, &reply, &cid)
+        match self.call(&op, "pin/rm", &[("arg", cid.as_str()), ("recursive", "true")], Body::Empty, 1 << 20) {
+            Ok(reply) => self.expect_pinned(&op, &reply, &cid).map(|()| true),
+            Err(Error::Api { message, .. }) if is_not_pinned(&message) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The CIDs this node pins recursively (what `add` and `pin_add` pin), as CIDv1 base32.
+    pub fn pins(&self) -> Result<Vec<String>, Error> {
+        let op = "pin/ls".to_string();
+        let value = self.call_json(&op, "pin/ls", &[("type", "recursive")])?;
+        // Kubo and js-ipfs: {"Keys": {"<cid>": {"Type": "recursive"}, ...}}. No `cid-base`:
+        // js-ipfs refuses to write its CIDv0 pins (`Qm...`) in base32; they are normalised here.
+        let keys = value
+            .get("Keys")
+            .and_then(|k| k.as_object())
+            .ok_or_else(|| self.bad(&op, format!("no Keys in {}", truncate(&value.to_string()))))?;
+        keys.keys().map(|cid| normalize(cid).map_err(|e| self.bad(&op, e.to_string()))).collect()
+    }
+
+    /// Garbage-collects the node's repository: every block that is neither pinned nor
+    /// reachable from the node's MFS (files API) is deleted. Returns how many blocks were
+    /// removed (Kubo and js-ipfs name each; neither says how many bytes). The node may
+    /// have removed some blocks before an error it reports.
+    pub fn repo_gc(&self) -> Result<u64, Error> {
+        let op = "repo/gc".to_string();
+        // Errors as lines of the answer: without `stream-errors`, Kubo reports a failed
+        // sweep in an HTTP trailer after a 200, which this client cannot see.
+        let reply = self.call(&op, "repo/gc", &[("stream-errors", "true")], Body::Empty, GC_REPLY_LIMIT)?;
+        match parse_gc_reply(&String::from_utf8_lossy(&reply)) {
+            Ok((removed, None)) => Ok(removed),
+            Ok((removed, Some(message))) => {
+                Err(Error::Reported { api: self.api.clone(), op, message: format!("{message} (after removing {removed} blocks)") })
+            }
+            Err(detail) => Err(self.bad(&op, detail)),
+        }
+    }
+
+    /// Keeps `cid` in the node's MFS (files API) at `path`, e.g.
+    /// `/fl-aggregator/round-3/learner-2`: `files/mkdir` of the folder (with parents), then
+    /// `files/cp /ipfs/CID PATH`. What MFS references survives garbage collection on Kubo
+    /// and js-ipfs alike, whoever pins or unpins the same CID, so it is how a node shared
+    /// with others keeps content for itself.
+    ///
+    /// Idempotent: a `path` that already holds `cid` is fine (checked with `files/stat`);
+    /// one that holds anything else is `Error::MfsConflict`, never overwritten. Kubo's
+    /// `files/cp` links the root without fetching the rest of the DAG, and garbage
+    /// collection keeps only the MFS blocks the node has: keep content that is on this
+    /// node already (just added, or just fetched with `cat`).
+    pub fn mfs_keep(&self, cid: &str, path: &str) -> Result<(), Error> {
+        let cid = normalize(cid)?;
+        let parent = mfs_parent(path)?;
+        match self.mfs_cid(path)? {
+            Some(found) if found == cid => return Ok(()),
+            Some(found) => return Err(Error::MfsConflict { api: self.api.clone(), path: path.to_string(), wanted: cid, found }),
+            None => {}
+        }
+        if parent != "/" {
+            let op = format!("files/mkdir {parent}");
+            self.call(&op, "files/mkdir", &[("arg", parent), ("parents", "true")], Body::Empty, 1 << 20)?;
+        }
+        let source = format!("/ipfs/{cid}");
+        let op = format!("files/cp {source} {path}");
+        match self.call(&op, "files/cp", &[("arg", source.as_str()), ("arg", path)], Body::Empty, 1 << 20) {
+            Ok(_) => Ok(()),
+            // Another process may have kept the same CID there in the meantime.
+            Err(error) => match self.mfs_cid(path) {
+                Ok(Some(found)) if found == cid => Ok(()),
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// The CID at MFS `path`, or `None` if nothing is there.
+    fn mfs_cid(&self, path: &str) -> Result<Option<String>, Error> {
+        let op = format!("files/stat {path}");
+        let value = match self.call_json(&op, "files/stat", &[("arg", path)]) {
+            Ok(value) => value,
+            // Kubo: "file does not exist"; js-ipfs: "PATH does not exist".
+            Err(Error::Api { message, .. }) if message.contains("does not exist") => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let hash = value
+            .get("Hash")
+            .and_then(|h| h.as_str())
+            .ok_or_else(|| self.bad(&op, format!("no Hash in {}", truncate(&value.to_string()))))?;
+        normalize(hash).map(Some).map_err(|e| self.bad(&op, e.to_string()))
     }
 
     /// The node's peer id, addresses and agent version.
@@ -402,6 +505,50 @@ fn parse_add_reply(text: &str, file_len: u64) -> Result<String, String> {
     found.ok_or_else(|| format!("no Hash in {:?}", truncate(text)))
 }
 
+/// The most an answer of `repo/gc` may hold: one line of about 90 bytes per removed
+/// block, so some 700,000 blocks (a repository of 170 GiB in 256 KiB blocks).
+const GC_REPLY_LIMIT: u64 = 64 << 20;
+
+/// True for the node's answer to `pin/rm` of a CID it does not pin itself (see
+/// [`Client::pin_rm`]).
+fn is_not_pinned(message: &str) -> bool {
+    message.contains("not pinned") || message.contains("pinned indirectly")
+}
+
+/// The blocks a `repo/gc` answer names and the first error it reports: one JSON object
+/// per line, `{"Key": {"/": "<cid>"}}` per removed block, `{"Error": "..."}` for a failure.
+fn parse_gc_reply(text: &str) -> Result<(u64, Option<String>), String> {
+    let (mut removed, mut error) = (0, None);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{e} in {:?}", truncate(line)))?;
+        if let Some(message) = value.get("Error").and_then(|e| e.as_str()).filter(|m| !m.is_empty()) {
+            error.get_or_insert_with(|| message.to_string());
+        } else if value.get("Key").and_then(|k| k.get("/")).and_then(|c| c.as_str()).is_some_and(|c| !c.is_empty()) {
+            removed += 1;
+        } else {
+            return Err(format!("neither Key nor Error in {:?}", truncate(line)));
+        }
+    }
+    Ok((removed, error))
+}
+
+/// The folder of MFS `path`, after checking that the path names a file below the root:
+/// absolute, without empty, `.` or `..` parts, and without a trailing `/`.
+fn mfs_parent(path: &str) -> Result<&str, Error> {
+    let invalid = |detail: &str| Error::InvalidPath { path: truncate(path).to_string(), detail: detail.to_string() };
+    let Some(relative) = path.strip_prefix('/') else { return Err(invalid("must start with /")) };
+    if relative.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        return Err(invalid("empty, . or .. parts are not allowed (nor a trailing /)"));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(invalid("control characters are not allowed"));
+    }
+    Ok(match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    })
+}
+
 /// Any CID form a node or a caller may use, as CIDv1 base32.
 fn normalize(cid: &str) -> Result<String, Error> {
     cid.trim().parse::<Cid>().map(|c| c.to_string()).map_err(|detail| Error::InvalidCid { cid: truncate(cid).to_string(), detail })
@@ -475,24 +622,42 @@ mod tests {
     }
 
     /// A one-connection-per-request HTTP server on loopback that answers each request with
-    /// the next status of `statuses` and counts the requests.
-    fn scripted_server(statuses: Vec<(u16, &'static str)>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    /// the next status and body of `replies` and records each request's first line
+    /// (`POST /api/v0/files/stat?arg=... HTTP/1.1`).
+    fn scripted_server(replies: Vec<(u16, &'static str)>) -> (String, Requests) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = count.clone();
+        let requests = Requests::default();
+        let seen = requests.clone();
         std::thread::spawn(move || {
-            for (status, body) in statuses {
+            for (status, body) in replies {
                 let Ok((mut stream, _)) = listener.accept() else { return };
                 let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf);
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]);
+                seen.0.lock().unwrap().push(text.lines().next().unwrap_or("").to_string());
                 let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
                 let _ = stream.write_all(reply.as_bytes());
             }
         });
-        (url, count)
+        (url, requests)
+    }
+
+    /// The first lines of the requests a scripted server received.
+    #[derive(Clone, Default)]
+    struct Requests(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Requests {
+        fn count(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+
+        /// The API paths requested (`files/stat`, ...), in order.
+        fn paths(&self) -> Vec<String> {
+            let lines = self.0.lock().unwrap();
+            lines.iter().map(|l| l.split(['?', ' ']).nth(1).unwrap_or("").trim_start_matches("/api/v0/").to_string()).collect()
+        }
     }
 
     fn fast() -> ClientConfig {
@@ -506,34 +671,34 @@ mod tests {
 
     #[test]
     fn transient_5xx_is_retried_then_succeeds() {
-        let (url, count) = scripted_server(vec![(503, "busy"), (502, ""), (200, "{\"Version\":\"0.29.0\"}")]);
+        let (url, requests) = scripted_server(vec![(503, "busy"), (502, ""), (200, "{\"Version\":\"0.29.0\"}")]);
         assert_eq!(Client::with_config(&url, fast()).version().unwrap(), "0.29.0");
-        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(requests.count(), 3);
     }
 
     #[test]
     fn retries_are_bounded() {
-        let (url, count) = scripted_server(vec![(503, ""), (503, ""), (503, ""), (200, "{\"Version\":\"x\"}")]);
+        let (url, requests) = scripted_server(vec![(503, ""), (503, ""), (503, ""), (200, "{\"Version\":\"x\"}")]);
         let err = Client::with_config(&url, fast()).version().unwrap_err();
         assert!(matches!(err, Error::Unreachable { attempts: 3, .. }), "{err}");
         assert!(err.to_string().contains("503") && err.to_string().contains(&url), "{err}");
-        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(requests.count(), 3);
     }
 
     #[test]
     fn client_errors_and_node_messages_are_not_retried() {
-        let (url, count) = scripted_server(vec![
+        let (url, requests) = scripted_server(vec![
             (400, "{\"Message\":\"invalid path\",\"Code\":0,\"Type\":\"error\"}"),
-            (500, "{\"Message\":\"not pinned or pinned indirectly\",\"Code\":0,\"Type\":\"error\"}"),
+            (500, "{\"Message\":\"pin: context deadline exceeded\",\"Code\":0,\"Type\":\"error\"}"),
         ]);
         let client = Client::with_config(&url, fast());
         let cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
         let err = client.cat(cid, 10).unwrap_err();
         assert!(matches!(err, Error::Api { status: 400, .. }), "{err}");
         assert!(err.to_string().contains("invalid path") && err.to_string().contains(cid), "{err}");
-        let err = client.pin_rm(cid).unwrap_err();
+        let err = client.pin_add(cid).unwrap_err();
         assert!(matches!(err, Error::Api { status: 500, .. }), "{err}");
-        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(requests.count(), 2);
     }
 
     #[test]
@@ -553,5 +718,99 @@ mod tests {
         let err = client.cat("not-a-cid", 10).unwrap_err();
         assert!(matches!(err, Error::InvalidCid { .. }), "{err}");
         assert!(err.to_string().contains("not-a-cid"), "{err}");
+    }
+
+    const CID: &str = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+
+    #[test]
+    fn pin_rm_of_what_is_not_pinned_is_not_an_error() {
+        // The answers of Kubo and of js-ipfs (ipfs-core's pin/rm-all.js, wrapped by its
+        // HTTP server) for a CID without a pin of its own, then a real failure.
+        let (url, requests) = scripted_server(vec![
+            (200, "{\"Pins\":[\"zdj7Wic6KcJAfWz1c9o4M6kq9Lwd5BfbxkVafnrojaaGiSFxM\"]}"),
+            (500, "{\"Message\":\"not pinned or pinned indirectly\",\"Code\":0,\"Type\":\"error\"}"),
+            (500, "{\"Message\":\"Failed to remove pin: bafy... is not pinned\",\"Code\":0,\"Type\":\"error\"}"),
+            (500, "{\"Message\":\"bafy... is pinned indirectly under bafy...\",\"Code\":0,\"Type\":\"error\"}"),
+            (500, "{\"Message\":\"repo is locked\",\"Code\":0,\"Type\":\"error\"}"),
+        ]);
+        let client = Client::with_config(&url, fast());
+        assert!(client.pin_rm(CID).unwrap(), "a pin was removed");
+        for _ in 0..3 {
+            assert!(!client.pin_rm(CID).unwrap(), "nothing to remove");
+        }
+        let err = client.pin_rm(CID).unwrap_err();
+        assert!(matches!(err, Error::Api { status: 500, .. }) && err.to_string().contains("repo is locked"), "{err}");
+        assert_eq!(requests.count(), 5, "no retry of a node's own error");
+        assert!(requests.paths().iter().all(|p| p == "pin/rm"), "{:?}", requests.paths());
+    }
+
+    #[test]
+    fn gc_replies_of_kubo_and_js_ipfs() {
+        // Kubo (with stream-errors): {"Key":{"/":cid}} per block; js-ipfs adds nothing else.
+        let kubo = format!("{{\"Key\":{{\"/\":\"{CID}\"}}}}\n{{\"Key\":{{\"/\":\"bafkreia\"}},\"Error\":\"\"}}\n");
+        assert_eq!(parse_gc_reply(&kubo).unwrap(), (2, None));
+        assert_eq!(parse_gc_reply("").unwrap(), (0, None), "nothing to collect");
+        let failed = format!("{{\"Key\":{{\"/\":\"{CID}\"}}}}\n{{\"Error\":\"could not remove x\"}}\n{{\"Error\":\"later\"}}\n");
+        assert_eq!(parse_gc_reply(&failed).unwrap(), (1, Some("could not remove x".into())));
+        assert!(parse_gc_reply("{\"Ref\":\"x\"}").unwrap_err().contains("neither Key nor Error"));
+        assert!(parse_gc_reply("<html>").is_err());
+
+        let (url, _) = scripted_server(vec![(200, "{\"Key\":{\"/\":\"bafkreia\"}}\n{\"Error\":\"disk on fire\"}\n")]);
+        let err = Client::with_config(&url, fast()).repo_gc().unwrap_err();
+        assert!(matches!(err, Error::Reported { .. }), "{err}");
+        assert!(err.to_string().contains("disk on fire (after removing 1 blocks)") && err.to_string().contains(&url), "{err}");
+    }
+
+    #[test]
+    fn mfs_paths_are_checked_before_any_request() {
+        assert_eq!(mfs_parent("/fl-aggregator/round-3/learner-2").unwrap(), "/fl-aggregator/round-3");
+        assert_eq!(mfs_parent("/model").unwrap(), "/");
+        for (path, says) in [
+            ("fl/x", "must start with /"),
+            ("/", "empty"),
+            ("/fl/", "trailing /"),
+            ("/fl//x", "empty"),
+            ("/fl/../x", ".."),
+            ("/fl/./x", "."),
+            ("/fl/x\n", "control characters"),
+        ] {
+            let err = Client::new("http://127.0.0.1:9").mfs_keep(CID, path).unwrap_err();
+            assert!(matches!(err, Error::InvalidPath { .. }) && err.to_string().contains(says), "{path:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn mfs_keep_copies_once_and_never_replaces_other_content() {
+        let js_stat = "{\"Hash\":\"zdj7Wic6KcJAfWz1c9o4M6kq9Lwd5BfbxkVafnrojaaGiSFxM\",\"Type\":\"file\"}";
+        let other = "{\"Hash\":\"bafkreia2yn2mkcxaavwdbvrwf6s4cehqrsbc7rfnhphq2buaq5pdb3kqoq\",\"Type\":\"file\"}";
+        let (url, requests) = scripted_server(vec![
+            // Absent (Kubo's words): mkdir, cp.
+            (500, "{\"Message\":\"file does not exist\",\"Code\":0,\"Type\":\"error\"}"),
+            (200, ""),
+            (200, ""),
+            // Already there (js-ipfs names it in base58btc): nothing more.
+            (200, js_stat),
+            // Something else there: refused, nothing more.
+            (200, other),
+            // At the top (no mkdir), absent in js-ipfs' words; cp fails because another keeper
+            // got there first with the same CID.
+            (500, "{\"Message\":\"/x does not exist\",\"Code\":0,\"Type\":\"error\"}"),
+            (500, "{\"Message\":\"directory already has entry by that name\",\"Code\":0,\"Type\":\"error\"}"),
+            (200, js_stat),
+        ]);
+        let client = Client::with_config(&url, fast());
+        client.mfs_keep(CID, "/fl/round-1/x").unwrap();
+        assert_eq!(requests.paths(), ["files/stat", "files/mkdir", "files/cp"]);
+        client.mfs_keep(CID, "/fl/round-1/x").unwrap();
+        assert_eq!(requests.count(), 4);
+        let err = client.mfs_keep(CID, "/fl/round-1/x").unwrap_err();
+        assert!(matches!(err, Error::MfsConflict { .. }), "{err}");
+        assert!(
+            err.to_string().contains("/fl/round-1/x") && err.to_string().contains("bafkreia2yn2m") && err.to_string().contains(CID),
+            "{err}"
+        );
+        assert_eq!(requests.count(), 5);
+        client.mfs_keep(CID, "/x").unwrap();
+        assert_eq!(requests.paths()[5..], ["files/stat", "files/cp", "files/stat"], "no mkdir of the root");
     }
 }

@@ -56,12 +56,10 @@ fn ipfs_model_file_round_trip_on_one_node() {
     assert!(back == model, "cat returned {} bytes that differ from the {} added", back.len(), model.len());
     eprintln!("ipfs timing: add {} bytes {add_time:?}, cat same node {cat_time:?}", model.len());
 
-    // Pinning is idempotent; unpinning twice is the node's error, named with the CID.
+    // Pinning is idempotent, and so is unpinning (retention.rs tests what it frees).
     client.pin_add(&cid).unwrap();
-    client.pin_rm(&cid).unwrap();
-    let err = client.pin_rm(&cid).unwrap_err();
-    assert!(matches!(err, Error::Api { .. }), "{err}");
-    assert!(err.to_string().contains(&cid) && err.to_string().contains(&node.api_url), "{err}");
+    assert!(client.pin_rm(&cid).unwrap(), "the pin was removed");
+    assert!(!client.pin_rm(&cid).unwrap(), "nothing left to remove");
 
     // A limit below the size is refused rather than read to the end.
     let err = client.cat(&cid, 1000).unwrap_err();

@@ -11,6 +11,8 @@ mod federation;
 mod finality;
 /// The IPFS client against real js-ipfs nodes on a private network.
 mod ipfs;
+/// A board's IPFS repository stays bounded: unpinning, garbage collection, MFS keeping, `keep_rounds`, `fl-agent status`.
+mod retention;
 /// Hostile learners and a dishonest aggregator: the robust rules, and what `verify` catches.
 mod robust;
 /// One federation round, as processes, on each EVM rule set the registry supports.
