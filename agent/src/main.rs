@@ -14,6 +14,8 @@ commands:
   train       train the model on MNIST:  train --data DIR [--epochs N] [--out FILE] ...
   eval        a model file's test accuracy:  eval --model FILE --data DIR
   run         the learner's federated loop:  run --config agent.toml
+  status      what this board's learner last did, from its state folder alone (no chain,
+              no IPFS):  status --config agent.toml
 
 Run `fl-agent <command> --help` for a command's flags.
 ";
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         "train" => fl_agent::cli::train(rest),
         "eval" => fl_agent::cli::eval(rest),
         "run" => fl_agent::learner::main(rest),
+        "status" => fl_agent::learner::status::main(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())

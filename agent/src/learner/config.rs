@@ -19,6 +19,10 @@ usage: fl-agent run --config FILE [flags]
 
 runs the learner: trains on local data each round and publishes through IPFS and the chain
 
+";
+
+/// The flags `run` and `status` share (`status` reads the same configuration).
+pub(super) const FLAGS: &str = "\
   --config FILE        agent.toml (see cross/pkg/agent.toml for every key)
   --node-id N          this learner's node id (overrides node_id, FL_NODE_ID)
   --rpc-url URL        Ethereum JSON-RPC endpoint (overrides rpc_url, ETH_RPC_URL)
@@ -34,6 +38,9 @@ runs the learner: trains on local data each round and publishes through IPFS and
   --rounds N           stop once the global model of round N is published (default: never)
   --confirmations N    blocks on top of a block before acting on it, for chains that
                        reorganise (overrides confirmations, FL_CONFIRMATIONS; default 0)
+  --keep-rounds N      keep this many of the learner's latest uploads pinned on its IPFS
+                       node, unpin older ones and let the node collect them (overrides
+                       keep_rounds, FL_KEEP_ROUNDS; default 3; 0 keeps every upload)
 
 The signing key comes from the keystore (password from ETH_PASSWORD or the password file)
 or, for development only, from ETH_PRIVATE_KEY; never from a flag.
@@ -80,6 +87,7 @@ struct FileConfig {
     test_limit: Option<usize>,
     poll_seconds: Option<f64>,
     confirmations: Option<u64>,
+    keep_rounds: Option<u64>,
     shard: Option<ShardConfig>,
 }
 
@@ -112,9 +120,17 @@ pub struct LearnerConfig {
     pub test_limit: Option<usize>,
     /// Longest pause between two polls of the chain.
     pub max_poll: Duration,
+    /// How many of its latest uploads the learner keeps pinned: once its update of round
+    /// R is recorded, it unpins its uploads of rounds up to R - keep_rounds and asks its
+    /// IPFS node to collect them. 0 keeps every upload.
+    pub keep_rounds: u64,
     /// Demonstration sharding of a data set every board holds.
     pub shard: Option<ShardConfig>,
 }
+
+/// The default of `keep_rounds`: the current round's upload and the two before it, 7.5 MB
+/// of models, stay on the board (see agent/README.md for why).
+pub const DEFAULT_KEEP_ROUNDS: u64 = 3;
 
 /// Reads a number from the environment variable `name`, if it is set and not empty.
 fn parse_env<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
@@ -136,6 +152,11 @@ impl LearnerConfig {
     /// Builds the config from `--config FILE`, then the environment, then flags (each
     /// overriding the one before). `Ok(None)` means `--help` was printed.
     pub fn parse(args: Vec<OsString>) -> Result<Option<LearnerConfig>> {
+        LearnerConfig::parse_with_help(args, &format!("{USAGE}{FLAGS}"))
+    }
+
+    /// [`LearnerConfig::parse`] for a command whose `--help` prints `help`.
+    pub fn parse_with_help(args: Vec<OsString>, help: &str) -> Result<Option<LearnerConfig>> {
         let mut parser = lexopt::Parser::from_args(args);
         let mut flags = FileConfig::default();
         let mut flag_endpoints = EndpointSettings::default();
@@ -153,8 +174,9 @@ impl LearnerConfig {
                 Long("local-epochs") => flags.local_epochs = Some(positive(number(&mut parser, "--local-epochs")?, "--local-epochs")?),
                 Long("batch-size") => flags.batch_size = Some(positive(number(&mut parser, "--batch-size")?, "--batch-size")?),
                 Long("rounds") => flags.rounds = Some(number(&mut parser, "--rounds")?),
+                Long("keep-rounds") => flags.keep_rounds = Some(number(&mut parser, "--keep-rounds")?),
                 Short('h') | Long("help") => {
-                    print!("{USAGE}");
+                    print!("{help}");
                     return Ok(None);
                 }
                 _ => return Err(arg.unexpected().into()),
@@ -216,6 +238,7 @@ impl LearnerConfig {
             local_epochs,
             batch_size,
             rounds: flags.rounds.or(file.rounds),
+            keep_rounds: flags.keep_rounds.or(parse_env("FL_KEEP_ROUNDS")?).or(file.keep_rounds).unwrap_or(DEFAULT_KEEP_ROUNDS),
             seed: file.seed.unwrap_or(1),
             train_limit: file.train_limit,
             test_limit: file.test_limit,
@@ -313,6 +336,26 @@ seed = 9
         assert!(message.contains("--confirmations \"x\": expected a whole number"), "{message}");
         let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg, "--confirmations", "100"])).unwrap_err());
         assert!(message.starts_with("--confirmations: 100 confirmations is more than 64"), "{message}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keep_rounds_defaults_to_three_and_zero_keeps_everything() {
+        let dir = temp_dir("keep-rounds");
+        let path = dir.join("agent.toml");
+        let path_arg = path.to_str().unwrap();
+        std::fs::write(&path, CONFIG).unwrap();
+        assert_eq!(LearnerConfig::parse(args(&["--config", path_arg])).unwrap().unwrap().keep_rounds, DEFAULT_KEEP_ROUNDS);
+        std::fs::write(&path, format!("keep_rounds = 0\n{CONFIG}")).unwrap();
+        assert_eq!(LearnerConfig::parse(args(&["--config", path_arg])).unwrap().unwrap().keep_rounds, 0);
+        let flag = LearnerConfig::parse(args(&["--config", path_arg, "--keep-rounds", "5"])).unwrap().unwrap();
+        assert_eq!(flag.keep_rounds, 5, "the flag overrides the file");
+        std::fs::write(&path, format!("keep_rounds = -2\n{CONFIG}")).unwrap();
+        let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg])).unwrap_err());
+        assert!(message.contains(path_arg) && message.contains("keep_rounds"), "{message}");
+        std::fs::write(&path, CONFIG).unwrap();
+        let message = format!("{:#}", LearnerConfig::parse(args(&["--config", path_arg, "--keep-rounds", "all"])).unwrap_err());
+        assert!(message.contains("--keep-rounds: \"all\" is not valid"), "{message}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,11 +11,20 @@
 //! On a chain that can reorganise, `confirmations = N` makes every chain read and every
 //! wait follow `fl_contracts::finality`: the learner acts only on blocks with N blocks on
 //! top, and a registering transaction reorganised out is sent again.
+//!
+//! A board's IPFS repository stays bounded: once its update of round R is recorded, the
+//! learner unpins its own uploads of rounds up to R - `keep_rounds` (remembered in the
+//! state folder, written there before each upload) and asks its node to collect
+//! (`repo/gc`, which also removes the global models it fetched: `cat` never pins). A
+//! failure there is logged and tried again after the next round, never fatal.
+//!
+//! What it does is also written to `status.json` for `fl-agent status` ([`status`]).
 
 mod config;
 mod state;
+pub mod status;
 
-pub use config::{LearnerConfig, ShardConfig};
+pub use config::{LearnerConfig, ShardConfig, DEFAULT_KEEP_ROUNDS};
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -28,7 +37,7 @@ use fl_core::train;
 use fl_core::weights::{hex, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
 
-use state::{PendingState, StateDir};
+use state::{Cleanup, ErrorSeen, GlobalFetched, PendingState, Recorded, StateDir, Trained};
 
 /// `fl-agent run`.
 pub fn main(args: Vec<OsString>) -> Result<()> {
@@ -65,14 +74,42 @@ fn log(message: &str) {
 /// doubles from there so that an idle learner costs the node little.
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
 
+/// The name of the state folder of `registry` on chain `chain_id`, under `state_dir`.
+/// Work in progress belongs to one registry: a model saved for round R of another (an old
+/// deployment the fleet moved from) must never be sent as this one's round R.
+pub fn state_folder_name(chain_id: u64, registry: Address) -> String {
+    format!("chain-{chain_id}-{registry:?}")
+}
+
 /// Runs the learner until global round `config.rounds` is published (or forever).
 pub fn run(config: &LearnerConfig) -> Result<()> {
     let (train_set, test_set) = load_data(config)?;
     let client = config.endpoints.signing_client()?;
-    // Work in progress belongs to one registry: a model saved for round R of another
-    // (an old deployment the fleet moved from) must never be sent as this one's round R.
-    let state = StateDir::open(&config.state_dir.join(format!("chain-{}-{:?}", client.chain_id(), config.registry)))?;
-    let registry = Registry::at(&client, config.registry);
+    let state = StateDir::open(&config.state_dir.join(state_folder_name(client.chain_id(), config.registry)))?;
+    state.update_status(|s| {
+        s.node_id = config.node_id;
+        s.started_at = state::now();
+        s.set_activity("starting");
+    });
+    let result = run_with_state(config, &client, &state, &train_set, &test_set);
+    if let Err(err) = &result {
+        state.update_status(|s| {
+            s.set_activity("stopped by the error below");
+            s.last_error = Some(ErrorSeen { message: format!("{err:#}"), at: state::now() });
+        });
+    }
+    result
+}
+
+/// [`run`] once the data, the key and the state folder are there.
+fn run_with_state(
+    config: &LearnerConfig,
+    client: &fl_contracts::Client,
+    state: &StateDir,
+    train_set: &Dataset,
+    test_set: &Dataset,
+) -> Result<()> {
+    let registry = Registry::at(client, config.registry);
     let ipfs = config.endpoints.ipfs();
     log(&format!(
         "learner {} ({:?}) on chain {} registry {:?} ({} confirmations), IPFS {}, {} training / {} test images",
@@ -85,6 +122,10 @@ pub fn run(config: &LearnerConfig) -> Result<()> {
         train_set.len(),
         test_set.len()
     ));
+    match config.keep_rounds {
+        0 => log("keep_rounds 0: every upload stays pinned on the IPFS node"),
+        n => log(&format!("keeping the latest {n} uploads pinned; older ones are unpinned and collected")),
+    }
     registry.require_current_version()?;
     wait_until_registered(&registry, config)?;
 
@@ -96,11 +137,12 @@ pub fn run(config: &LearnerConfig) -> Result<()> {
     // ends the run with its cause.
     let mut retry = Backoff::new(FIRST_PAUSE, Duration::from_secs(60));
     loop {
-        match step(config, &registry, &ipfs, &state, &mut cursor, &train_set, &test_set) {
+        match step(config, &registry, &ipfs, state, &mut cursor, train_set, test_set) {
             Ok(Flow::Done) => return Ok(()),
             Ok(Flow::Continue) => retry.reset(),
             Err(err) if is_transient(&err) => {
                 log(&format!("{err:#}; retrying in {:?}", retry.next_pause()));
+                state.update_status(|s| s.last_error = Some(ErrorSeen { message: format!("{err:#} (retried)"), at: state::now() }));
                 retry.wait();
             }
             Err(err) => return Err(err),
@@ -127,12 +169,14 @@ fn step(
     let round = registry.current_round()?;
     if round == 0 {
         log("waiting for the initial global model (round 0)");
+        state.update_status(|s| s.set_activity("waiting for the initial global model (round 0)"));
         *cursor = wait_for_global(registry, 0, *cursor, config.max_poll)?;
         return Ok(Flow::Continue);
     }
     // Global round `round - 1` is published: we are done once it is the last one.
     if config.rounds.is_some_and(|last| round > last) {
         log(&format!("global model of round {} is published; done", round - 1));
+        state.update_status(|s| s.set_activity(format!("done: the global model of round {} is published", round - 1)));
         return Ok(Flow::Done);
     }
     let me = registry.local_update(config.node_id)?;
@@ -142,10 +186,12 @@ fn step(
     }
     if me.latest.as_ref().is_some_and(|u| u.round == round) {
         log(&format!("round {round}: already submitted; waiting for the global model"));
+        state.update_status(|s| s.set_activity(format!("round {round} recorded; waiting for its global model")));
         *cursor = wait_for_global(registry, round, *cursor, config.max_poll)?;
         return Ok(Flow::Continue);
     }
     submit_round(config, registry, ipfs, state, round, me.max_samples, train_set, test_set)?;
+    release_old_uploads(config, ipfs, state, round);
     state.prune(round);
     Ok(Flow::Continue)
 }
@@ -166,6 +212,7 @@ fn submit_round(
     let mut model = match state.local_model(round) {
         Some(model) => {
             log(&format!("round {round}: reusing the saved local model {}", state.model_path(round).display()));
+            state.update_status(|s| s.set_activity(format!("round {round}: reusing the saved local model")));
             model
         }
         None => {
@@ -185,6 +232,10 @@ fn submit_round(
                 hex(&global.digest),
                 started.elapsed().as_secs_f64()
             ));
+            state.update_status(|s| {
+                s.global = Some(GlobalFetched { round: global.round, cid: global.cid.clone(), at: state::now() });
+                s.set_activity(format!("training round {round}"));
+            });
             let train_config = rounds::local_train_config(
                 config.seed,
                 round,
@@ -208,8 +259,28 @@ fn submit_round(
         model.n_samples = max_samples;
     }
     let evaluation = train::evaluate(&model, test_set)?;
+    state.update_status(|s| {
+        s.trained = Some(Trained {
+            round,
+            samples: model.n_samples,
+            accuracy: evaluation.accuracy,
+            loss: evaluation.loss,
+            test_images: evaluation.n,
+            at: state::now(),
+        });
+        s.set_activity(format!("round {round}: uploading the local model"));
+    });
     let bytes = model.to_bytes();
     let digest = fl_core::weights::sha256(&bytes);
+    if config.keep_rounds > 0 {
+        // Noted before the node pins it, so a learner killed in between still unpins it later.
+        let mut pins = state.pins().unwrap_or_else(|err| {
+            log(&format!("starting a new list of uploads to unpin: {err:#} (the uploads it listed stay pinned)"));
+            Default::default()
+        });
+        pins.record(round, &fl_ipfs::cid_of(&bytes));
+        state.set_pins(&pins)?;
+    }
     // Adding the same bytes again gives the same CID, so a restart may simply add again.
     let started = Instant::now();
     let cid = ipfs.add(&bytes).with_context(|| format!("uploading the round-{round} local model"))?;
@@ -226,6 +297,7 @@ fn submit_round(
             }
             None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
         };
+        state.update_status(|s| s.set_activity(format!("round {round}: waiting for the registering transaction {hash:?}")));
         match client.wait_receipt("setLocalWeight", hash)? {
             Some(receipt) => break receipt,
             // Dropped by the node, or reorganised out and not back in its pool: nothing of
@@ -249,6 +321,17 @@ fn submit_round(
                 .with_context(|| format!("round {round}: the registering transaction {:?} reverted", receipt.transaction_hash));
         }
     }
+    let succeeded = receipt.status == Some(1u64.into());
+    state.update_status(|s| {
+        s.recorded = Some(Recorded {
+            round,
+            cid: cid.clone(),
+            tx: succeeded.then_some(receipt.transaction_hash),
+            gas: receipt.gas_used.filter(|_| succeeded).map(|g| g.low_u64()),
+            at: state::now(),
+        });
+        s.set_activity(format!("round {round} recorded; waiting for its global model"));
+    });
     println!(
         "learner {} round {round}: test accuracy {:.2}% (loss {:.4}), {} samples, cid {cid}, tx {:?}, gas {}, upload {:.2}s",
         config.node_id,
@@ -260,6 +343,69 @@ fn submit_round(
         upload_seconds
     );
     Ok(())
+}
+
+/// Once the update of `round` is recorded: unpins this learner's uploads of rounds up to
+/// `round - keep_rounds` and asks the node to collect them. Never fails: what could not be
+/// unpinned or collected is logged, kept in `pins.json` and tried again after the next
+/// round. Nothing that `verify` needs is lost: the aggregator keeps every update it used in
+/// its own node's MFS, which neither an unpin nor a collection touches.
+fn release_old_uploads(config: &LearnerConfig, ipfs: &fl_ipfs::Client, state: &StateDir, round: u64) {
+    let Some(through) = round.checked_sub(config.keep_rounds).filter(|_| config.keep_rounds > 0) else { return };
+    let mut pins = match state.pins() {
+        Ok(pins) => pins,
+        Err(err) => {
+            log(&format!("not unpinning old uploads: {err:#}"));
+            return;
+        }
+    };
+    let due = pins.take_through(through);
+    if due.is_empty() && !pins.gc_due {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    for upload in due {
+        match ipfs.pin_rm(&upload.cid) {
+            Ok(removed) => {
+                if removed {
+                    log(&format!("round {round}: unpinned the round-{} upload {}", upload.round, upload.cid));
+                } else {
+                    log(&format!("round {round}: the round-{} upload {} was not pinned any more", upload.round, upload.cid));
+                }
+                cleanup.unpinned_rounds.push(upload.round);
+                pins.gc_due = true;
+            }
+            Err(err) => {
+                log(&format!(
+                    "round {round}: could not unpin the round-{} upload ({err}); trying again after the next round",
+                    upload.round
+                ));
+                cleanup.failed += 1;
+                pins.pinned.push(upload);
+            }
+        }
+    }
+    cleanup.unpinned_rounds.dedup();
+    if pins.gc_due {
+        match ipfs.repo_gc() {
+            Ok(blocks) => {
+                log(&format!("round {round}: the IPFS node collected {blocks} blocks"));
+                cleanup.gc_blocks = Some(blocks);
+                pins.gc_due = false;
+            }
+            Err(err) => {
+                log(&format!("round {round}: the IPFS node's garbage collection failed ({err}); asking again after the next round"));
+                cleanup.gc_error = Some(err.to_string());
+            }
+        }
+    }
+    // Sorted back into upload order (failed unpins were taken out and put back last).
+    pins.pinned.sort_by_key(|u| u.round);
+    if let Err(err) = state.set_pins(&pins) {
+        log(&format!("could not update the list of uploads to unpin: {err:#}"));
+    }
+    cleanup.at = state::now();
+    state.update_status(|s| s.cleanup = Some(cleanup));
 }
 
 /// How many times a round's registering transaction may be dropped before the learner
