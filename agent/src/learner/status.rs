@@ -45,29 +45,40 @@ pub fn report(config: &LearnerConfig) -> String {
     };
     let _ = writeln!(out, "learner {}, registry {:?} ({keep})", config.node_id, config.registry);
     let state_dir = &config.state_dir;
-    if !state_dir.is_dir() {
-        let _ = writeln!(
-            out,
-            "no state folder {}: the learner has not run with this state_dir (or it is not readable here)",
-            state_dir.display()
-        );
-        return out;
+    match folder(state_dir) {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = writeln!(out, "no state folder {}: the learner has not run with this state_dir", state_dir.display());
+            return out;
+        }
+        Err(err) => {
+            let _ = writeln!(out, "{err}");
+            return out;
+        }
     }
     match config.endpoints.chain_id {
         Some(chain_id) => {
             let _ = writeln!(out, "chain {chain_id} (chain_id in the configuration)");
             let dir = state_dir.join(state_folder_name(chain_id, config.registry));
-            if dir.is_dir() {
-                section(&mut out, config, &dir);
-            } else {
-                let _ = writeln!(out, "  no state folder {} yet: the learner has not run on this chain and registry", dir.display());
+            match folder(&dir) {
+                Ok(true) => section(&mut out, config, &dir),
+                Ok(false) => {
+                    let _ = writeln!(out, "  no state folder {} yet: the learner has not run on this chain and registry", dir.display());
+                }
+                Err(err) => {
+                    let _ = writeln!(out, "  {err}");
+                }
             }
         }
         None => {
             let folders = match chain_folders(state_dir, config) {
                 Ok(folders) => folders,
                 Err(err) => {
-                    let _ = writeln!(out, "cannot list {}: {err:#}", state_dir.display());
+                    let _ = writeln!(
+                        out,
+                        "cannot list {}: {err:#} (run as the learner's user, e.g. `sudo -u fl-agent fl-agent status ...`)",
+                        state_dir.display()
+                    );
                     return out;
                 }
             };
@@ -84,6 +95,19 @@ pub fn report(config: &LearnerConfig) -> String {
         }
     }
     out
+}
+
+/// Whether `path` is a folder: `Ok(false)` if nothing is there, an error saying how to
+/// read it if it cannot be looked at (the packaged state folder is the `fl-agent` user's).
+fn folder(path: &Path) -> Result<bool, String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(true),
+        Ok(_) => Err(format!("{} is not a folder", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => {
+            Err(format!("cannot read {}: {err} (run as the learner's user, e.g. `sudo -u fl-agent fl-agent status ...`)", path.display()))
+        }
+    }
 }
 
 /// The state folders of `config`'s registry under its state_dir, by chain id.
