@@ -22,8 +22,7 @@ runs the learner: trains on local data each round and publishes through IPFS and
 ";
 
 /// The flags `run` and `status` share (`status` reads the same configuration).
-pub(super) const FLAGS: &str = "\
-  --config FILE        agent.toml (see cross/pkg/agent.toml for every key)
+pub(super) const FLAGS: &str = "  --config FILE        agent.toml (see cross/pkg/agent.toml for every key)
   --node-id N          this learner's node id (overrides node_id, FL_NODE_ID)
   --rpc-url URL        Ethereum JSON-RPC endpoint (overrides rpc_url, ETH_RPC_URL)
   --registry ADDRESS   registry contract (overrides registry, FL_REGISTRY)
