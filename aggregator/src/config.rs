@@ -37,6 +37,8 @@ aggregates federated rounds published through the registry and IPFS
   --clip-norm C          first clip each update's L2 distance from the previous global model to C
   --min-learners K       a round may close with K updates once --round-timeout passed
   --round-timeout SECS   how long to wait for every learner before closing with K
+  --fetch-workers N      threads fetching and checking updates at once (default 4); results
+                         are folded in node-id order, at most 2N held at a time
   --no-local-eval        do not evaluate each learner's model (saves time on big fleets)
   --no-verify            do not recompute each round with verify's code after publishing it
   --from-block N         first block to read events from (default: the registry's deployment)
@@ -57,6 +59,8 @@ pub struct RunConfig {
     pub recipe: Recipe,
     pub min_learners: Option<usize>,
     pub round_timeout: Option<Duration>,
+    /// Threads fetching and checking updates at once (`crate::fetch`).
+    pub fetch_workers: usize,
     pub local_eval: bool,
     /// Recompute each published round with `verify` and report whether it matched.
     pub verify: bool,
@@ -88,6 +92,7 @@ struct FileConfig {
     clip_norm: Option<f64>,
     min_learners: Option<usize>,
     round_timeout: Option<u64>,
+    fetch_workers: Option<usize>,
     local_eval: Option<bool>,
     verify: Option<bool>,
     from_block: Option<u64>,
@@ -109,6 +114,7 @@ struct Settings {
     clip_norm: Option<f64>,
     min_learners: Option<usize>,
     round_timeout: Option<u64>,
+    fetch_workers: Option<usize>,
     local_eval: Option<bool>,
     verify: Option<bool>,
     from_block: Option<u64>,
@@ -131,6 +137,7 @@ impl Settings {
             clip_norm: self.clip_norm.or(lower.clip_norm),
             min_learners: self.min_learners.or(lower.min_learners),
             round_timeout: self.round_timeout.or(lower.round_timeout),
+            fetch_workers: self.fetch_workers.or(lower.fetch_workers),
             local_eval: self.local_eval.or(lower.local_eval),
             verify: self.verify.or(lower.verify),
             from_block: self.from_block.or(lower.from_block),
@@ -173,6 +180,7 @@ impl Settings {
             clip_norm: file.clip_norm.map(|c| parse_clip_norm(&c.to_string()).with_context(|| at("clip_norm"))).transpose()?,
             min_learners: file.min_learners.map(|n| positive(n, &at("min_learners"))).transpose()?,
             round_timeout: file.round_timeout,
+            fetch_workers: file.fetch_workers.map(|n| positive(n, &at("fetch_workers"))).transpose()?,
             local_eval: file.local_eval,
             verify: file.verify,
             from_block: file.from_block,
@@ -219,6 +227,7 @@ impl RunConfig {
                 Long("clip-norm") => flags.clip_norm = Some(parse_clip_norm(&parser.value()?.string()?).context("--clip-norm")?),
                 Long("min-learners") => flags.min_learners = Some(positive(number(&mut parser, "--min-learners")?, "--min-learners")?),
                 Long("round-timeout") => flags.round_timeout = Some(number(&mut parser, "--round-timeout")?),
+                Long("fetch-workers") => flags.fetch_workers = Some(positive(number(&mut parser, "--fetch-workers")?, "--fetch-workers")?),
                 Long("no-local-eval") => flags.local_eval = Some(false),
                 Long("no-verify") => flags.verify = Some(false),
                 Long("from-block") => flags.from_block = Some(number(&mut parser, "--from-block")?),
@@ -268,6 +277,7 @@ impl RunConfig {
             recipe: Recipe { rule: s.rule.unwrap_or(Rule::FedAvg), clip_norm: s.clip_norm },
             min_learners: s.min_learners,
             round_timeout: s.round_timeout.map(Duration::from_secs),
+            fetch_workers: s.fetch_workers.unwrap_or(4),
             local_eval: s.local_eval.unwrap_or(true),
             verify: s.verify.unwrap_or(true),
             from_block: s.from_block,
@@ -300,6 +310,7 @@ impl RunConfig {
             ("clip_norm", self.recipe.clip_norm.map(|c| format!("{c:?}"))),
             ("min_learners", self.min_learners.map(|n| n.to_string())),
             ("round_timeout", self.round_timeout.map(|d| d.as_secs().to_string())),
+            ("fetch_workers", Some(self.fetch_workers.to_string())),
             ("local_eval", Some(self.local_eval.to_string())),
             ("verify", Some(self.verify.to_string())),
             ("from_block", self.from_block.map(|n| n.to_string())),
@@ -364,6 +375,7 @@ mod tests {
             "rule" => "trimmed-mean:0.2",
             "clip-norm" => "2.5",
             "min-learners" | "round-timeout" => "4",
+            "fetch-workers" => "16",
             "from-block" => "12",
             "poll-seconds" => "0.5",
             "results" => "/srv/results.json",

@@ -4,6 +4,7 @@
 
 pub mod average;
 pub mod config;
+pub mod fetch;
 pub mod operator;
 pub mod record;
 pub mod report;

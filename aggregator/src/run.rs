@@ -31,6 +31,7 @@ use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
 
 pub use crate::config::{Parsed, RunConfig};
+use crate::fetch::fetch_in_order;
 use crate::record::RoundRecord;
 use crate::report::{header, row, unix_now, LearnerResult, Published, Results, RoundResult, Timings};
 use crate::service::{LeftOut, Monitor, Probe, Waiting};
@@ -356,9 +357,9 @@ fn aggregate_round(
     let mut used: Vec<LocalUpdate> = Vec::new();
     let mut learners = Vec::new();
     let mut timings = Timings { wait_s, ..Timings::default() };
-    for (update, tx) in inputs {
-        let label = format!("learner {} round {round}", update.node_id);
-        let started = Instant::now();
+    // Fetched and checked by `--fetch-workers` threads, folded here in node-id order: the
+    // bytes do not depend on which fetch finished first (see crate::fetch for the bound).
+    let fetch_one = |(update, tx): &(LocalUpdate, H256)| {
         // Each failure with the reason it counts under in the metrics.
         let fetched = ipfs
             .fetch_verified(&update.cid, &update.digest, MAX_MODEL_BYTES)
@@ -379,8 +380,14 @@ fn aggregate_round(
                 }
                 Ok(model)
             });
-        timings.fetch_s += started.elapsed().as_secs_f64();
-        let gas = registry.client().rpc().transaction_receipt(tx).ok().flatten().and_then(|r| r.gas_used).map(|g| g.as_u64());
+        let gas = registry.client().rpc().transaction_receipt(*tx).ok().flatten().and_then(|r| r.gas_used).map(|g| g.as_u64());
+        (fetched, gas)
+    };
+    let fetching_since = Instant::now();
+    let workers = config.fetch_workers;
+    fetch_in_order(&inputs, workers, 2 * workers, fetch_one, |index, (fetched, gas)| {
+        let (update, tx) = &inputs[index];
+        let label = format!("learner {} round {round}", update.node_id);
         let mut entry = LearnerResult {
             node_id: update.node_id,
             model: Published {
@@ -413,7 +420,7 @@ fn aggregate_round(
         match added {
             Ok(()) => {
                 entry.used = true;
-                used.push(update);
+                used.push(update.clone());
             }
             Err((why, err)) => {
                 // One bad or unreachable update must not stall the federation: leave it out,
@@ -425,7 +432,10 @@ fn aggregate_round(
             }
         }
         learners.push(entry);
-    }
+        Ok(())
+    })?;
+    // The time this thread waited for fetches: the rest went to evaluating and folding.
+    timings.fetch_s = (fetching_since.elapsed().as_secs_f64() - timings.evaluate_s - timings.average_s).max(0.0);
     if used.len() < rule.min_inputs() || config.min_learners.is_some_and(|min| used.len() < min) {
         // Left-out updates are remembered: the round waits for more rather than refetching.
         let waiting = if used.len() < rule.min_inputs() { Waiting::RuleNeedsMoreUpdates } else { Waiting::MinLearners };
