@@ -209,6 +209,7 @@ fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Clie
     let evaluate_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let (global, _receipt) = publish(registry, ipfs, &model, 0, [0u8; 32], &[], &RoundRecord::initial(config.seed).to_bytes())?;
+    keep_for_verify(ipfs, registry, 0, &[], &global.cid);
     log(&format!("round 0: published the initial model {} (seed {})", global.cid, config.seed));
     Ok(RoundResult {
         round: 0,
@@ -490,6 +491,7 @@ fn aggregate_round(
         }
         Err(err) => return Err(err),
     };
+    keep_for_verify(ipfs, registry, round, &used, &published.cid);
     timings.publish_s = started.elapsed().as_secs_f64();
     log(&format!(
         "round {round}: published global model {} by {rule} from {} learners (selected {:?}, clipped {:?}, left out {:?}), test accuracy {:.2}%, commitment {}",
@@ -510,6 +512,24 @@ fn aggregate_round(
         published_at: unix_now(),
     };
     Ok(Some((result, left_out)))
+}
+
+/// Keeps a published round's inputs and global model in the aggregator's IPFS node, under
+/// `/fl-aggregator/<registry>/round-<R>/` in MFS (`learner-<id>`, `global`), so that `verify`
+/// can recompute the round long after the learners unpinned their uploads (`keep_rounds`)
+/// and their nodes collected them. The inputs are on this node already (just fetched), so
+/// nothing is downloaded again. A failure is logged, not fatal: the round is published, and
+/// the learners keep their uploads for a few more rounds.
+fn keep_for_verify(ipfs: &fl_ipfs::Client, registry: &Registry, round: u64, inputs: &[LocalUpdate], global_cid: &str) {
+    let folder = format!("/fl-aggregator/{:?}/round-{round}", registry.address());
+    let inputs = inputs.iter().map(|u| (u.cid.as_str(), format!("{folder}/learner-{}", u.node_id)));
+    for (cid, path) in inputs.chain([(global_cid, format!("{folder}/global"))]) {
+        if let Err(err) = ipfs.mfs_keep(cid, &path) {
+            log(&format!(
+                "round {round}: could not keep {cid} at {path} in the IPFS node's MFS ({err}); verify needs it once its uploader unpins it"
+            ));
+        }
+    }
 }
 
 /// The global model of round `round - 1` (the latest while `round` is open), checked

@@ -1,7 +1,8 @@
 //! Keeping a board's IPFS repository bounded: `pin_rm` and `repo_gc` really delete an
 //! unpinned model's blocks on a js-ipfs node while a model kept in MFS (`mfs_keep`, how the
 //! aggregator keeps what `verify` needs) survives; and a learner with `keep_rounds = 1`
-//! unpins its older uploads in a real federation, which `fl-agent status` then describes.
+//! unpins its older uploads in a real federation, which `fl-agent status` then describes,
+//! while every round still verifies from the aggregator's node after all nodes collect.
 
 use std::time::Duration;
 
@@ -162,6 +163,37 @@ fn retention_learner_unpins_its_old_uploads_and_status_says_what_it_did() -> Res
         "last activity:  done: the global model of round 3 is published".to_string(),
     ] {
         assert!(stdout.contains(&expected), "missing {expected:?} in\n{stdout}");
+    }
+
+    // Every node collects its garbage: learner 1's node has dropped its rounds 1-2 uploads,
+    // and the aggregator's node keeps only what it pinned or put in MFS. Without the
+    // aggregator's copies in MFS, nobody could serve learner 1's round-1 model any more.
+    let aggregator_log = aggregator.lines();
+    assert!(!aggregator_log.iter().any(|l| l.contains("could not keep")), "{aggregator_log:?}");
+    for node in &devnet.ipfs {
+        node.client().repo_gc()?;
+    }
+    // Learner 1's round-1 upload, gone from its own node, is still on the aggregator's
+    // (asked with a short time limit: a node waits for blocks nobody has until the limit).
+    let short =
+        ClientConfig { timeout: Duration::from_secs(3), connect_timeout: Duration::from_secs(2), attempts: 1, ..ClientConfig::default() };
+    let round_1 = cid(1, 1)?;
+    devnet.ipfs[0]
+        .client_with(short)
+        .cat(&round_1, MODEL_BYTES as u64 * 2)
+        .context("the aggregator's node lost learner 1's round-1 upload to gc: it was not kept in MFS")?;
+    let endpoints = fl_contracts::endpoints::Endpoints {
+        rpc_url: devnet.anvil.url().to_string(),
+        chain_id: Some(devnet.anvil.chain_id()),
+        registry: Some(devnet.registry),
+        key: Default::default(),
+        ipfs_api: devnet.ipfs[0].api_url.clone(),
+        confirmations: 0,
+    };
+    for round in 1..=ROUNDS {
+        let verdict = fl_aggregator::verify::verify(&endpoints, round, None)?;
+        assert!(verdict.ok(), "round {round} no longer verifies after the learners unpinned and every node collected: {verdict:?}");
+        assert!(verdict.node_ids == [1, 2], "round {round}: {verdict:?}");
     }
     Ok(())
 }
