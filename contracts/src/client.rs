@@ -95,6 +95,14 @@ impl Client {
         self
     }
 
+    /// Changes how often [`Client::wait`] asks for a receipt (100 ms by default). A local
+    /// development chain mines within milliseconds; tests sending thousands of
+    /// transactions poll faster.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Client {
+        self.poll_interval = interval;
+        self
+    }
+
     /// Waits for `n` confirmations of every transaction and reads views and events `n`
     /// blocks below the head (0, the default, suits development chains that never
     /// reorganise). Callers check `n` with [`crate::check_confirmations`] first.

@@ -32,6 +32,9 @@ pub struct AnvilOptions {
     pub hardfork: Option<&'static str>,
     /// Record every EVM step (`--steps-tracing`), for `debug_traceTransaction`'s step list.
     pub steps_tracing: bool,
+    /// Funded development accounts (`--accounts N`; default 10). anvil derives 1,001 keys
+    /// in about 2 s here, so a fleet of hundreds of learners gets one key each.
+    pub accounts: Option<usize>,
 }
 
 /// The rule sets the registry supports, oldest first, as anvil 1.7.1's `--hardfork`
@@ -63,9 +66,14 @@ impl Anvil {
         }
         let port = free_port()?;
         let chain_id = options.chain_id.unwrap_or(DEFAULT_CHAIN_ID);
+        let accounts = options.accounts.unwrap_or(10);
+        if accounts < 4 {
+            bail!("anvil needs at least 4 development accounts for the tests, not {accounts}");
+        }
         let mut command = Command::new(&path);
         command
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", &chain_id.to_string(), "--accounts", "10"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", &chain_id.to_string()])
+            .args(["--accounts", &accounts.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -93,8 +101,8 @@ impl Anvil {
         };
         let lines = wait_for_line(stdout, "Listening on", Duration::from_secs(30), &hint)?;
         let keys = section(&lines, "Private Keys");
-        if keys.len() < 4 {
-            bail!("anvil printed {} private keys, expected 10:\n{}", keys.len(), lines.join("\n"));
+        if keys.len() != accounts {
+            bail!("anvil printed {} private keys, expected {accounts}:\n{}", keys.len(), lines.join("\n"));
         }
         let addresses = keys
             .iter()
@@ -112,6 +120,11 @@ impl Anvil {
     /// The chain id anvil was started with.
     pub fn chain_id(&self) -> u64 {
         self.chain_id
+    }
+
+    /// How many development accounts anvil funded (keys `0..accounts()`).
+    pub fn accounts(&self) -> usize {
+        self.keys.len()
     }
 
     /// Public development key `i` (hex, `0x`-prefixed) as anvil printed it.

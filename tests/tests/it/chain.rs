@@ -718,3 +718,57 @@ fn a_build_for_a_newer_evm_is_refused_before_any_gas_is_spent_and_never_called_a
     assert!(matches!(&err, Error::InvalidOpcode { call, .. } if call == "copy"), "{err:?}");
     Ok(())
 }
+
+/// What a global model costs to publish as the fleet grows: `setGlobalWeight` reads one
+/// storage slot per input (its learner's latest round) and carries the node ids twice (the
+/// argument and the event), plus the round record, whose `selected` list names them again.
+/// Measured for 10, 100 and 1,000 inputs with the record the aggregator writes for FedAvg;
+/// the cost must stay linear and 1,000 inputs far below a 30M-gas block (anvil's and
+/// mainnet's limit), so the design needs no change up to fleets of that size.
+#[test]
+fn set_global_weight_gas_for_10_100_and_1000_inputs() -> Result<()> {
+    use fl_aggregator::record::RoundRecord;
+    use fl_core::rules::{Recipe, Rule};
+    const FLEET: usize = 1000;
+    let anvil = Anvil::start_with(AnvilOptions { accounts: Some(FLEET + 1), ..Default::default() })?;
+    // anvil mines each transaction a few milliseconds after accepting it.
+    let fast = |key: usize| client(&anvil, key).map(|c| c.with_poll_interval(Duration::from_millis(5)));
+    let owner = fast(0)?;
+    let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
+    for node_id in 1..=FLEET {
+        registry.add_learner(node_id as u64, anvil.address(node_id), None)?;
+    }
+    registry.set_global_weight(0, &cid("global 0", false), [0; 32], [0; 32], &[], b"{}")?;
+    let learners = (1..=FLEET).map(fast).collect::<Result<Vec<_>>>()?;
+    let mut measured = Vec::new();
+    for (round, inputs) in [(1u64, 10usize), (2, 100), (3, FLEET)] {
+        let mut updates = Vec::new();
+        for (i, learner) in learners.iter().enumerate().take(inputs) {
+            let node_id = i as u64 + 1;
+            let label = format!("learner {node_id} round {round}");
+            let digest = ethers_keccak(&label);
+            Registry::at(learner, registry.address()).set_local_weight(node_id, round, &cid(&label, false), digest, 100)?;
+            updates.push(LocalUpdate { node_id, round, cid: cid(&label, false), digest, samples: 100 });
+        }
+        let node_ids: Vec<u64> = updates.iter().map(|u| u.node_id).collect();
+        let mut record = RoundRecord::aggregated(&Recipe { rule: Rule::FedAvg, clip_norm: None }, 1_000_000);
+        record.selected = node_ids.clone();
+        let record = record.to_bytes();
+        let commitment = commitment(&updates, Some(&record))?;
+        let receipt =
+            registry.set_global_weight(round, &cid(&format!("global {round}"), false), [7; 32], commitment, &node_ids, &record)?;
+        measured.push((inputs, gas(&receipt), record.len()));
+    }
+    for (inputs, gas, record) in &measured {
+        eprintln!("setGlobalWeight with {inputs:>5} inputs: {gas:>9} gas ({:>5} per input; record {record} bytes)", gas / *inputs as u64);
+    }
+    // Linear: the marginal cost per input from 100 to 1,000 is close to that from 10 to 100.
+    let per_input = |a: (usize, u64, usize), b: (usize, u64, usize)| (b.1 - a.1) as f64 / (b.0 - a.0) as f64;
+    let (low, high) = (per_input(measured[0], measured[1]), per_input(measured[1], measured[2]));
+    eprintln!("marginal gas per input: {low:.0} (10 -> 100), {high:.0} (100 -> 1,000)");
+    assert!(high < 1.25 * low, "the cost per input grows with the fleet: {low:.0} then {high:.0} gas");
+    assert!(high < 5_000.0, "{high:.0} gas per input: more than a storage read, calldata and log data should cost");
+    let thousand = measured[2].1;
+    assert!(thousand < 30_000_000 / 4, "1,000 inputs cost {thousand} gas, a quarter of a 30M block or more");
+    Ok(())
+}
