@@ -185,7 +185,19 @@ impl Results {
         );
         let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
         let mut series: Vec<Series> = Vec::new();
-        for (i, id) in self.node_ids().iter().enumerate() {
+        let ids = self.node_ids();
+        if ids.len() > MAX_LEARNER_COLUMNS {
+            // A hundred lines and legend entries would hide the global model: a wide fleet
+            // is drawn as its lowest, median and highest learner.
+            let spread: Vec<(f64, [f64; 3])> = self.rounds.iter().filter_map(|r| spread(r).map(|s| (r.round as f64, s))).collect();
+            for (k, (name, color)) in
+                [("lowest learner", "#9e9e9e"), ("median learner", "#1f77b4"), ("highest learner", "#616161")].iter().enumerate()
+            {
+                let points = spread.iter().map(|(round, s)| (*round, s[k])).collect();
+                series.push(Series { name: name.to_string(), color: color.to_string(), stroke: 1.5, points });
+            }
+        }
+        for (i, id) in ids.iter().enumerate().filter(|_| ids.len() <= MAX_LEARNER_COLUMNS) {
             let points = self
                 .rounds
                 .iter()
@@ -218,6 +230,14 @@ impl Results {
     }
 }
 
+/// The lowest, median (the upper one of an even count) and highest accuracy of a round's
+/// evaluated learners, or `None` if none was evaluated.
+fn spread(round: &RoundResult) -> Option<[f64; 3]> {
+    let mut accuracies: Vec<f64> = round.learners.iter().filter_map(|l| l.model.accuracy).collect();
+    accuracies.sort_by(f64::total_cmp);
+    Some([*accuracies.first()?, accuracies[accuracies.len() / 2], *accuracies.last()?])
+}
+
 /// One line of the accuracy plot: legend name, colour, stroke width and (round, accuracy) points.
 struct Series {
     name: String,
@@ -231,23 +251,38 @@ pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// The table's header for these learners.
+/// Fleets wider than this get a summary table (lowest, median and highest learner
+/// accuracy) instead of a column per learner.
+pub const MAX_LEARNER_COLUMNS: usize = 10;
+
+/// The table header: a column per learner, or the summary columns for a wider fleet.
 pub fn header(ids: &[u64]) -> String {
     let mut out = format!("{:>5}", "round");
-    for id in ids {
-        let _ = write!(out, "  {:>10}", format!("learner {id}"));
+    if ids.len() > MAX_LEARNER_COLUMNS {
+        let _ = write!(out, "  {:>7}  {:>8}  {:>8}  {:>8}", "updates", "lowest", "median", "highest");
+    } else {
+        for id in ids {
+            let _ = write!(out, "  {:>10}", format!("learner {id}"));
+        }
     }
     let _ = write!(out, "  {:>8}", "global");
     out
 }
 
-/// One table row; learners missing from the round show as `-`.
+/// One table row; learners missing from the round show as `-` (in the summary, the
+/// updates column counts those evaluated).
 pub fn row(round: &RoundResult, ids: &[u64]) -> String {
     let percent = |a: Option<f64>| a.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into());
     let mut out = format!("{:>5}", round.round);
-    for id in ids {
-        let cell = round.learners.iter().find(|l| l.node_id == *id).map(|l| percent(l.model.accuracy)).unwrap_or_else(|| "-".into());
-        let _ = write!(out, "  {cell:>10}");
+    if ids.len() > MAX_LEARNER_COLUMNS {
+        let evaluated = round.learners.iter().filter(|l| l.model.accuracy.is_some()).count();
+        let [lowest, median, highest] = spread(round).map(|s| s.map(Some)).unwrap_or_default();
+        let _ = write!(out, "  {evaluated:>7}  {:>8}  {:>8}  {:>8}", percent(lowest), percent(median), percent(highest));
+    } else {
+        for id in ids {
+            let cell = round.learners.iter().find(|l| l.node_id == *id).map(|l| percent(l.model.accuracy)).unwrap_or_else(|| "-".into());
+            let _ = write!(out, "  {cell:>10}");
+        }
     }
     let _ = write!(out, "  {:>8}", percent(round.global.accuracy));
     out
@@ -284,6 +319,25 @@ mod tests {
         assert!(lines[1].trim_start().starts_with('0') && lines[1].contains("10.00%"), "{table}");
         assert!(lines[2].contains("90.00%") && lines[2].contains("80.00%") && lines[2].contains("95.00%"), "{table}");
         assert!(lines[3].contains(" - ") || lines[3].contains("         -"), "{table}");
+    }
+
+    #[test]
+    fn a_wide_fleet_gets_summary_columns_and_summary_lines() {
+        let mut results = Results::default();
+        let learners: Vec<(u64, f64)> = (1..=20).map(|id| (id, 0.5 + id as f64 / 100.0)).collect();
+        results.record(round(1, &learners, 0.9));
+        results.record(round(2, &learners[..3], 0.95));
+        let table = results.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("updates") && lines[0].contains("median") && !lines[0].contains("learner 1"), "{table}");
+        // 20 learners at 51%..70%: lowest 51, median the 11th (61), highest 70.
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells, ["1", "20", "51.00%", "61.00%", "70.00%", "90.00%"], "{table}");
+        let cells: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(cells, ["2", "3", "51.00%", "52.00%", "53.00%", "95.00%"], "{table}");
+        let svg = results.svg();
+        assert_eq!(svg.matches("<polyline").count(), 4, "three summary lines and the global model");
+        assert!(svg.contains("median learner") && !svg.contains("learner 7<"), "{svg}");
     }
 
     #[test]

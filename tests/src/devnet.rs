@@ -1,7 +1,7 @@
 //! A whole federation on one machine, as the paper's three machines: a local chain
-//! (anvil), one IPFS node per participant in one private network (the aggregator's and one
-//! per learner, peered over loopback), the registry deployed by the aggregator's key and
-//! one learner registered per node id with its own key. Used by the federation tests and
+//! (anvil), IPFS nodes in one private network (the aggregator's, and one per learner or,
+//! for fleets, K shared by the learners; all peered over loopback), the registry deployed
+//! by the aggregator's key and one learner registered per node id with its own key. Used by the federation tests and
 //! by the demo; the aggregator and the learners themselves run as separate processes.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,7 +23,8 @@ pub struct Devnet {
     /// aggregator with key 0.
     pub n_learners: usize,
     pub anvil: Anvil,
-    /// `ipfs[0]` is the aggregator's node, `ipfs[i]` learner `i`'s.
+    /// `ipfs[0]` is the aggregator's node, `ipfs[1..]` the learners' (learner `i` uses
+    /// [`Devnet::learner_ipfs`]: `ipfs[i]` when each learner has its own node).
     pub ipfs: Vec<IpfsNode>,
     pub registry: Address,
     /// Where configs, states and logs go.
@@ -43,14 +44,23 @@ impl Devnet {
 
     /// [`Devnet::start`] on an anvil started with `anvil_options` (e.g. an older hardfork).
     pub fn start_with(n_learners: usize, dir: &Path, anvil_options: AnvilOptions) -> Result<Devnet> {
+        Devnet::start_fleet(n_learners, n_learners, dir, anvil_options)
+    }
+
+    /// A fleet: `n_learners` learners sharing `learner_nodes` IPFS nodes (learner `i` uses
+    /// node `1 + (i - 1) % learner_nodes`), with one funded key each (anvil gets at least
+    /// `n_learners + 1` accounts).
+    pub fn start_fleet(n_learners: usize, learner_nodes: usize, dir: &Path, mut anvil_options: AnvilOptions) -> Result<Devnet> {
         if n_learners == 0 {
             bail!("a federation needs at least one learner");
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let anvil = Anvil::start_with(anvil_options)?;
-        if n_learners + 1 > 10 {
-            bail!("anvil starts with 10 development accounts: at most 9 learners here");
+        if !(1..=n_learners).contains(&learner_nodes) {
+            bail!("{n_learners} learners need between 1 and {n_learners} IPFS nodes, not {learner_nodes}");
         }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let accounts = anvil_options.accounts.unwrap_or(10).max(n_learners + 1);
+        anvil_options.accounts = Some(accounts);
+        let anvil = Anvil::start_with(anvil_options)?;
         // One swarm key per deployment: these nodes talk to each other and to nobody else.
         let key_path = dir.join("swarm.key");
         if key_path.exists() {
@@ -58,7 +68,7 @@ impl Devnet {
         }
         let swarm_key = new_swarm_key(dir, "swarm.key")?;
         // Nodes start in parallel: each takes a few seconds, mostly waiting.
-        let handles: Vec<_> = (0..=n_learners)
+        let handles: Vec<_> = (0..=learner_nodes)
             .map(|_| {
                 let key = swarm_key.clone();
                 std::thread::spawn(move || IpfsNode::start(&key))
@@ -74,13 +84,21 @@ impl Devnet {
                 ipfs[i].client().swarm_connect(&ipfs[j].swarm_addr).with_context(|| format!("peering IPFS node {i} with node {j}"))?;
             }
         }
-        let client = Client::new(Rpc::new(anvil.url())?, anvil.signer(0)?, Some(anvil.chain_id()))?;
+        // anvil mines each transaction milliseconds after taking it: a fleet registers fast.
+        let client =
+            Client::new(Rpc::new(anvil.url())?, anvil.signer(0)?, Some(anvil.chain_id()))?.with_poll_interval(Duration::from_millis(10));
         let (registry, _) = Registry::deploy(&client, MAX_SAMPLES)?;
         for node_id in 1..=n_learners {
             registry.add_learner(node_id as u64, anvil.address(node_id), None)?;
         }
         let address = registry.address();
         Ok(Devnet { n_learners, anvil, ipfs, registry: address, dir: dir.to_path_buf() })
+    }
+
+    /// The IPFS node learner `node_id` uploads to and fetches from.
+    pub fn learner_ipfs(&self, node_id: usize) -> &IpfsNode {
+        let learner_nodes = self.ipfs.len() - 1;
+        &self.ipfs[1 + (node_id - 1) % learner_nodes]
     }
 
     /// A read-only view of the registry.
@@ -115,7 +133,7 @@ impl Devnet {
             rpc = self.anvil.url(),
             chain = self.anvil.chain_id(),
             registry = self.registry,
-            ipfs = self.ipfs[node_id].api_url,
+            ipfs = self.learner_ipfs(node_id).api_url,
             data = data_dir.display(),
             state = state.display(),
             index = node_id - 1,

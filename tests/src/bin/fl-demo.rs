@@ -16,13 +16,16 @@ use fl_tests::devnet::{Devnet, Running};
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
-usage: fl-demo [--learners N] [--rounds R] [--local-epochs L] [--train-limit N]
-               [--test-limit N] [--data DIR] [--out DIR] [--bin-dir DIR]
+usage: fl-demo [--learners N] [--ipfs-nodes K] [--rounds R] [--local-epochs L]
+               [--train-limit N] [--test-limit N] [--data DIR] [--out DIR] [--bin-dir DIR]
 
-runs the federation on this machine: anvil, one IPFS node per participant in a private
-network, the aggregator and N learners as separate processes
+runs the federation on this machine: anvil, IPFS nodes in a private network, the
+aggregator and N learners as separate processes
 
-  --learners N       learners, each with its own key and IPFS node (default 2, at most 9)
+  --learners N       learners, each with its own key (default 2, at most 1000)
+  --ipfs-nodes K     IPFS nodes the learners share, besides the aggregator's (default:
+                     one per learner up to 8, then 8; each js-ipfs node takes about
+                     150 MB); learner i uses node 1 + (i - 1) mod K
   --rounds R         federated rounds (default 3; the paper: 5)
   --local-epochs L   local epochs per round (default 1; the paper: 5)
   --train-limit N    split only the first N training images (default: all 60,000)
@@ -36,8 +39,19 @@ network, the aggregator and N learners as separate processes
 const PAPER_GLOBAL: f64 = 99.46;
 const PAPER_SINGLE_NODE: f64 = 99.48;
 
+/// The most learners fl-demo starts (anvil derives a funded key for each in about 2 ms).
+const MAX_LEARNERS: usize = 1000;
+
+/// The learners' IPFS nodes when `--ipfs-nodes` is not given, at most.
+const DEFAULT_IPFS_NODES: usize = 8;
+
+/// Up to this many learners, their output is shown beside the aggregator's; beyond, it
+/// only goes to their log files.
+const ECHOED_LEARNERS: usize = 9;
+
 struct DemoConfig {
     learners: usize,
+    ipfs_nodes: Option<usize>,
     rounds: u64,
     local_epochs: usize,
     train_limit: Option<usize>,
@@ -52,6 +66,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
     let exe = std::env::current_exe().context("locating fl-demo")?;
     let mut config = DemoConfig {
         learners: 2,
+        ipfs_nodes: None,
         rounds: 3,
         local_epochs: 1,
         train_limit: None,
@@ -63,6 +78,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
     while let Some(arg) = parser.next()? {
         match arg {
             Long("learners") => config.learners = number(&mut parser, "--learners")?,
+            Long("ipfs-nodes") => config.ipfs_nodes = Some(number(&mut parser, "--ipfs-nodes")?),
             Long("rounds") => config.rounds = number(&mut parser, "--rounds")?,
             Long("local-epochs") => config.local_epochs = number(&mut parser, "--local-epochs")?,
             Long("train-limit") => config.train_limit = Some(number(&mut parser, "--train-limit")?),
@@ -77,8 +93,11 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
             _ => return Err(arg.unexpected().into()),
         }
     }
-    if !(1..=9).contains(&config.learners) {
-        bail!("--learners must be between 1 and 9 (anvil's development accounts), got {}", config.learners);
+    if !(1..=MAX_LEARNERS).contains(&config.learners) {
+        bail!("--learners must be between 1 and {MAX_LEARNERS}, got {}", config.learners);
+    }
+    if let Some(k) = config.ipfs_nodes.filter(|k| !(1..=config.learners).contains(k)) {
+        bail!("--ipfs-nodes must be between 1 and the number of learners ({}), got {k}", config.learners);
     }
     if config.rounds == 0 || config.local_epochs == 0 {
         bail!("--rounds and --local-epochs must be at least 1");
@@ -111,8 +130,13 @@ fn run(config: &DemoConfig) -> Result<()> {
     std::fs::create_dir_all(config.out.join("logs"))?;
     let out = std::fs::canonicalize(&config.out)?;
 
-    eprintln!("fl-demo: starting anvil and {} IPFS nodes in a private network (loopback only)", config.learners + 1);
-    let devnet = Devnet::start(config.learners, &out)?;
+    let ipfs_nodes = config.ipfs_nodes.unwrap_or(config.learners.min(DEFAULT_IPFS_NODES));
+    eprintln!(
+        "fl-demo: starting anvil and {} IPFS nodes in a private network (loopback only): the aggregator's and {ipfs_nodes} for {} learners",
+        ipfs_nodes + 1,
+        config.learners
+    );
+    let devnet = Devnet::start_fleet(config.learners, ipfs_nodes, &out, Default::default())?;
     eprintln!(
         "fl-demo: chain {} at {}, registry {:?}, {} learners registered",
         devnet.anvil.chain_id(),
@@ -149,8 +173,11 @@ fn run(config: &DemoConfig) -> Result<()> {
             &format!("learner {node_id}"),
             devnet.agent_command(&agent_bin, node_id, &config_path),
             &out.join(format!("logs/learner-{node_id}.log")),
-            true,
+            config.learners <= ECHOED_LEARNERS,
         )?);
+    }
+    if config.learners > ECHOED_LEARNERS {
+        eprintln!("fl-demo: {} learners started; their output goes to {}", config.learners, out.join("logs").display());
     }
     // Generous: the paper's full setting takes hours on two cores.
     let limit = Duration::from_secs(24 * 3600);
@@ -165,6 +192,7 @@ fn run(config: &DemoConfig) -> Result<()> {
     results.wall_s = Some(wall.as_secs_f64());
     results.settings = Some(serde_json::json!({
         "learners": config.learners,
+        "ipfs_nodes": ipfs_nodes,
         "rounds": config.rounds,
         "local_epochs": config.local_epochs,
         "train_limit": config.train_limit,

@@ -35,6 +35,8 @@ pub(super) struct Federation {
     agent: PathBuf,
     aggregator: PathBuf,
     data: PathBuf,
+    /// Training images per learner.
+    train_per_learner: usize,
     _dir: TempDir,
 }
 
@@ -45,9 +47,21 @@ impl Federation {
 
     /// A federation of `n` registered learners (each with its IPFS node).
     pub(super) fn start_with_learners(label: &str, n: usize) -> Result<Federation> {
+        Federation::start_fleet(label, n, n, TRAIN_LIMIT / 2)
+    }
+
+    /// `n` learners sharing `ipfs_nodes` IPFS nodes, each training on `train_per_learner` images.
+    fn start_fleet(label: &str, n: usize, ipfs_nodes: usize, train_per_learner: usize) -> Result<Federation> {
         let dir = TempDir::new(label)?;
-        let devnet = Devnet::start(n, dir.path())?;
-        Ok(Federation { devnet, agent: workspace_bin("fl-agent")?, aggregator: workspace_bin("fl-aggregator")?, data: mnist(), _dir: dir })
+        let devnet = Devnet::start_fleet(n, ipfs_nodes, dir.path(), Default::default())?;
+        Ok(Federation {
+            devnet,
+            agent: workspace_bin("fl-agent")?,
+            aggregator: workspace_bin("fl-aggregator")?,
+            data: mnist(),
+            train_per_learner,
+            _dir: dir,
+        })
     }
 
     fn aggregator(&self, log: &str) -> Result<Running> {
@@ -73,8 +87,7 @@ impl Federation {
 
     /// A learner whose `agent.toml` also holds `extra` (top-level keys).
     pub(super) fn learner_with(&self, node_id: usize, log: &str, extra: &str) -> Result<Running> {
-        // TRAIN_LIMIT / 2 images per learner, however many there are.
-        let train_limit = TRAIN_LIMIT / 2 * self.devnet.n_learners;
+        let train_limit = self.train_per_learner * self.devnet.n_learners;
         let extra = format!("train_limit = {train_limit}\ntest_limit = {TEST_LIMIT}\n{extra}");
         let config = self.devnet.write_agent_config(node_id, &self.data, 1, ROUNDS, &extra)?;
         Running::spawn(
@@ -171,10 +184,11 @@ pub(super) fn check_rounds(federation: &Federation) -> Result<BTreeMap<u64, Mode
         assert_eq!(sha256(&bytes), global.digest);
         let model = ModelFile::from_bytes(&bytes)?;
         if round > 0 {
-            assert_eq!(global.node_ids, vec![1, 2], "round {round} averages both learners");
+            let n = federation.devnet.n_learners;
+            assert_eq!(global.node_ids, (1..=n as u64).collect::<Vec<_>>(), "round {round} averages every learner");
             let mut inputs: Vec<LocalUpdate> = locals.iter().filter(|u| u.round == round).cloned().collect();
             inputs.sort_by_key(|u| u.node_id);
-            assert_eq!(inputs.len(), 2, "one update per learner in round {round}: {inputs:?}");
+            assert_eq!(inputs.len(), n, "one update per learner in round {round}: {inputs:?}");
             assert_eq!(commitment(&inputs, Some(&global.record))?, global.inputs_commitment, "round {round}: commitment");
             let local_models =
                 inputs.iter().map(|u| ModelFile::from_bytes(&federation.fetch(&u.cid, &u.digest)?)).collect::<Result<Vec<_>>>()?;
@@ -213,6 +227,38 @@ fn federation_two_rounds_publish_the_fedavg_of_the_recorded_updates() -> Result<
 
     // Anyone can recompute each round from the chain and IPFS.
     for round in 1..=ROUNDS {
+        let mut verify = federation.verify_command(round)?;
+        verify.wait_success(Duration::from_secs(120))?;
+        assert!(verify.stdout_lines().iter().any(|l| l == &format!("round {round}: verified")), "{:?}", verify.lines());
+    }
+    Ok(())
+}
+
+/// A fleet: 20 learners (250 images each) sharing 4 IPFS nodes, the aggregator fetching
+/// with 4 workers. Every round averages all 20, byte for byte the FedAvg of what the chain
+/// records (whatever order the fetches finished in), and `verify` agrees.
+#[test]
+fn federation_of_twenty_learners_sharing_four_ipfs_nodes() -> Result<()> {
+    const FLEET: usize = 20;
+    let federation = Federation::start_fleet("federation-fleet", FLEET, 4, 250)?;
+    assert_eq!(federation.devnet.ipfs.len(), 5, "the aggregator's node and 4 shared ones");
+    let mut aggregator = federation.aggregator_with("aggregator.log", &["--fetch-workers", "4"])?;
+    let mut learners =
+        (1..=FLEET).map(|node_id| federation.learner(node_id, &format!("learner-{node_id}.log"))).collect::<Result<Vec<_>>>()?;
+    aggregator.wait_success(RUN_LIMIT)?;
+    for learner in &mut learners {
+        learner.wait_success(Duration::from_secs(120))?;
+    }
+    let published = check_rounds(&federation)?;
+    let test_set = Mnist::load_test(&federation.data)?.take(TEST_LIMIT);
+    let (initial, last) = (evaluate(&published[&0], &test_set)?.accuracy, evaluate(&published[&ROUNDS], &test_set)?.accuracy);
+    assert!(last > initial + 0.3, "global accuracy went from {initial} to {last}");
+    // A fleet this wide gets the summary table: every learner evaluated each round.
+    let rows = aggregator.stdout_lines();
+    assert!(rows.iter().any(|l| l.contains("updates") && l.contains("median")), "no summary header in {rows:?}");
+    for round in 1..=ROUNDS {
+        let row = rows.iter().find(|l| l.split_whitespace().next() == Some(&round.to_string())).context("no row")?;
+        assert_eq!(row.split_whitespace().nth(1), Some("20"), "round {round}: {row}");
         let mut verify = federation.verify_command(round)?;
         verify.wait_success(Duration::from_secs(120))?;
         assert!(verify.stdout_lines().iter().any(|l| l == &format!("round {round}: verified")), "{:?}", verify.lines());
