@@ -58,7 +58,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
         bail!("registry {:?} is owned by {owner:?}, but the aggregator's key is {:?}", registry.address(), client.address());
     }
     registry.require_current_version()?;
-    let ipfs = config.endpoints.ipfs();
+    let ipfs = config.endpoints.ipfs_logging_retries(log);
     let mut results = Results::load_or_default(config.results.as_deref())?;
     results.registry = format!("{:?}", registry.address());
     results.chain_id = client.chain_id();

@@ -187,6 +187,12 @@ impl Endpoints {
     pub fn ipfs(&self) -> fl_ipfs::Client {
         fl_ipfs::Client::new(&self.ipfs_api)
     }
+
+    /// The IPFS client of a long-running process: each retried failure goes to `log`, so
+    /// its log shows a flaky link even when the retry succeeds.
+    pub fn ipfs_logging_retries(&self, log: fn(&str)) -> fl_ipfs::Client {
+        fl_ipfs::Client::with_config(&self.ipfs_api, fl_ipfs::ClientConfig { on_retry: Some(log), ..Default::default() })
+    }
 }
 
 /// Parses `0x` + 40 hex digits, naming `what` in the error.

@@ -4,4 +4,5 @@
 pub mod anvil;
 pub mod devnet;
 pub mod ipfs_node;
+pub mod proxy;
 pub mod util;

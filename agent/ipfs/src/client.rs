@@ -24,6 +24,10 @@ pub struct ClientConfig {
     pub attempts: u32,
     /// Pause after the first failed attempt; doubled after each further one.
     pub first_backoff: Duration,
+    /// Told of each failed attempt that will be retried (a line saying what failed and
+    /// when the next attempt comes), so the program's log shows a flaky link even when
+    /// the retry succeeds. `None`: retries are silent.
+    pub on_retry: Option<fn(&str)>,
 }
 
 impl Default for ClientConfig {
@@ -37,6 +41,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             attempts: 4,
             first_backoff: Duration::from_millis(250),
+            on_retry: None,
         }
     }
 }
@@ -404,6 +409,13 @@ impl Client {
                 Attempt::Transient(detail) => last = detail,
             }
             if attempt < attempts {
+                if let Some(tell) = self.config.on_retry {
+                    tell(&format!(
+                        "ipfs api {}: {op}: attempt {attempt} of {attempts} failed ({last}); retrying in {:?}",
+                        self.api,
+                        backoff.next_pause()
+                    ));
+                }
                 backoff.wait();
             }
         }
@@ -666,6 +678,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             attempts: 3,
             first_backoff: Duration::from_millis(10),
+            on_retry: None,
         }
     }
 
@@ -674,6 +687,18 @@ mod tests {
         let (url, requests) = scripted_server(vec![(503, "busy"), (502, ""), (200, "{\"Version\":\"0.29.0\"}")]);
         assert_eq!(Client::with_config(&url, fast()).version().unwrap(), "0.29.0");
         assert_eq!(requests.count(), 3);
+    }
+
+    #[test]
+    fn each_retry_is_told_and_the_last_failure_is_not() {
+        static TOLD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let (url, _requests) = scripted_server(vec![(503, "busy"), (503, "busy"), (503, "busy")]);
+        let config = ClientConfig { on_retry: Some(|line| TOLD.lock().unwrap().push(line.to_string())), ..fast() };
+        Client::with_config(&url, config).version().unwrap_err();
+        let told = TOLD.lock().unwrap().clone();
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told[0].starts_with(&format!("ipfs api {url}: version: attempt 1 of 3 failed (http status 503")), "{told:?}");
+        assert!(told[1].contains("attempt 2 of 3") && told[1].ends_with("retrying in 20ms"), "{told:?}");
     }
 
     #[test]

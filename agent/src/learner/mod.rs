@@ -110,7 +110,7 @@ fn run_with_state(
     test_set: &Dataset,
 ) -> Result<()> {
     let registry = Registry::at(client, config.registry);
-    let ipfs = config.endpoints.ipfs();
+    let ipfs = config.endpoints.ipfs_logging_retries(log);
     log(&format!(
         "learner {} ({:?}) on chain {} registry {:?} ({} confirmations), IPFS {}, {} training / {} test images",
         config.node_id,

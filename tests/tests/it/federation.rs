@@ -87,15 +87,23 @@ impl Federation {
 
     /// A learner whose `agent.toml` also holds `extra` (top-level keys).
     pub(super) fn learner_with(&self, node_id: usize, log: &str, extra: &str) -> Result<Running> {
+        let command = self.learner_command(node_id, extra)?;
+        Running::spawn(&format!("learner {node_id}"), command, &self.devnet.dir.join(log), false)
+    }
+
+    /// A learner reaching its chain and IPFS node through `rpc_url` and `ipfs_api` (flags
+    /// over its `agent.toml`), e.g. proxies that break the links.
+    pub(super) fn learner_through(&self, node_id: usize, log: &str, rpc_url: &str, ipfs_api: &str) -> Result<Running> {
+        let mut command = self.learner_command(node_id, "")?;
+        command.args(["--rpc-url", rpc_url, "--ipfs-api", ipfs_api]);
+        Running::spawn(&format!("learner {node_id}"), command, &self.devnet.dir.join(log), false)
+    }
+
+    fn learner_command(&self, node_id: usize, extra: &str) -> Result<std::process::Command> {
         let train_limit = self.train_per_learner * self.devnet.n_learners;
         let extra = format!("train_limit = {train_limit}\ntest_limit = {TEST_LIMIT}\n{extra}");
         let config = self.devnet.write_agent_config(node_id, &self.data, 1, ROUNDS, &extra)?;
-        Running::spawn(
-            &format!("learner {node_id}"),
-            self.devnet.agent_command(&self.agent, node_id, &config),
-            &self.devnet.dir.join(log),
-            false,
-        )
+        Ok(self.devnet.agent_command(&self.agent, node_id, &config))
     }
 
     /// Every registry event since deployment.

@@ -30,7 +30,13 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// Short limits for tests that expect a failure, so they fail fast.
 fn short(timeout: Duration) -> ClientConfig {
-    ClientConfig { timeout, connect_timeout: Duration::from_secs(2), attempts: 3, first_backoff: Duration::from_millis(100) }
+    ClientConfig {
+        timeout,
+        connect_timeout: Duration::from_secs(2),
+        attempts: 3,
+        first_backoff: Duration::from_millis(100),
+        on_retry: None,
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod cross;
 mod federation;
 /// Confirmations on a chain that reorganises: the waiting rule, reads below the head, a federation across forced reorgs.
 mod finality;
+mod flaky;
 /// The IPFS client against real js-ipfs nodes on a private network.
 mod ipfs;
 /// A board's IPFS repository stays bounded: unpinning, garbage collection, MFS keeping, `keep_rounds`, `fl-agent status`.
