@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras cross bench-cross check-fresh clean
+.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras cross package bench-cross check-fresh clean
 
 all: build
 
@@ -41,9 +41,13 @@ bench-rules:
 bench-vs-keras: setup
 	bash agent/core/bench/vs-keras.sh
 
-## Raspberry Pi builds (aarch64, armv7) and their .deb and tarball packages in target/cross/.
+## Raspberry Pi builds (aarch64, armv7) and their .deb and tarball packages in target/cross/,
+## with the aggregator's .deb for servers (amd64) and Pi 5 header nodes (arm64).
 cross:
 	bash cross/build.sh
+
+## Every package (the same as `make cross`).
+package: cross
 
 ## Binary sizes, memory and start-up time of the cross builds.
 bench-cross: cross setup

@@ -58,7 +58,9 @@ where
                     p.next - 1
                 };
                 // A panicking fetch becomes that job's error: the folder, waiting for the job
-                // in order, would otherwise wait forever while the window stays full.
+                // in order, would otherwise wait forever while the window stays full. (The
+                // packaged builds use panic = "abort": there a panic stops the process and
+                // systemd restarts it, which loses nothing, as the chain is the state.)
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| fetch(&jobs[index])));
                 if sender.send((index, result)).is_err() {
                     return;

@@ -34,9 +34,10 @@ packages_of() {
         node)  echo nodejs npm ;;
         # procps: `kill`, which the tests' process guards use to stop node groups.
         # chromium: the dashboard test loads the aggregator's page in it, headless.
+        # systemd: systemd-analyze verifies both units and scores their hardening (cross.rs).
         # (promtool comes from Debian's prometheus package too, but unpacked, not installed:
         # see unpack_promtool below.)
-        test)  echo procps chromium ;;
+        test)  echo procps chromium systemd ;;
         # The cross gcc packages only *recommend* the target's C library headers and start
         # files (Scrt1.o, crti.o): without libc6-dev-*-cross nothing links.
         cross) echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu \

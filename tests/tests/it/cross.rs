@@ -3,7 +3,9 @@
 //! instruction those cores lack fails here instead of on a board.
 //!
 //! Also checks that the packaged `/etc/fl-agent/agent.toml` template is what `fl-agent run`
-//! reads, with and without its optional keys.
+//! reads, with and without its optional keys; that every .deb (the agent's arm64 and armhf,
+//! the aggregator's amd64 and arm64) holds what it should and its unpacked binary runs; and
+//! that both systemd units pass `systemd-analyze verify` with an exposure of at most 2.0.
 //!
 //! These tests never skip: without the cross binaries they fail and say to run `make cross`
 //! (`.ci/test.sh` runs it before `cargo test`).
@@ -301,5 +303,166 @@ fn emulated_pi_learners_take_part_in_a_full_round_with_a_native_one() -> Result<
     };
     let verdict = fl_aggregator::verify::verify(&endpoints, 1, None)?;
     assert!(verdict.ok(), "{verdict:?}");
+    Ok(())
+}
+
+/// The packages `make cross` (`make package`) writes, checked as an operator would get them.
+fn package(name: &str, arch: &str) -> Result<PathBuf> {
+    let path = workspace_root().join("target/cross").join(format!("{name}_{}_{arch}.deb", env!("CARGO_PKG_VERSION")));
+    if !path.is_file() {
+        bail!("{} not found: run `make cross` (bash cross/build.sh) to build the packages", path.display());
+    }
+    Ok(path)
+}
+
+/// `dpkg-deb ARGS`, its stdout; fails with its stderr.
+fn dpkg_deb(args: &[&std::ffi::OsStr]) -> Result<String> {
+    let output = Command::new("dpkg-deb").args(args).output().context("running dpkg-deb (Debian's dpkg package)")?;
+    check_success(&format!("dpkg-deb {args:?}"), &output)?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Unpacks `deb` into `dir` and checks what every one of our packages must hold: the
+/// binary, the unit, the config template byte for byte as in `cross/pkg`, the keystore
+/// folder readable by nobody else, the conffile list and the control fields.
+fn unpack_and_check(deb: &Path, name: &str, arch: &str, template: &Path, unit: &Path, dir: &Path) -> Result<()> {
+    let config = template.file_name().and_then(|n| n.to_str()).context("template name")?;
+    let contents = dpkg_deb(&["--contents".as_ref(), deb.as_os_str()])?;
+    for (entry, mode) in [
+        (format!("./usr/bin/{name}"), "-rwxr-xr-x"),
+        (format!("./lib/systemd/system/{name}.service"), "-rw-r--r--"),
+        (format!("./etc/{name}/{config}"), "-rw-r--r--"),
+        (format!("./etc/{name}/keys/"), "drwx------"),
+    ] {
+        let line = contents
+            .lines()
+            .find(|l| l.ends_with(&format!(" {entry}")))
+            .with_context(|| format!("{} lacks {entry}:\n{contents}", deb.display()))?;
+        assert!(line.starts_with(mode) && line.contains("root/root"), "{}: {line} (expected {mode} root/root)", deb.display());
+    }
+    let control = dpkg_deb(&["--field".as_ref(), deb.as_os_str()])?;
+    for field in [format!("Package: {name}\n"), format!("Architecture: {arch}\n"), format!("Version: {}\n", env!("CARGO_PKG_VERSION"))] {
+        assert!(control.contains(&field), "{}: no {field:?} in\n{control}", deb.display());
+    }
+    assert!(control.contains("Depends: libc6 (>= 2.") && control.contains("adduser"), "{}:\n{control}", deb.display());
+    dpkg_deb(&["-x".as_ref(), deb.as_os_str(), dir.as_os_str()])?;
+    let control_dir = dir.join("DEBIAN");
+    dpkg_deb(&["-e".as_ref(), deb.as_os_str(), control_dir.as_os_str()])?;
+    let conffiles = std::fs::read_to_string(control_dir.join("conffiles"))?;
+    assert_eq!(conffiles, format!("/etc/{name}/{config}\n"), "{}", deb.display());
+    for script in ["postinst", "prerm", "postrm"] {
+        assert!(control_dir.join(script).is_file(), "{} has no {script}", deb.display());
+    }
+    let shipped = std::fs::read(dir.join(format!("etc/{name}/{config}")))?;
+    assert!(shipped == std::fs::read(template)?, "{}: the packaged {config} differs from {}", deb.display(), template.display());
+    let shipped_unit = std::fs::read(dir.join(format!("lib/systemd/system/{name}.service")))?;
+    assert!(shipped_unit == std::fs::read(unit)?, "{}: the packaged unit differs from {}", deb.display(), unit.display());
+    Ok(())
+}
+
+/// The aggregator's server (amd64) and header-node (arm64) packages: what they hold, and
+/// that the unpacked binary runs (natively, and under qemu on a Cortex-A53).
+#[test]
+fn aggregator_packages_unpack_and_run() -> Result<()> {
+    let pkg = workspace_root().join("cross/pkg/fl-aggregator");
+    let (template, unit) = (pkg.join("aggregator.toml"), pkg.join("fl-aggregator.service"));
+    let expected = format!("fl-aggregator {}", env!("CARGO_PKG_VERSION"));
+    for arch in ["amd64", "arm64"] {
+        let dir = TempDir::new(&format!("cross-deb-aggregator-{arch}"))?;
+        unpack_and_check(&package("fl-aggregator", arch)?, "fl-aggregator", arch, &template, &unit, dir.path())?;
+        let binary = dir.path().join("usr/bin/fl-aggregator");
+        let mut command = match arch {
+            "amd64" => Command::new(&binary),
+            _ => {
+                let mut qemu = Command::new(AARCH64.qemu);
+                qemu.args(["-cpu", AARCH64.cpu, "-L", AARCH64.sysroot]).arg(&binary);
+                qemu
+            }
+        };
+        let output = command.arg("--version").output().with_context(|| format!("running the unpacked {}", binary.display()))?;
+        check_success(&format!("{arch} {} --version", binary.display()), &output)?;
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), expected, "{arch}");
+    }
+    Ok(())
+}
+
+/// The agent's board packages hold the template and unit of `cross/pkg` unchanged.
+#[test]
+fn agent_packages_ship_the_template_and_unit_of_the_repository() -> Result<()> {
+    let pkg = workspace_root().join("cross/pkg");
+    for arch in ["arm64", "armhf"] {
+        let dir = TempDir::new(&format!("cross-deb-agent-{arch}"))?;
+        unpack_and_check(
+            &package("fl-agent", arch)?,
+            "fl-agent",
+            arch,
+            &pkg.join("agent.toml"),
+            &pkg.join("fl-agent.service"),
+            dir.path(),
+        )?;
+    }
+    Ok(())
+}
+
+/// `systemd-analyze verify` with the unit's ExecStart pointed at `binary` (verify checks
+/// that it is executable): the complaints it prints, minus the two keys systemd 252 does
+/// not know yet (the units explain why they carry them). Its exit status alone is not
+/// enough: an unparsable value is only a warning.
+fn unit_complaints(unit: &Path, binary: &Path, dir: &Path) -> Result<Vec<String>> {
+    let name = unit.file_name().context("unit name")?;
+    let text = std::fs::read_to_string(unit)?;
+    let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).context("no ExecStart")?;
+    let program = exec.split_whitespace().next().context("empty ExecStart")?;
+    let copy = dir.join(name);
+    std::fs::write(&copy, text.replace(&format!("ExecStart={program}"), &format!("ExecStart={}", binary.display())))?;
+    let output = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .context("running systemd-analyze (Debian's systemd package: tests/devnet/packages.sh test)")?;
+    let mut complaints: Vec<String> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.contains("Unknown key 'RestartSteps'") && !l.contains("Unknown key 'RestartMaxDelaySec'"))
+        .map(str::to_string)
+        .collect();
+    if !output.status.success() {
+        complaints.push(format!("systemd-analyze verify exited with {}", output.status));
+    }
+    Ok(complaints)
+}
+
+/// `systemd-analyze security --offline`'s overall exposure (0 = locked down, 10 = none).
+fn exposure(unit: &Path) -> Result<f64> {
+    let output = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(unit).output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().find(|l| l.contains("Overall exposure level")).with_context(|| format!("no exposure level in:\n{text}"))?;
+    let value = line.split(':').nth(1).and_then(|v| v.split_whitespace().next()).context("exposure value")?;
+    value.parse().with_context(|| format!("reading the exposure from {line:?}"))
+}
+
+/// Both units as systemd reads them: no complaint, and an exposure of at most 2.0 (systemd
+/// calls up to 2.0 "OK"). A unit with a broken setting must be caught, or the check means
+/// nothing.
+#[test]
+fn systemd_units_verify_and_stay_locked_down() -> Result<()> {
+    let dir = TempDir::new("cross-units")?;
+    let aggregator = workspace_bin("fl-aggregator")?;
+    let agent = workspace_bin("fl-agent")?;
+    let pkg = workspace_root().join("cross/pkg");
+    for (unit, binary) in [(pkg.join("fl-agent.service"), &agent), (pkg.join("fl-aggregator/fl-aggregator.service"), &aggregator)] {
+        let complaints = unit_complaints(&unit, binary, dir.path())?;
+        assert!(complaints.is_empty(), "{}: {complaints:#?}", unit.display());
+        let level = exposure(&dir.path().join(unit.file_name().context("unit name")?))?;
+        eprintln!("{}: exposure {level}", unit.display());
+        assert!(level <= 2.0, "{}: exposure {level} > 2.0", unit.display());
+    }
+    let broken_dir = dir.path().join("broken");
+    std::fs::create_dir_all(&broken_dir)?;
+    let unit = pkg.join("fl-aggregator/fl-aggregator.service");
+    let broken = broken_dir.join("fl-aggregator.service");
+    std::fs::write(&broken, std::fs::read_to_string(&unit)?.replace("ProtectSystem=strict", "ProtectSystem=everything"))?;
+    let complaints = unit_complaints(&broken, &aggregator, &broken_dir)?;
+    assert!(complaints.iter().any(|c| c.contains("ProtectSystem") || c.contains("protect system")), "{complaints:?}");
     Ok(())
 }
