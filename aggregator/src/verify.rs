@@ -23,7 +23,11 @@ use fl_core::rules::{Aggregation, Recipe, Rule};
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use lexopt::prelude::*;
 
+use crate::fetch::fetch_in_order;
 use crate::record::RoundRecord;
+
+/// Threads fetching a round's inputs at once (as `run`'s default `--fetch-workers`).
+const FETCH_WORKERS: usize = 4;
 
 const USAGE: &str = "\
 usage: fl-aggregator verify --round N [flags]
@@ -218,11 +222,15 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         None => None,
     };
     let mut aggregation = Aggregation::new(&recipe, previous.as_ref())?;
-    for update in &inputs {
-        let what = format!("learner {}'s round-{round} model", update.node_id);
-        let model = fetch(&update.cid, &update.digest, &what)?;
-        aggregation.add(update.node_id, &model, &what)?;
-    }
+    // Fetched by a few threads, added in node-id order: the same bytes as one at a time.
+    let what = |update: &LocalUpdate| format!("learner {}'s round-{round} model", update.node_id);
+    fetch_in_order(
+        &inputs,
+        FETCH_WORKERS,
+        2 * FETCH_WORKERS,
+        |update| fetch(&update.cid, &update.digest, &what(update)),
+        |index, model| aggregation.add(inputs[index].node_id, &model?, &what(&inputs[index])),
+    )?;
     let outcome = aggregation.finish()?;
     let mut recomputed = outcome.model;
     recomputed.round = round;

@@ -17,7 +17,8 @@ use lexopt::prelude::*;
 
 const USAGE: &str = "\
 usage: fl-demo [--learners N] [--ipfs-nodes K] [--rounds R] [--local-epochs L]
-               [--train-limit N] [--test-limit N] [--data DIR] [--out DIR] [--bin-dir DIR]
+               [--train-limit N] [--test-limit N] [--fetch-workers N] [--no-local-eval]
+               [--data DIR] [--out DIR] [--bin-dir DIR]
 
 runs the federation on this machine: anvil, IPFS nodes in a private network, the
 aggregator and N learners as separate processes
@@ -30,6 +31,8 @@ aggregator and N learners as separate processes
   --local-epochs L   local epochs per round (default 1; the paper: 5)
   --train-limit N    split only the first N training images (default: all 60,000)
   --test-limit N     evaluate on the first N test images (default: all 10,000)
+  --fetch-workers N  the aggregator's fetch threads (its default: 4)
+  --no-local-eval    the aggregator does not evaluate each learner's model
   --data DIR         MNIST folder (default data/mnist)
   --out DIR          results, logs and configs (default demo-out)
   --bin-dir DIR      where fl-agent and fl-aggregator are (default: next to fl-demo)
@@ -56,6 +59,8 @@ struct DemoConfig {
     local_epochs: usize,
     train_limit: Option<usize>,
     test_limit: Option<usize>,
+    fetch_workers: Option<usize>,
+    local_eval: bool,
     data: PathBuf,
     out: PathBuf,
     bin_dir: PathBuf,
@@ -71,6 +76,8 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
         local_epochs: 1,
         train_limit: None,
         test_limit: None,
+        fetch_workers: None,
+        local_eval: true,
         data: PathBuf::from("data/mnist"),
         out: PathBuf::from("demo-out"),
         bin_dir: exe.parent().context("fl-demo has no folder")?.to_path_buf(),
@@ -83,6 +90,8 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
             Long("local-epochs") => config.local_epochs = number(&mut parser, "--local-epochs")?,
             Long("train-limit") => config.train_limit = Some(number(&mut parser, "--train-limit")?),
             Long("test-limit") => config.test_limit = Some(number(&mut parser, "--test-limit")?),
+            Long("fetch-workers") => config.fetch_workers = Some(number(&mut parser, "--fetch-workers")?),
+            Long("no-local-eval") => config.local_eval = false,
             Long("data") => config.data = PathBuf::from(parser.value()?),
             Long("out") => config.out = PathBuf::from(parser.value()?),
             Long("bin-dir") => config.bin_dir = PathBuf::from(parser.value()?),
@@ -164,6 +173,12 @@ fn run(config: &DemoConfig) -> Result<()> {
     if let Some(n) = config.test_limit {
         aggregator_args.extend(["--test-limit".to_string(), n.to_string()]);
     }
+    if let Some(n) = config.fetch_workers {
+        aggregator_args.extend(["--fetch-workers".to_string(), n.to_string()]);
+    }
+    if !config.local_eval {
+        aggregator_args.push("--no-local-eval".to_string());
+    }
     let mut aggregator =
         Running::spawn("aggregator", devnet.aggregator_command(&aggregator_bin, &aggregator_args), &out.join("logs/aggregator.log"), true)?;
     let mut learners = Vec::new();
@@ -193,6 +208,8 @@ fn run(config: &DemoConfig) -> Result<()> {
     results.settings = Some(serde_json::json!({
         "learners": config.learners,
         "ipfs_nodes": ipfs_nodes,
+        "fetch_workers": config.fetch_workers,
+        "local_eval": config.local_eval,
         "rounds": config.rounds,
         "local_epochs": config.local_epochs,
         "train_limit": config.train_limit,
