@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras cross package bench-cross check-fresh clean
+.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras bench-fleet cross package bench-cross check-fresh clean
 
 all: build
 
@@ -36,6 +36,10 @@ bench: setup
 ## Time, peak memory and disk of each aggregation rule (fedavg, median, trimmed mean, krum, multi-krum) for 10-100 updates.
 bench-rules:
 	bash agent/core/bench/rules.sh $(ARGS)
+
+## The aggregator's round overhead by phase and its peak memory for 10, 50 and 100 learners, 1 vs 4 fetch workers.
+bench-fleet: setup
+	bash tests/devnet/bench-fleet.sh $(ARGS)
 
 ## The agent against Keras (tensorflow-cpu) on the same CPU, same run.
 bench-vs-keras: setup
