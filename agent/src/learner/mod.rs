@@ -30,7 +30,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_contracts::{is_transient, Address, Registry, H256};
+use fl_contracts::{is_transient, Address, GlobalUpdate, Registry, H256};
 use fl_core::data::{Dataset, Mnist, Split};
 use fl_core::rounds;
 use fl_core::train;
@@ -190,25 +190,38 @@ fn step(
         *cursor = wait_for_global(registry, round, *cursor, config.max_poll)?;
         return Ok(Flow::Continue);
     }
-    submit_round(config, registry, ipfs, state, round, me.max_samples, train_set, test_set)?;
+    // Two reads of the chain may disagree: a node under load or behind a load balancer can
+    // answer from an older block, and the aggregator may publish in between. Either way the
+    // round is read again rather than trusted (100 learners on one anvil showed the first).
+    let global = match registry.global_update()? {
+        Some(global) if global.round + 1 == round => global,
+        other => {
+            let seen = other.map(|g| format!("round {}", g.round)).unwrap_or_else(|| "none".into());
+            log(&format!("round {round}: the node now reports {seen} as the latest global model; reading the round again"));
+            std::thread::sleep(FIRST_PAUSE);
+            return Ok(Flow::Continue);
+        }
+    };
+    submit_round(config, registry, ipfs, state, &global, me.max_samples, train_set, test_set)?;
     release_old_uploads(config, ipfs, state, round);
     state.prune(round);
     Ok(Flow::Continue)
 }
 
-/// Trains (or reuses the saved model of) `round`, uploads it and registers it, claiming at
-/// most `max_samples` samples (this learner's cap on the registry).
+/// Trains (or reuses the saved model of) the round after `global`'s, uploads it and
+/// registers it, claiming at most `max_samples` samples (this learner's cap on the registry).
 #[allow(clippy::too_many_arguments)]
 fn submit_round(
     config: &LearnerConfig,
     registry: &Registry,
     ipfs: &fl_ipfs::Client,
     state: &StateDir,
-    round: u64,
+    global: &GlobalUpdate,
     max_samples: u64,
     train_set: &Dataset,
     test_set: &Dataset,
 ) -> Result<()> {
+    let round = global.round + 1;
     let mut model = match state.local_model(round) {
         Some(model) => {
             log(&format!("round {round}: reusing the saved local model {}", state.model_path(round).display()));
@@ -216,10 +229,6 @@ fn submit_round(
             model
         }
         None => {
-            let global = registry.global_update()?.context("the registry has a round but no global model")?;
-            if global.round + 1 != round {
-                bail!("the registry's latest global model is round {}, expected {}", global.round, round - 1);
-            }
             let started = Instant::now();
             let bytes = ipfs
                 .fetch_verified(&global.cid, &global.digest, MAX_MODEL_BYTES)
