@@ -6,7 +6,8 @@ pub mod average;
 pub mod config;
 pub mod fetch;
 pub mod operator;
-pub mod record;
+/// The round record lives in `fl_core` (learners read it too); re-exported here.
+pub use fl_core::record;
 pub mod report;
 pub mod run;
 pub mod service;

@@ -3,16 +3,19 @@
 //! buffer-based network that trains it on our CPU kernels), training and evaluation, the
 //! model file format, FedAvg and the robust aggregation rules (median, trimmed mean, Krum,
 //! Multi-Krum, norm clipping), how a federated round derives its seeds and shards, and
-//! the command-line helpers both binaries use. Nothing here talks to a network.
+//! the command-line helpers both binaries use, and the round record (how each global model
+//! was made) that the aggregator writes and learners and `verify` read. Nothing here talks to a network.
 
 pub mod attacks;
 pub mod data;
+pub mod encoding;
 pub mod fedavg;
 pub mod files;
 pub mod flags;
 pub mod kernels;
 pub mod model;
 pub mod network;
+pub mod record;
 pub mod rng;
 pub mod rounds;
 pub mod rules;

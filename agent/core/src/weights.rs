@@ -22,6 +22,11 @@
 //! format version or architecture, missing, extra, reordered or mis-shaped tensors, a
 //! data length that does not match the shape, and NaN or infinite values.
 //! The digest of a model is the SHA-256 of these bytes ([`sha256`]).
+//!
+//! A [`ModelFile`] in memory is always the f32 weights, and its bytes are this version-1
+//! file. Version 2 ([`crate::encoding`]: f16 and int8 updates relative to a base model,
+//! room for a model-spec digest) is read into it by decoding; [`ModelFile::from_bytes`]
+//! reads both versions.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -168,6 +173,16 @@ pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A SHA-256 digest from its 64 hex digits (as [`hex`] writes it).
+pub fn digest_from_hex(text: &str) -> Result<[u8; 32]> {
+    ensure!(text.len() == 64 && text.is_ascii(), "sha256 {text:?} is not 64 hex digits");
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).with_context(|| format!("sha256 {text:?} is not hex"))?;
+    }
+    Ok(digest)
+}
+
 impl ModelFile {
     /// Encodes the model (see the module documentation for the layout).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -175,8 +190,15 @@ impl ModelFile {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
-    /// Decodes and validates a model file.
+    /// Decodes and validates a model file of either version (see [`crate::encoding`] for
+    /// version 2); a file holding a difference from a base model needs
+    /// [`crate::encoding::decode`] with that base.
     pub fn from_bytes(bytes: &[u8]) -> Result<ModelFile> {
+        Ok(crate::encoding::decode(bytes, None)?.model)
+    }
+
+    /// Decodes and validates a version-1 file.
+    pub(crate) fn from_v1_bytes(bytes: &[u8]) -> Result<ModelFile> {
         let (model, rest): (ModelFile, &[u8]) = postcard::take_from_bytes(bytes)
             .map_err(|e| anyhow::anyhow!("decoding model file ({} bytes): {e} (truncated or not a model file)", bytes.len()))?;
         ensure!(rest.is_empty(), "decoding model file: {} unexpected bytes after the model", rest.len());
@@ -326,6 +348,9 @@ mod tests {
     fn sha256_matches_a_published_vector() {
         // FIPS 180-2 example: SHA-256("abc").
         assert_eq!(hex(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(digest_from_hex(&hex(&sha256(b"abc"))).unwrap(), sha256(b"abc"));
+        assert!(digest_from_hex("ab").unwrap_err().to_string().contains("is not 64 hex digits"));
+        assert!(digest_from_hex(&"g".repeat(64)).unwrap_err().to_string().contains("is not hex"));
     }
 
     #[test]
@@ -344,8 +369,8 @@ mod tests {
     #[test]
     fn rejects_wrong_version_and_architecture() {
         let mut m = model();
-        m.format_version = 2;
-        rejects(&m, "format version 2 is not supported");
+        m.format_version = 3;
+        rejects(&m, "format version 3 is not supported");
         let mut m = model();
         m.architecture = "resnet".into();
         rejects(&m, "architecture \"resnet\" is not \"fl-mnist-cnn-v1\"");

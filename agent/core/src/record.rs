@@ -16,17 +16,29 @@
 //! - `left_out`: every update of the round read by `closed_at_block` that is not an input,
 //!   with the reason (not fetched, digest or file wrong, learner no longer registered).
 //!
-//! Later features add optional fields (round mode and staleness, update encoding, model
-//! group); a reader refuses a record whose version is newer than it knows rather than
-//! misread it. A round published by a version-1 registry has no record: it was FedAvg of
-//! its inputs, without clipping.
+//! Version 2 adds (compressed updates, `fl_core::encoding`):
+//! - `encodings`: every input's node id under the encoding its file used (`f32`, `f16`,
+//!   `int8`), recomputed by `verify` from the files; an input it does not name is f32;
+//! - `global_encoded` (when the aggregator runs with `--global-encoding`): the encoding,
+//!   CID and SHA-256 of the encoded copy of the global model that learners may download
+//!   instead of the f32 one. The f32 model stays what the chain's digest and `verify`
+//!   define; the encoded copy is derived from it deterministically, and `verify` derives
+//!   it again and checks both.
+//!
+//! Later features add optional fields (round mode and staleness, model group); a reader
+//! refuses a record whose version is newer than it knows rather than misread it. A round
+//! published by a version-1 registry has no record: it was FedAvg of its inputs, without
+//! clipping.
 
+use std::collections::BTreeMap;
+
+use crate::encoding::Encoding;
+use crate::rules::{parse_clip_norm, Recipe, Rule};
 use anyhow::{bail, Context, Result};
-use fl_core::rules::{parse_clip_norm, Recipe, Rule};
 use serde::{Deserialize, Serialize};
 
 /// The record version this code writes and the newest it reads.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 /// Longest reason kept per left-out update (the record is calldata: it costs gas).
 const MAX_REASON_CHARS: usize = 160;
@@ -37,6 +49,17 @@ const MAX_REASON_CHARS: usize = 160;
 pub struct LeftOut {
     pub node_id: u64,
     pub reason: String,
+}
+
+/// The encoded copy of a global model (record version 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodedGlobal {
+    /// `f16` or `int8`.
+    pub encoding: String,
+    pub cid: String,
+    /// Lower-case hex SHA-256 of the encoded file.
+    pub sha256: String,
 }
 
 /// See the module documentation.
@@ -58,6 +81,10 @@ pub struct RoundRecord {
     pub clipped: Vec<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<LeftOut>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub encodings: BTreeMap<String, Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_encoded: Option<EncodedGlobal>,
 }
 
 impl RoundRecord {
@@ -87,6 +114,18 @@ impl RoundRecord {
         self.left_out.push(LeftOut { node_id, reason: kept });
     }
 
+    /// Notes that input `node_id`'s file used `encoding`.
+    pub fn note_encoding(&mut self, node_id: u64, encoding: Encoding) {
+        let ids = self.encodings.entry(encoding.to_string()).or_default();
+        ids.push(node_id);
+        ids.sort_unstable();
+    }
+
+    /// The encoding the record gives input `node_id`, if it names one.
+    pub fn encoding_of(&self, node_id: u64) -> Option<&str> {
+        self.encodings.iter().find(|(_, ids)| ids.contains(&node_id)).map(|(name, _)| name.as_str())
+    }
+
     /// The bytes published on chain.
     pub fn to_bytes(&self) -> Vec<u8> {
         // A plain struct of strings and numbers always serialises.
@@ -101,7 +140,7 @@ impl RoundRecord {
         if version > u64::from(RECORD_VERSION) {
             bail!("round record version {version} is newer than this program reads ({RECORD_VERSION}): upgrade fl-aggregator");
         }
-        serde_json::from_value(value).context("round record (version 1)")
+        serde_json::from_value(value).with_context(|| format!("round record (version {version})"))
     }
 
     /// The rule and clipping bound the record says were used; a record without a rule (a
@@ -129,17 +168,26 @@ mod tests {
         let mut record = RoundRecord::aggregated(&recipe, 42);
         record.selected = vec![1, 2, 3];
         record.leave_out(4, &"x".repeat(500));
+        record.note_encoding(3, Encoding::Int8);
+        record.note_encoding(1, Encoding::Int8);
+        record.note_encoding(2, Encoding::F32);
+        record.global_encoded = Some(EncodedGlobal { encoding: "int8".into(), cid: "bafk".into(), sha256: "00".into() });
         let bytes = record.to_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with(r#"{"version":1,"rule":"trimmed-mean:0.2","clip_norm":"5","closed_at_block":42"#), "{text}");
+        assert!(text.starts_with(r#"{"version":2,"rule":"trimmed-mean:0.2","clip_norm":"5","closed_at_block":42"#), "{text}");
+        assert!(text.contains(r#""encodings":{"f32":[2],"int8":[1,3]},"global_encoded":{"encoding":"int8""#), "{text}");
+        assert_eq!((record.encoding_of(3), record.encoding_of(2), record.encoding_of(9)), (Some("int8"), Some("f32"), None));
+        // A version-1 record (no encodings) still reads.
+        let v1 = RoundRecord::from_bytes(br#"{"version":1,"rule":"fedavg","closed_at_block":7}"#).unwrap();
+        assert_eq!((v1.version, v1.closed_at_block, v1.encodings.len()), (1, Some(7), 0));
         let back = RoundRecord::from_bytes(&bytes).unwrap();
         assert_eq!(back, record);
         assert_eq!(back.recipe().unwrap(), recipe);
         assert_eq!(back.left_out[0].reason.chars().count(), MAX_REASON_CHARS + 3);
         assert_eq!(RoundRecord::from_bytes(&RoundRecord::initial(7).to_bytes()).unwrap().seed, Some(7));
 
-        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":2,"rule":"fedavg"}"#).unwrap_err());
-        assert!(err.contains("round record version 2 is newer than this program reads (1)"), "{err}");
+        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":3,"rule":"fedavg"}"#).unwrap_err());
+        assert!(err.contains("round record version 3 is newer than this program reads (2)"), "{err}");
         let err = format!("{:#}", RoundRecord::from_bytes(b"\x00\x01").unwrap_err());
         assert!(err.starts_with("round record is not JSON"), "{err}");
         let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":1,"colour":"red"}"#).unwrap_err());
