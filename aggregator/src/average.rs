@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use fl_core::encoding::Bases;
 use fl_core::flags::number;
 use fl_core::rules::{parse_clip_norm, Aggregation, Recipe, Rule};
 use fl_core::weights::{hex, ModelFile};
@@ -19,7 +20,8 @@ writes the aggregate of the model files (node ids 1, 2, ... in order) and prints
   --rule RULE       fedavg (default: the mean weighted by each file's sample count), median,
                     trimmed-mean:B, krum:F or multi-krum:F
   --clip-norm C     first clip each model's L2 distance from --previous to C
-  --previous FILE   the global model the inputs started from (needed with --clip-norm)
+  --previous FILE   the global model the inputs started from (needed with --clip-norm, and
+                    for f16 and int8 updates: they hold their difference from it)
 ";
 
 /// Validated flags of `average`.
@@ -58,8 +60,8 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     if models.is_empty() {
         bail!("no model files given: usage: fl-aggregator average --out FILE MODEL...");
     }
-    if clip_norm.is_some() != previous.is_some() {
-        bail!("--clip-norm and --previous go together: clipping measures each model's distance from the previous global model");
+    if clip_norm.is_some() && previous.is_none() {
+        bail!("--clip-norm needs --previous: clipping measures each model's distance from the previous global model");
     }
     run(&AverageConfig { out, models, recipe: Recipe { rule, clip_norm }, previous })
 }
@@ -68,12 +70,19 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
 /// rules spill to a temporary file) and writes the result; prints its SHA-256 on stdout.
 pub fn run(config: &AverageConfig) -> Result<()> {
     let previous = config.previous.as_deref().map(ModelFile::load).transpose()?;
-    let mut aggregation = Aggregation::new(&config.recipe, previous.as_ref())?;
+    let bases = previous.as_ref().map(Bases::of).transpose()?;
+    let mut aggregation = Aggregation::new(&config.recipe, previous.as_ref().filter(|_| config.recipe.clip_norm.is_some()))?;
     if aggregation.is_empty() && config.models.len() < config.recipe.rule.min_inputs() {
         bail!("{} needs at least {} models, got {}", config.recipe.rule, config.recipe.rule.min_inputs(), config.models.len());
     }
     for (node_id, path) in (1u64..).zip(&config.models) {
-        let model = ModelFile::load(path)?;
+        let model = match &bases {
+            Some(bases) => {
+                let bytes = std::fs::read(path).with_context(|| format!("reading model from {}", path.display()))?;
+                bases.decode(&bytes).with_context(|| format!("loading model from {}", path.display()))?.model
+            }
+            None => ModelFile::load(path).with_context(|| "an f16 or int8 update also needs --previous, the model it started from")?,
+        };
         aggregation.add(node_id, &model, &path.display().to_string())?;
         eprintln!("added {} as node {node_id} (round {}, {} samples)", path.display(), model.round, model.n_samples);
     }

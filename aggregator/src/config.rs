@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
+use fl_core::encoding::Encoding;
 use fl_core::flags::{number, positive};
 use fl_core::rules::{parse_clip_norm, Recipe, Rule};
 use lexopt::prelude::*;
@@ -39,6 +40,9 @@ aggregates federated rounds published through the registry and IPFS
   --round-timeout SECS   how long to wait for every learner before closing with K
   --fetch-workers N      threads fetching and checking updates at once (default 4); results
                          are folded in node-id order, at most 2N held at a time
+  --global-encoding E    also publish each global model encoded as f16 (1.24 MB) or int8
+                         (0.62 MB) for learners to download instead of the f32 model
+                         (2.48 MB); named in the round record (default f32: none)
   --no-local-eval        do not evaluate each learner's model (saves time on big fleets)
   --no-verify            do not recompute each round with verify's code after publishing it
   --from-block N         first block to read events from (default: the registry's deployment)
@@ -61,6 +65,8 @@ pub struct RunConfig {
     pub round_timeout: Option<Duration>,
     /// Threads fetching and checking updates at once (`crate::fetch`).
     pub fetch_workers: usize,
+    /// Also publish each global model in this encoding (`F32`: no encoded copy).
+    pub global_encoding: Encoding,
     pub local_eval: bool,
     /// Recompute each published round with `verify` and report whether it matched.
     pub verify: bool,
@@ -93,6 +99,7 @@ struct FileConfig {
     min_learners: Option<usize>,
     round_timeout: Option<u64>,
     fetch_workers: Option<usize>,
+    global_encoding: Option<String>,
     local_eval: Option<bool>,
     verify: Option<bool>,
     from_block: Option<u64>,
@@ -115,6 +122,7 @@ struct Settings {
     min_learners: Option<usize>,
     round_timeout: Option<u64>,
     fetch_workers: Option<usize>,
+    global_encoding: Option<Encoding>,
     local_eval: Option<bool>,
     verify: Option<bool>,
     from_block: Option<u64>,
@@ -138,6 +146,7 @@ impl Settings {
             min_learners: self.min_learners.or(lower.min_learners),
             round_timeout: self.round_timeout.or(lower.round_timeout),
             fetch_workers: self.fetch_workers.or(lower.fetch_workers),
+            global_encoding: self.global_encoding.or(lower.global_encoding),
             local_eval: self.local_eval.or(lower.local_eval),
             verify: self.verify.or(lower.verify),
             from_block: self.from_block.or(lower.from_block),
@@ -181,6 +190,10 @@ impl Settings {
             min_learners: file.min_learners.map(|n| positive(n, &at("min_learners"))).transpose()?,
             round_timeout: file.round_timeout,
             fetch_workers: file.fetch_workers.map(|n| positive(n, &at("fetch_workers"))).transpose()?,
+            global_encoding: file
+                .global_encoding
+                .map(|text| text.parse::<Encoding>().with_context(|| at("global_encoding")))
+                .transpose()?,
             local_eval: file.local_eval,
             verify: file.verify,
             from_block: file.from_block,
@@ -228,6 +241,7 @@ impl RunConfig {
                 Long("min-learners") => flags.min_learners = Some(positive(number(&mut parser, "--min-learners")?, "--min-learners")?),
                 Long("round-timeout") => flags.round_timeout = Some(number(&mut parser, "--round-timeout")?),
                 Long("fetch-workers") => flags.fetch_workers = Some(positive(number(&mut parser, "--fetch-workers")?, "--fetch-workers")?),
+                Long("global-encoding") => flags.global_encoding = Some(number(&mut parser, "--global-encoding")?),
                 Long("no-local-eval") => flags.local_eval = Some(false),
                 Long("no-verify") => flags.verify = Some(false),
                 Long("from-block") => flags.from_block = Some(number(&mut parser, "--from-block")?),
@@ -278,6 +292,7 @@ impl RunConfig {
             min_learners: s.min_learners,
             round_timeout: s.round_timeout.map(Duration::from_secs),
             fetch_workers: s.fetch_workers.unwrap_or(4),
+            global_encoding: s.global_encoding.unwrap_or(Encoding::F32),
             local_eval: s.local_eval.unwrap_or(true),
             verify: s.verify.unwrap_or(true),
             from_block: s.from_block,
@@ -311,6 +326,7 @@ impl RunConfig {
             ("min_learners", self.min_learners.map(|n| n.to_string())),
             ("round_timeout", self.round_timeout.map(|d| d.as_secs().to_string())),
             ("fetch_workers", Some(self.fetch_workers.to_string())),
+            ("global_encoding", Some(string(self.global_encoding.name()))),
             ("local_eval", Some(self.local_eval.to_string())),
             ("verify", Some(self.verify.to_string())),
             ("from_block", self.from_block.map(|n| n.to_string())),
@@ -376,6 +392,7 @@ mod tests {
             "clip-norm" => "2.5",
             "min-learners" | "round-timeout" => "4",
             "fetch-workers" => "16",
+            "global-encoding" => "int8",
             "from-block" => "12",
             "poll-seconds" => "0.5",
             "results" => "/srv/results.json",

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Registry, TransactionReceipt, H256};
 use fl_core::data::{Dataset, Mnist};
+use fl_core::encoding::{self, Bases, Decoded, Encoding};
 use fl_core::files::write_atomic;
 use fl_core::rules::Aggregation;
 use fl_core::train::{evaluate, Evaluation};
@@ -32,7 +33,7 @@ use fl_ipfs::Backoff;
 
 pub use crate::config::{Parsed, RunConfig};
 use crate::fetch::fetch_in_order;
-use crate::record::RoundRecord;
+use crate::record::{EncodedGlobal, RoundRecord};
 use crate::report::{header, row, unix_now, LearnerResult, Published, Results, RoundResult, Timings};
 use crate::service::{LeftOut, Monitor, Probe, Waiting};
 
@@ -208,8 +209,10 @@ fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Clie
     let evaluation = evaluate(&model, test_set)?;
     let evaluate_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let (global, _receipt) = publish(registry, ipfs, &model, 0, [0u8; 32], &[], &RoundRecord::initial(config.seed).to_bytes())?;
-    keep_for_verify(ipfs, registry, 0, &[], &global.cid);
+    let mut record = RoundRecord::initial(config.seed);
+    record.global_encoded = encode_global(config, ipfs, &model, 0)?;
+    let (global, _receipt) = publish(registry, ipfs, &model, 0, [0u8; 32], &[], &record.to_bytes())?;
+    keep_for_verify(ipfs, registry, 0, &[], &global.cid, record.global_encoded.as_ref());
     log(&format!("round 0: published the initial model {} (seed {})", global.cid, config.seed));
     Ok(RoundResult {
         round: 0,
@@ -218,6 +221,19 @@ fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Clie
         timings: Timings { evaluate_s, publish_s: started.elapsed().as_secs_f64(), ..Timings::default() },
         published_at: unix_now(),
     })
+}
+
+/// With `--global-encoding`, uploads the global model of `round` in that encoding (absolute
+/// weights, no base) for learners to download instead, and says where for the record.
+fn encode_global(config: &RunConfig, ipfs: &fl_ipfs::Client, model: &ModelFile, round: u64) -> Result<Option<EncodedGlobal>> {
+    if config.global_encoding == Encoding::F32 {
+        return Ok(None);
+    }
+    let bytes = encoding::encode(model, None, config.global_encoding)?;
+    let cid =
+        ipfs.add(&bytes).with_context(|| format!("uploading the {} copy of the global model of round {round}", config.global_encoding))?;
+    log(&format!("round {round}: the {} copy of the global model is {cid} ({} bytes)", config.global_encoding, bytes.len()));
+    Ok(Some(EncodedGlobal { encoding: config.global_encoding.to_string(), cid, sha256: hex(&sha256(&bytes)) }))
 }
 
 /// Uploads `model` and records it as global round `round`.
@@ -347,14 +363,14 @@ fn aggregate_round(
     monitor.collecting(round, &expected, &seen, None);
     monitor.phase("fetching");
 
-    // The previous global model, which clipping measures each update's distance from.
-    let previous = match config.recipe.clip_norm {
-        Some(_) => Some(previous_global(registry, ipfs, round)?),
-        None => None,
-    };
+    // The previous global model: what compressed updates are differences from (directly, or
+    // through its encoded copy), and what clipping measures each update's distance from.
+    let previous = previous_global(registry, ipfs, round)?;
+    let bases = Bases::of(&previous)?;
     // Models are fetched and fed to the rule one at a time: FedAvg keeps a running sum and
     // the other rules spill to disk, so memory does not grow with the fleet.
-    let mut aggregation = Aggregation::new(&config.recipe, previous.as_ref())?;
+    let mut aggregation = Aggregation::new(&config.recipe, config.recipe.clip_norm.map(|_| &previous))?;
+    let mut encodings: Vec<(u64, Encoding)> = Vec::new();
     let mut used: Vec<LocalUpdate> = Vec::new();
     let mut learners = Vec::new();
     let mut timings = Timings { wait_s, ..Timings::default() };
@@ -368,8 +384,8 @@ fn aggregate_round(
                 fl_ipfs::Error::DigestMismatch { .. } => (LeftOut::DigestMismatch, anyhow::Error::from(e)),
                 e => (LeftOut::Unavailable, anyhow::Error::from(e)),
             })
-            .and_then(|bytes| ModelFile::from_bytes(&bytes).map_err(|e| (LeftOut::InvalidFile, e)))
-            .and_then(|model| {
+            .and_then(|bytes| bases.decode(&bytes).map_err(|e| (LeftOut::InvalidFile, e)))
+            .and_then(|Decoded { model, encoding, .. }| {
                 if model.n_samples != update.samples || model.round != round {
                     let e = anyhow::anyhow!(
                         "the file says round {} with {} samples, the chain says round {round} with {}",
@@ -379,7 +395,7 @@ fn aggregate_round(
                     );
                     return Err((LeftOut::WrongRoundOrSamples, e));
                 }
-                Ok(model)
+                Ok((model, encoding))
             });
         let gas = registry.client().rpc().transaction_receipt(*tx).ok().flatten().and_then(|r| r.gas_used).map(|g| g.as_u64());
         (fetched, gas)
@@ -403,8 +419,8 @@ fn aggregate_round(
             used: false,
             note: None,
         };
-        let added = fetched.and_then(|model| {
-            log(&format!("round {round}: fetched and verified {label} ({})", update.cid));
+        let added = fetched.and_then(|(model, encoding)| {
+            log(&format!("round {round}: fetched and verified {label} ({}, {encoding})", update.cid));
             if config.local_eval {
                 let started = Instant::now();
                 let Evaluation { accuracy, loss, .. } = evaluate(&model, test_set).map_err(|e| (LeftOut::Incompatible, e))?;
@@ -416,6 +432,7 @@ fn aggregate_round(
             // A file that does not fit the others (another architecture) is refused here.
             aggregation.add(update.node_id, &model, &label).map_err(|e| (LeftOut::Incompatible, e))?;
             timings.average_s += started.elapsed().as_secs_f64();
+            encodings.push((update.node_id, encoding));
             Ok(())
         });
         match added {
@@ -463,6 +480,9 @@ fn aggregate_round(
     let mut record = RoundRecord::aggregated(&config.recipe, closed_at_block);
     record.selected = outcome.selected.clone();
     record.clipped = outcome.clipped.clone();
+    for (node_id, encoding) in encodings {
+        record.note_encoding(node_id, encoding);
+    }
     for (update, _) in cursor.seen.values().filter(|(u, _)| u.round == round) {
         if let Some(reason) = cursor.rejected.get(&update.node_id) {
             record.leave_out(update.node_id, reason);
@@ -479,10 +499,11 @@ fn aggregate_round(
     let evaluation = evaluate(&global, test_set)?;
     timings.evaluate_s += started.elapsed().as_secs_f64();
     monitor.phase("publishing");
+    let started = Instant::now();
+    record.global_encoded = encode_global(config, ipfs, &global, round)?;
     let record_bytes = record.to_bytes();
     let inputs_commitment = commitment(&used, Some(&record_bytes))?;
     let node_ids: Vec<u64> = used.iter().map(|u| u.node_id).collect();
-    let started = Instant::now();
     let (published, _receipt) = match publish(registry, ipfs, &global, round, inputs_commitment, &node_ids, &record_bytes) {
         Ok(done) => done,
         Err(err) if registry.current_round()? != round => {
@@ -491,7 +512,7 @@ fn aggregate_round(
         }
         Err(err) => return Err(err),
     };
-    keep_for_verify(ipfs, registry, round, &used, &published.cid);
+    keep_for_verify(ipfs, registry, round, &used, &published.cid, record.global_encoded.as_ref());
     timings.publish_s = started.elapsed().as_secs_f64();
     log(&format!(
         "round {round}: published global model {} by {rule} from {} learners (selected {:?}, clipped {:?}, left out {:?}), test accuracy {:.2}%, commitment {}",
@@ -520,10 +541,18 @@ fn aggregate_round(
 /// and their nodes collected them. The inputs are on this node already (just fetched), so
 /// nothing is downloaded again. A failure is logged, not fatal: the round is published, and
 /// the learners keep their uploads for a few more rounds.
-fn keep_for_verify(ipfs: &fl_ipfs::Client, registry: &Registry, round: u64, inputs: &[LocalUpdate], global_cid: &str) {
+fn keep_for_verify(
+    ipfs: &fl_ipfs::Client,
+    registry: &Registry,
+    round: u64,
+    inputs: &[LocalUpdate],
+    global_cid: &str,
+    encoded: Option<&EncodedGlobal>,
+) {
     let folder = format!("/fl-aggregator/{:?}/round-{round}", registry.address());
     let inputs = inputs.iter().map(|u| (u.cid.as_str(), format!("{folder}/learner-{}", u.node_id)));
-    for (cid, path) in inputs.chain([(global_cid, format!("{folder}/global"))]) {
+    let encoded = encoded.map(|e| (e.cid.as_str(), format!("{folder}/global-{}", e.encoding)));
+    for (cid, path) in inputs.chain([(global_cid, format!("{folder}/global"))]).chain(encoded) {
         if let Err(err) = ipfs.mfs_keep(cid, &path) {
             log(&format!(
                 "round {round}: could not keep {cid} at {path} in the IPFS node's MFS ({err}); verify needs it once its uploader unpins it"
@@ -541,6 +570,6 @@ fn previous_global(registry: &Registry, ipfs: &fl_ipfs::Client, round: u64) -> R
     }
     let bytes = ipfs
         .fetch_verified(&global.cid, &global.digest, MAX_MODEL_BYTES)
-        .with_context(|| format!("fetching the global model of round {} to clip against", global.round))?;
+        .with_context(|| format!("fetching the global model of round {}, which round {round}'s updates start from", global.round))?;
     ModelFile::from_bytes(&bytes).with_context(|| format!("the global model of round {} ({})", global.round, global.cid))
 }

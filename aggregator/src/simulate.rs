@@ -21,6 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use fl_core::attacks::Attack;
 use fl_core::data::{Mnist, Split};
+use fl_core::encoding::{self, Encoding};
 use fl_core::flags::{number, positive};
 use fl_core::rounds;
 use fl_core::rules::{parse_clip_norm, Aggregation, Recipe, Rule};
@@ -35,6 +36,7 @@ usage: fl-aggregator simulate --data DIR --learners N --rounds R --local-epochs 
                               [--split iid|dirichlet:ALPHA] [--seed N] [--batch-size N]
                               [--train-limit N] [--test-limit N] [--rule RULE] [--clip-norm C]
                               [--max-samples N] [--hostile ID:ATTACK]...
+                              [--update-encoding f32|f16|int8] [--global-encoding f32|f16|int8]
 
 runs federated training in one process and prints a table of test accuracies
 
@@ -54,6 +56,11 @@ runs federated training in one process and prints a table of test accuracies
   --max-samples N     the sample cap (default: the largest shard)
   --hostile ID:ATTACK learner ID sends a hostile update: scale:S, noise or flip:A:B
                       (repeatable; it claims the sample cap)
+  --update-encoding E how learners send their updates: f32 (absolute weights, default),
+                      or f16 / int8 (the difference from the model they started from)
+  --global-encoding E learners start from the global model sent in E (f32: exact, default;
+                      f16 / int8: the model decoded from that encoding, as a learner
+                      downloading the aggregator's encoded global model would)
 ";
 
 /// Validated flags of `simulate`.
@@ -87,6 +94,10 @@ pub struct SimulateConfig {
     pub local_eval: bool,
     /// More rules to simulate on the same learners (`--rule` given again).
     pub also: Vec<Rule>,
+    /// How learners send their updates (through the same encoder and decoder as `run`).
+    pub update_encoding: Encoding,
+    /// What learners start each round from: the global model, or its encoded form decoded.
+    pub global_encoding: Encoding,
 }
 
 impl SimulateConfig {
@@ -100,6 +111,7 @@ impl SimulateConfig {
         let (mut train_limit, mut test_limit) = (None, None);
         let (mut rules, mut clip_norm, mut max_samples, mut hostile) = (Vec::new(), None, None, Vec::new());
         let mut local_eval = true;
+        let (mut update_encoding, mut global_encoding) = (Encoding::F32, Encoding::F32);
         while let Some(arg) = parser.next()? {
             match arg {
                 Long("data") => data = Some(PathBuf::from(parser.value()?)),
@@ -113,6 +125,8 @@ impl SimulateConfig {
                 Long("test-limit") => test_limit = Some(positive(number(&mut parser, "--test-limit")?, "--test-limit")?),
                 Long("rule") => rules.push(number::<Rule>(&mut parser, "--rule")?),
                 Long("no-local-eval") => local_eval = false,
+                Long("update-encoding") => update_encoding = number(&mut parser, "--update-encoding")?,
+                Long("global-encoding") => global_encoding = number(&mut parser, "--global-encoding")?,
                 Long("clip-norm") => clip_norm = Some(parse_clip_norm(&parser.value()?.string()?).context("--clip-norm")?),
                 Long("max-samples") => max_samples = Some(positive(number(&mut parser, "--max-samples")?, "--max-samples")? as u64),
                 Long("hostile") => hostile.push(parse_hostile(&parser.value()?.string()?)?),
@@ -142,6 +156,8 @@ impl SimulateConfig {
             hostile,
             local_eval,
             also: rules.into_iter().skip(1).collect(),
+            update_encoding,
+            global_encoding,
         }))
     }
 }
@@ -205,7 +221,7 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
     let shards: Vec<_> = shards.iter().map(|indices| train_set.select(indices)).collect();
     let cap = config.max_samples.unwrap_or_else(|| shards.iter().map(|s| s.len() as u64).max().unwrap_or(1));
     eprintln!(
-        "simulating {} learners ({:?} split, shard sizes {:?}, cap {cap}), {} rounds of {} local epoch(s), rule {}{}, testing on {} images{}",
+        "simulating {} learners ({:?} split, shard sizes {:?}, cap {cap}), {} rounds of {} local epoch(s), rule {}{}, {} updates, {} global models, testing on {} images{}",
         config.learners,
         config.split,
         shards.iter().map(|s| s.len()).collect::<Vec<_>>(),
@@ -213,6 +229,8 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
         config.local_epochs,
         config.recipe.rule,
         config.recipe.clip_norm.map(|c| format!(" clipped to {c}")).unwrap_or_default(),
+        config.update_encoding,
+        config.global_encoding,
         test_set.len(),
         config.hostile.iter().map(|(id, a)| format!(", learner {id} hostile ({a:?})")).collect::<String>()
     );
@@ -222,7 +240,13 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
     let mut global = ModelFile::initial(config.seed)?;
     let mut results = Vec::with_capacity(config.rounds);
     for round in 1..=config.rounds as u64 {
-        let start_digest = sha256(&global.to_bytes());
+        // What the learners start from: the global model, or its encoded form as they decode it.
+        let start = match config.global_encoding {
+            Encoding::F32 => global.clone(),
+            e => encoding::decode(&encoding::encode(&global, None, e)?, None)?.model,
+        };
+        let start_digest = start.sha256();
+        let mut update_bytes = 0;
         let mut aggregation = Aggregation::new(&config.recipe, Some(&global))?;
         let mut timings = Timings::default();
         let mut learners = Vec::with_capacity(config.learners);
@@ -239,7 +263,7 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
                         Some(attack) if poisons => attack.poison(shard)?,
                         _ => shard.clone(),
                     };
-                    let model = train(&global, &data, None, &train_config, &mut |_| {})?.model;
+                    let model = train(&start, &data, None, &train_config, &mut |_| {})?.model;
                     cache.0.insert(key, model.clone());
                     model
                 }
@@ -257,6 +281,10 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
                 }
             };
             local.round = round;
+            // Sent and received as `run` would: encoded against the start, decoded onto it.
+            let sent = encoding::encode(&local, Some(&start), config.update_encoding)?;
+            update_bytes += sent.len();
+            let local = encoding::decode(&sent, Some(&start))?.model;
             let started = Instant::now();
             let evaluation =
                 if config.local_eval { evaluate(&local, &test_set)? } else { Evaluation { accuracy: f64::NAN, loss: f64::NAN, n: 0 } };
@@ -284,6 +312,7 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
         timings.evaluate_s += started.elapsed().as_secs_f64();
         let record = RoundResult { round, learners, global: unpublished(&global, evaluation), timings, published_at: unix_now() };
         println!("{}", row(&record, &node_ids));
+        eprintln!("round {round}: {} bytes of {} updates", update_bytes, config.update_encoding);
         results.push(record);
     }
     Ok(Simulation { rows: results, global })
@@ -330,6 +359,8 @@ mod tests {
             hostile: Vec::new(),
             local_eval: true,
             also: Vec::new(),
+            update_encoding: Encoding::F32,
+            global_encoding: Encoding::F32,
         };
         let rows = run(&config).unwrap().rows;
         assert_eq!(rows.iter().map(|r| (r.round, r.learners.len())).collect::<Vec<_>>(), vec![(1, 2), (2, 2)]);
@@ -342,5 +373,12 @@ mod tests {
             rows.iter().flat_map(|r| r.learners.iter().map(|l| l.model.clone()).chain([r.global.clone()])).collect()
         };
         assert_eq!(models(&run(&config).unwrap().rows), models(&rows));
+
+        // Int8 updates from int8-encoded global models go through the real encoder and
+        // decoder: the models differ from f32's, and still learn.
+        let int8 = SimulateConfig { update_encoding: Encoding::Int8, global_encoding: Encoding::Int8, ..config };
+        let rows8 = run(&int8).unwrap().rows;
+        assert_ne!(rows8[1].global.digest, rows[1].global.digest);
+        assert!(accuracy(&rows8[1]) > 0.5, "int8 global accuracy {} after two rounds", accuracy(&rows8[1]));
     }
 }

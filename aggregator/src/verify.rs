@@ -10,6 +10,10 @@
 //! ascending node id order, as the aggregator does; compare the bytes, and the updates the
 //! rule selected and clipping changed with what the record says. Round 0 is recomputed from
 //! its recorded seed. A round of a version-1 registry (no record) is checked as FedAvg.
+//! Compressed updates (`fl_core::encoding`) are decoded onto the base they name, which must
+//! be the previous global model or its encoded copy's decoding, and each input's encoding is
+//! checked against the record's `encodings`; a recorded encoded copy of the global model
+//! (`global_encoded`) is derived again from the model and its digest and CID compared.
 //! Every mismatch is printed; the exit status is 1 if there is any.
 
 use std::collections::BTreeMap;
@@ -18,6 +22,7 @@ use std::ffi::OsString;
 use anyhow::{bail, Context, Result};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
+use fl_core::encoding::{Bases, Decoded, Encoding};
 use fl_core::flags::number;
 use fl_core::rules::{Aggregation, Recipe, Rule};
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
@@ -102,6 +107,28 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     Ok(())
 }
 
+/// The encoded copy of the global model that the record names, derived again from `global`:
+/// its digest and CID must be the recorded ones.
+fn check_encoded_global(record: &RoundRecord, global: &ModelFile, problems: &mut Vec<String>) -> Result<()> {
+    let Some(claimed) = &record.global_encoded else { return Ok(()) };
+    let encoding: Encoding = match claimed.encoding.parse() {
+        Ok(encoding) => encoding,
+        Err(err) => {
+            problems.push(format!("the record's encoded global model: {err}"));
+            return Ok(());
+        }
+    };
+    let bytes = fl_core::encoding::encode(global, None, encoding)?;
+    let (digest, cid) = (hex(&sha256(&bytes)), fl_ipfs::cid_of(&bytes));
+    if digest != claimed.sha256 || cid != claimed.cid {
+        problems.push(format!(
+            "the record's {encoding} copy of the global model is {} (sha256 {}), but encoding the model gives {cid} (sha256 {digest})",
+            claimed.cid, claimed.sha256
+        ));
+    }
+    Ok(())
+}
+
 /// The events `verify` needs, read in one bounded pass.
 struct RoundEvents {
     global: Option<(GlobalUpdate, u64)>,
@@ -146,9 +173,13 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     let mut problems = Vec::new();
     if round == 0 {
         let seed = record.as_ref().and_then(|r| r.seed).context("round 0 has no recorded seed to recompute the initial model from")?;
-        let recomputed = sha256(&ModelFile::initial(seed)?.to_bytes());
+        let initial = ModelFile::initial(seed)?;
+        let recomputed = sha256(&initial.to_bytes());
         if recomputed != global.digest {
             problems.push(format!("the initial model is not the one seed {seed} gives"));
+        }
+        if let Some(record) = &record {
+            check_encoded_global(record, &initial, &mut problems)?;
         }
         return Ok(Verdict {
             round,
@@ -210,27 +241,28 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         });
     }
 
-    // Recompute with the recorded rule, from the recorded inputs in ascending node id order.
-    let previous = match recipe.clip_norm {
-        Some(_) => {
-            let previous = events
-                .previous
-                .as_ref()
-                .with_context(|| format!("round {round} clips against round {}'s global model, which is not on chain", round - 1))?;
-            Some(fetch(&previous.cid, &previous.digest, &format!("the global model of round {}", round - 1))?)
-        }
-        None => None,
-    };
-    let mut aggregation = Aggregation::new(&recipe, previous.as_ref())?;
+    // Recompute with the recorded rule, from the recorded inputs in ascending node id order,
+    // each decoded onto the base it names (the previous global model, or its encoded copy).
+    let previous = events
+        .previous
+        .as_ref()
+        .with_context(|| format!("round {round}'s updates start from round {}'s global model, which is not on chain", round - 1))?;
+    let previous = fetch(&previous.cid, &previous.digest, &format!("the global model of round {}", round - 1))?;
+    let bases = Bases::of(&previous)?;
+    let mut aggregation = Aggregation::new(&recipe, recipe.clip_norm.map(|_| &previous))?;
     // Fetched by a few threads, added in node-id order: the same bytes as one at a time.
     let what = |update: &LocalUpdate| format!("learner {}'s round-{round} model", update.node_id);
-    fetch_in_order(
-        &inputs,
-        FETCH_WORKERS,
-        2 * FETCH_WORKERS,
-        |update| fetch(&update.cid, &update.digest, &what(update)),
-        |index, model| aggregation.add(inputs[index].node_id, &model?, &what(&inputs[index])),
-    )?;
+    let fetch_update = |update: &LocalUpdate| -> Result<Decoded> {
+        let bytes =
+            ipfs.fetch_verified(&update.cid, &update.digest, MAX_MODEL_BYTES).with_context(|| format!("fetching {}", what(update)))?;
+        bases.decode(&bytes).with_context(|| format!("{} ({})", what(update), update.cid))
+    };
+    let mut encodings = Vec::new();
+    fetch_in_order(&inputs, FETCH_WORKERS, 2 * FETCH_WORKERS, fetch_update, |index, decoded| {
+        let decoded = decoded?;
+        encodings.push((inputs[index].node_id, decoded.encoding));
+        aggregation.add(inputs[index].node_id, &decoded.model, &what(&inputs[index]))
+    })?;
     let outcome = aggregation.finish()?;
     let mut recomputed = outcome.model;
     recomputed.round = round;
@@ -245,6 +277,17 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         if record.clipped != outcome.clipped {
             problems.push(format!("the record says {:?} were clipped, clipping changes {:?}", record.clipped, outcome.clipped));
         }
+        // An input the record names no encoding for (every input before version 2) is f32.
+        for (node_id, encoding) in &encodings {
+            let recorded = record.encoding_of(*node_id).unwrap_or("f32");
+            if recorded != encoding.name() {
+                problems.push(format!("the record says learner {node_id}'s update is {recorded}, its file is {encoding}"));
+            }
+        }
+        if let Some(stray) = record.encodings.values().flatten().find(|id| !global.node_ids.contains(id)) {
+            problems.push(format!("the record names an encoding for learner {stray}, which is not an input"));
+        }
+        check_encoded_global(record, &recomputed, &mut problems)?;
     }
     Ok(Verdict {
         round,

@@ -416,6 +416,35 @@ impl<'a> Registry<'a> {
             .collect())
     }
 
+    /// The `GlobalWeightSet` event of `round` (with its record) in blocks `from..=to`,
+    /// searched newest range first: a learner looks for a round it has just seen
+    /// published, which is then in the first `eth_getLogs` range it asks for.
+    pub fn global_event_of_round(&self, round: u64, from: u64, to: u64) -> Result<Option<GlobalUpdate>> {
+        let topic = registry_abi().event("GlobalWeightSet").map_err(|e| Error::Invalid(e.to_string()))?.signature();
+        let mut end = to;
+        while end >= from {
+            let start = end.saturating_sub(self.log_range - 1).max(from);
+            let filter = Filter::new()
+                .address(self.address)
+                .from_block(BlockNumber::Number(start.into()))
+                .to_block(BlockNumber::Number(end.into()))
+                .topic0(topic)
+                .topic1(H256::from_low_u64_be(round));
+            for log in self.client.rpc().logs(&filter)? {
+                if let Event::GlobalWeightSet(global) = decode_log(&log)?.event {
+                    if global.round == round {
+                        return Ok(Some(global));
+                    }
+                }
+            }
+            if start == 0 || start <= from {
+                break;
+            }
+            end = start - 1;
+        }
+        Ok(None)
+    }
+
     fn events_matching(&self, from: u64, to: u64, topic0: Option<H256>, topic2: Option<H256>) -> Result<Vec<Logged>> {
         let mut out = Vec::new();
         self.scan(from, to, topic0, topic2, &mut |logged| {

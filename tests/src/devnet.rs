@@ -186,6 +186,8 @@ fn clean_env(command: &mut Command) {
         "FL_DATA_DIR",
         "FL_STATE_DIR",
         "FL_CONFIRMATIONS",
+        "FL_UPDATE_ENCODING",
+        "FL_KEEP_ROUNDS",
     ] {
         command.env_remove(name);
     }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing};
 use fl_contracts::Address;
 use fl_core::data::Split;
+use fl_core::encoding::Encoding;
 use fl_core::flags::{number, positive};
 use lexopt::prelude::*;
 use serde::Deserialize;
@@ -40,6 +41,9 @@ pub(super) const FLAGS: &str = "  --config FILE        agent.toml (see cross/pkg
   --keep-rounds N      keep this many of the learner's latest uploads pinned on its IPFS
                        node, unpin older ones and let the node collect them (overrides
                        keep_rounds, FL_KEEP_ROUNDS; default 3; 0 keeps every upload)
+  --update-encoding E  how updates are sent: int8 (default; 0.62 MB), f16 (1.24 MB), or
+                       f32 (2.48 MB, the full weights) (overrides update_encoding,
+                       FL_UPDATE_ENCODING)
 
 The signing key comes from the keystore (password from ETH_PASSWORD or the password file)
 or, for development only, from ETH_PRIVATE_KEY; never from a flag.
@@ -87,6 +91,7 @@ struct FileConfig {
     poll_seconds: Option<f64>,
     confirmations: Option<u64>,
     keep_rounds: Option<u64>,
+    update_encoding: Option<String>,
     shard: Option<ShardConfig>,
 }
 
@@ -123,6 +128,9 @@ pub struct LearnerConfig {
     /// R is recorded, it unpins its uploads of rounds up to R - keep_rounds and asks its
     /// IPFS node to collect them. 0 keeps every upload.
     pub keep_rounds: u64,
+    /// How the learner writes its updates (see `fl_core::encoding`): int8 or f16 send the
+    /// difference from the global model it started from, f32 the full weights.
+    pub update_encoding: Encoding,
     /// Demonstration sharding of a data set every board holds.
     pub shard: Option<ShardConfig>,
 }
@@ -174,6 +182,7 @@ impl LearnerConfig {
                 Long("batch-size") => flags.batch_size = Some(positive(number(&mut parser, "--batch-size")?, "--batch-size")?),
                 Long("rounds") => flags.rounds = Some(number(&mut parser, "--rounds")?),
                 Long("keep-rounds") => flags.keep_rounds = Some(number(&mut parser, "--keep-rounds")?),
+                Long("update-encoding") => flags.update_encoding = Some(parser.value()?.string()?),
                 Short('h') | Long("help") => {
                     print!("{help}");
                     return Ok(None);
@@ -228,6 +237,14 @@ impl LearnerConfig {
             }
             shard.split.parse::<Split>().with_context(|| format!("[shard] split{where_}"))?;
         }
+        let update_encoding = match (flags.update_encoding, std::env::var("FL_UPDATE_ENCODING").ok().filter(|v| !v.is_empty())) {
+            (Some(text), _) => text.parse().context("--update-encoding")?,
+            (None, Some(text)) => text.parse().context("environment variable FL_UPDATE_ENCODING")?,
+            (None, None) => match &file.update_encoding {
+                Some(text) => text.parse().with_context(|| format!("update_encoding{where_}"))?,
+                None => Encoding::default(),
+            },
+        };
         Ok(Some(LearnerConfig {
             node_id,
             endpoints,
@@ -242,6 +259,7 @@ impl LearnerConfig {
             train_limit: file.train_limit,
             test_limit: file.test_limit,
             max_poll: Duration::from_secs_f64(poll),
+            update_encoding,
             shard: file.shard,
         }))
     }
@@ -282,6 +300,11 @@ seed = 9
         assert_eq!(config.local_epochs, 2);
         assert_eq!(config.batch_size, 32);
         assert_eq!(config.data_dir, PathBuf::from("/data"));
+        assert_eq!(config.update_encoding, Encoding::Int8, "the default");
+        let f16 = LearnerConfig::parse(args(&["--config", path.to_str().unwrap(), "--update-encoding", "f16"])).unwrap().unwrap();
+        assert_eq!(f16.update_encoding, Encoding::F16);
+        std::fs::write(&path, format!("update_encoding = \"f32\"\n{CONFIG}")).unwrap();
+        assert_eq!(LearnerConfig::parse(args(&["--config", path.to_str().unwrap()])).unwrap().unwrap().update_encoding, Encoding::F32);
         assert_eq!(config.shard, Some(ShardConfig { index: 1, count: 2, split: "dirichlet:0.5".into(), seed: 9 }));
         assert_eq!(format!("{:?}", config.registry), "0x5fbdb2315678afecb367f032d93f642f64180aa3");
         let _ = std::fs::remove_dir_all(&dir);
@@ -295,6 +318,7 @@ seed = 9
         for (text, expected) in [
             ("node_id = 1\nnode_idd = 2\n", "unknown field `node_idd`"),
             ("node_id = \"one\"\n", "invalid type"),
+            (&format!("update_encoding = \"int4\"\n{CONFIG}"), "update_encoding (in"),
             (&CONFIG.replace("index = 1", "index = 2"), "index 2 must be less than count 2"),
             (&CONFIG.replace("dirichlet:0.5", "zipf"), "expected `iid` or `dirichlet:ALPHA`"),
             (&CONFIG.replace("0x5fbdb2315678afecb367f032d93f642f64180aa3", "0x12"), "not a 0x-prefixed 20-byte address"),

@@ -18,6 +18,12 @@
 //! (`repo/gc`, which also removes the global models it fetched: `cat` never pins). A
 //! failure there is logged and tried again after the next round, never fatal.
 //!
+//! Updates are sent in the configured `update_encoding` (`fl_core::encoding`): by default
+//! int8, the difference from the model the learner started from, a quarter of the bytes.
+//! When the round record of the global model names an encoded copy (the aggregator's
+//! `--global-encoding`), the learner downloads that instead and starts from its decoding;
+//! it needs no setting for it, and falls back to the f32 model if the copy is unavailable.
+//!
 //! What it does is also written to `status.json` for `fl-agent status` ([`status`]).
 
 mod config;
@@ -32,9 +38,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use fl_contracts::{is_transient, Address, GlobalUpdate, Registry, H256};
 use fl_core::data::{Dataset, Mnist, Split};
+use fl_core::encoding;
+use fl_core::record::{EncodedGlobal, RoundRecord};
 use fl_core::rounds;
 use fl_core::train;
-use fl_core::weights::{hex, ModelFile, MAX_MODEL_BYTES};
+use fl_core::weights::{digest_from_hex, hex, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
 
 use state::{Cleanup, ErrorSeen, GlobalFetched, PendingState, Recorded, StateDir, Trained};
@@ -222,6 +230,10 @@ fn submit_round(
     test_set: &Dataset,
 ) -> Result<()> {
     let round = global.round + 1;
+    // The model this round starts from; fetched again after a restart too, since the update
+    // is encoded as the difference from it.
+    let start = fetch_start(registry, ipfs, global)?;
+    state.update_status(|s| s.global = Some(GlobalFetched { round: global.round, cid: global.cid.clone(), at: state::now() }));
     let mut model = match state.local_model(round) {
         Some(model) => {
             log(&format!("round {round}: reusing the saved local model {}", state.model_path(round).display()));
@@ -229,22 +241,7 @@ fn submit_round(
             model
         }
         None => {
-            let started = Instant::now();
-            let bytes = ipfs
-                .fetch_verified(&global.cid, &global.digest, MAX_MODEL_BYTES)
-                .with_context(|| format!("fetching the global model of round {}", global.round))?;
-            let start = ModelFile::from_bytes(&bytes).with_context(|| format!("global model {} of round {}", global.cid, global.round))?;
-            log(&format!(
-                "round {round}: fetched global model {} ({} bytes, sha256 {}) in {:.2}s",
-                global.cid,
-                bytes.len(),
-                hex(&global.digest),
-                started.elapsed().as_secs_f64()
-            ));
-            state.update_status(|s| {
-                s.global = Some(GlobalFetched { round: global.round, cid: global.cid.clone(), at: state::now() });
-                s.set_activity(format!("training round {round}"));
-            });
+            state.update_status(|s| s.set_activity(format!("training round {round}")));
             let train_config = rounds::local_train_config(
                 config.seed,
                 round,
@@ -267,7 +264,10 @@ fn submit_round(
         log(&format!("round {round}: trained on {} samples, claiming the registry's cap of {max_samples}", model.n_samples));
         model.n_samples = max_samples;
     }
-    let evaluation = train::evaluate(&model, test_set)?;
+    let bytes = encoding::encode(&model, Some(&start), config.update_encoding)?;
+    // What the aggregator will decode: the model this learner's accuracy is reported for.
+    let sent = encoding::decode(&bytes, Some(&start))?.model;
+    let evaluation = train::evaluate(&sent, test_set)?;
     state.update_status(|s| {
         s.trained = Some(Trained {
             round,
@@ -279,7 +279,6 @@ fn submit_round(
         });
         s.set_activity(format!("round {round}: uploading the local model"));
     });
-    let bytes = model.to_bytes();
     let digest = fl_core::weights::sha256(&bytes);
     if config.keep_rounds > 0 {
         // Noted before the node pins it, so a learner killed in between still unpins it later.
@@ -342,16 +341,80 @@ fn submit_round(
         s.set_activity(format!("round {round} recorded; waiting for its global model"));
     });
     println!(
-        "learner {} round {round}: test accuracy {:.2}% (loss {:.4}), {} samples, cid {cid}, tx {:?}, gas {}, upload {:.2}s",
+        "learner {} round {round}: test accuracy {:.2}% (loss {:.4}), {} samples, cid {cid} ({}, {} bytes), tx {:?}, gas {}, upload {:.2}s",
         config.node_id,
         100.0 * evaluation.accuracy,
         evaluation.loss,
         model.n_samples,
+        config.update_encoding,
+        bytes.len(),
         receipt.transaction_hash,
         receipt.gas_used.map(|g| g.to_string()).unwrap_or_else(|| "?".into()),
         upload_seconds
     );
     Ok(())
+}
+
+/// The model the round after `global` starts from: the encoded copy its round record names
+/// (decoded), or else the f32 global model, each checked against its digest. A copy that
+/// cannot be found or read is logged and the f32 model fetched instead.
+fn fetch_start(registry: &Registry, ipfs: &fl_ipfs::Client, global: &GlobalUpdate) -> Result<ModelFile> {
+    let round = global.round + 1;
+    let started = Instant::now();
+    match encoded_copy(registry, global) {
+        Ok(None) => {}
+        Ok(Some(copy)) => {
+            let fetched = digest_from_hex(&copy.sha256).and_then(|digest| {
+                let bytes = ipfs.fetch_verified(&copy.cid, &digest, MAX_MODEL_BYTES)?;
+                let model = encoding::decode(&bytes, None)?.model;
+                Ok((model, bytes.len()))
+            });
+            match fetched {
+                Ok((model, len)) => {
+                    log(&format!(
+                        "round {round}: fetched the {} copy {} of global model {} ({len} bytes) in {:.2}s",
+                        copy.encoding,
+                        copy.cid,
+                        global.cid,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    return Ok(model);
+                }
+                Err(err) => log(&format!(
+                    "round {round}: the {} copy {} of the global model is not usable ({err:#}); fetching the f32 model",
+                    copy.encoding, copy.cid
+                )),
+            }
+        }
+        Err(err) => log(&format!(
+            "round {round}: could not read the round record of global round {} ({err:#}); fetching the f32 model",
+            global.round
+        )),
+    }
+    let bytes = ipfs
+        .fetch_verified(&global.cid, &global.digest, MAX_MODEL_BYTES)
+        .with_context(|| format!("fetching the global model of round {}", global.round))?;
+    let start = ModelFile::from_bytes(&bytes).with_context(|| format!("global model {} of round {}", global.cid, global.round))?;
+    log(&format!(
+        "round {round}: fetched global model {} ({} bytes, sha256 {}) in {:.2}s",
+        global.cid,
+        bytes.len(),
+        hex(&global.digest),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(start)
+}
+
+/// The encoded copy of `global` that its round record names, if any.
+fn encoded_copy(registry: &Registry, global: &GlobalUpdate) -> Result<Option<EncodedGlobal>> {
+    let head = registry.client().confirmed_head()?;
+    let event = registry
+        .global_event_of_round(global.round, registry.deployed_at()?, head)?
+        .with_context(|| format!("no GlobalWeightSet event of round {} up to block {head}", global.round))?;
+    if event.record.is_empty() {
+        return Ok(None);
+    }
+    Ok(RoundRecord::from_bytes(&event.record)?.global_encoded)
 }
 
 /// Once the update of `round` is recorded: unpins this learner's uploads of rounds up to

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
 use fl_core::data::Mnist;
+use fl_core::encoding::Bases;
+use fl_core::record::RoundRecord;
 use fl_core::train::evaluate;
 use fl_core::weights::{sha256, ModelFile, NamedTensor};
 use fl_tests::devnet::{Devnet, Running};
@@ -198,8 +200,11 @@ pub(super) fn check_rounds(federation: &Federation) -> Result<BTreeMap<u64, Mode
             inputs.sort_by_key(|u| u.node_id);
             assert_eq!(inputs.len(), n, "one update per learner in round {round}: {inputs:?}");
             assert_eq!(commitment(&inputs, Some(&global.record))?, global.inputs_commitment, "round {round}: commitment");
+            // Compressed updates are differences from the previous global model (or from its
+            // encoded copy): decoded onto it, as anyone reading the chain can.
+            let bases = Bases::of(&published[&(round - 1)])?;
             let local_models =
-                inputs.iter().map(|u| ModelFile::from_bytes(&federation.fetch(&u.cid, &u.digest)?)).collect::<Result<Vec<_>>>()?;
+                inputs.iter().map(|u| Ok(bases.decode(&federation.fetch(&u.cid, &u.digest)?)?.model)).collect::<Result<Vec<_>>>()?;
             let expected = independent_fedavg(&local_models, round).to_bytes();
             assert!(expected == bytes, "round {round}: the global model is not the FedAvg of the recorded local models");
         }
@@ -211,8 +216,11 @@ pub(super) fn check_rounds(federation: &Federation) -> Result<BTreeMap<u64, Mode
 #[test]
 fn federation_two_rounds_publish_the_fedavg_of_the_recorded_updates() -> Result<()> {
     let federation = Federation::start("federation")?;
-    let mut aggregator = federation.aggregator("aggregator.log")?;
-    let mut learners = vec![federation.learner(1, "learner-1.log")?, federation.learner(2, "learner-2.log")?];
+    // Compressed both ways: int8 global copies for the learners to download; learner 1
+    // sends int8 updates (the default), learner 2 the full f32 weights.
+    let mut aggregator = federation.aggregator_with("aggregator.log", &["--global-encoding", "int8"])?;
+    let mut learners =
+        vec![federation.learner(1, "learner-1.log")?, federation.learner_with(2, "learner-2.log", "update_encoding = \"f32\"\n")?];
     aggregator.wait_success(RUN_LIMIT)?;
     for learner in &mut learners {
         learner.wait_success(Duration::from_secs(120))?;
@@ -224,6 +232,33 @@ fn federation_two_rounds_publish_the_fedavg_of_the_recorded_updates() -> Result<
     let initial = evaluate(&published[&0], &test_set)?.accuracy;
     let last = evaluate(&published[&ROUNDS], &test_set)?.accuracy;
     assert!(last > initial + 0.3, "global accuracy went from {initial} to {last}");
+
+    // The records name each input's encoding and the int8 copy of every global model; the
+    // learners downloaded the copies; an int8 update is a quarter of an f32 one.
+    let (globals, locals) = federation.events()?;
+    for global in &globals {
+        let record = RoundRecord::from_bytes(&global.record)?;
+        let copy = record.global_encoded.as_ref().with_context(|| format!("round {}: no encoded copy in {record:?}", global.round))?;
+        assert_eq!(copy.encoding, "int8");
+        let bytes = federation.fetch(&copy.cid, &fl_core::weights::digest_from_hex(&copy.sha256)?)?;
+        assert!(bytes.len() <= 650_000, "round {}: the int8 copy is {} bytes", global.round, bytes.len());
+        if global.round > 0 {
+            let expected: BTreeMap<String, Vec<u64>> = [("f32".to_string(), vec![2]), ("int8".to_string(), vec![1])].into();
+            assert_eq!(record.encodings, expected, "round {}", global.round);
+        }
+    }
+    for update in &locals {
+        let size = federation.fetch(&update.cid, &update.digest)?.len();
+        let fits = if update.node_id == 1 { size <= 650_000 } else { size > 2_400_000 };
+        assert!(fits, "learner {}'s round-{} update is {size} bytes", update.node_id, update.round);
+    }
+    for learner in &learners {
+        let log = learner.lines();
+        for round in 1..=ROUNDS {
+            let fetched = format!("round {round}: fetched the int8 copy");
+            assert!(log.iter().any(|l| l.contains(&fetched)), "{}: no {fetched:?} in {log:?}", learner.name);
+        }
+    }
 
     // The aggregator printed one table row per round, and each learner one line per round.
     let rows = aggregator.stdout_lines();
@@ -332,7 +367,9 @@ fn federation_round_closes_without_a_silent_learner_after_the_timeout() -> Resul
         // The average of one model is that model.
         let local = federation.fetch(&inputs[0].cid, &inputs[0].digest)?;
         let published = ModelFile::from_bytes(&federation.fetch(&global.cid, &global.digest)?)?;
-        assert_eq!(published.tensors, ModelFile::from_bytes(&local)?.tensors, "round {round}");
+        let previous = globals.iter().find(|g| g.round == round - 1).context("previous round not published")?;
+        let bases = Bases::of(&ModelFile::from_bytes(&federation.fetch(&previous.cid, &previous.digest)?)?)?;
+        assert_eq!(published.tensors, bases.decode(&local)?.model.tensors, "round {round}");
     }
     assert!(aggregator.lines().iter().any(|l| l.contains("closing after 5s with 1 of 2 learners")), "{:?}", aggregator.lines());
     Ok(())

@@ -10,12 +10,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use fl_aggregator::record::RoundRecord;
+use fl_aggregator::record::{EncodedGlobal, RoundRecord};
 use fl_aggregator::simulate::{self, SimulateConfig, TrainingCache};
 use fl_contracts::ethers_core::abi::Token;
 use fl_contracts::{commitment, Address, Client, LocalUpdate, Registry, Rpc};
 use fl_core::attacks::Attack;
 use fl_core::data::{Mnist, Split};
+use fl_core::encoding::{Bases, Encoding};
 use fl_core::rng::Rng;
 use fl_core::rules::{Aggregation, Recipe, Rule};
 use fl_core::train::evaluate;
@@ -59,6 +60,9 @@ fn simulation(rule: Rule, hostile: Option<Attack>) -> Result<(f64, ModelFile)> {
         hostile: hostile.map(|a| vec![(HOSTILE, a)]).unwrap_or_default(),
         local_eval: false,
         also: Vec::new(),
+        // The attacks' measured accuracies are of full f32 updates.
+        update_encoding: Encoding::F32,
+        global_encoding: Encoding::F32,
     };
     let mut cache = cache().lock().map_err(|_| anyhow::anyhow!("another attack test panicked while training"))?;
     let run = simulate::run_cached(&config, &mut cache)?;
@@ -190,10 +194,12 @@ fn robust_hostile_learner_on_chain_is_left_out_by_multi_krum_and_the_round_verif
     assert_eq!(record.rule.as_deref(), Some("multi-krum:1"));
     assert_eq!(record.selected, vec![1, 2, 3, 4], "Multi-Krum leaves the hostile update out");
     // m = N - F = 4: the global model is exactly the FedAvg of the four honest updates.
+    let initial = globals.iter().find(|g| g.round == 0).context("round 0 not published")?;
+    let bases = Bases::of(&ModelFile::from_bytes(&federation.fetch(&initial.cid, &initial.digest)?)?)?;
     let mut honest_models = Vec::new();
     for id in 1..=4 {
         let update = locals.iter().find(|u| u.round == 1 && u.node_id == id).context("honest update")?;
-        honest_models.push(ModelFile::from_bytes(&federation.fetch(&update.cid, &update.digest)?)?);
+        honest_models.push(bases.decode(&federation.fetch(&update.cid, &update.digest)?)?.model);
     }
     let published = federation.fetch(&global.cid, &global.digest)?;
     assert!(independent_fedavg(&honest_models, 1).to_bytes() == published, "the global model is not the FedAvg of the honest updates");
@@ -236,6 +242,21 @@ impl Driver<'_> {
         let cid = self.devnet.ipfs[0].client().add(&bytes)?;
         let learner = self.learner(node_id)?;
         Registry::at(&learner, registry).set_local_weight(node_id as u64, model.round, &cid, sha256(&bytes), model.n_samples)?;
+        Ok(LocalUpdate { node_id: node_id as u64, round: model.round, cid, digest: sha256(&bytes), samples: model.n_samples })
+    }
+
+    /// Uploads `model` encoded as its difference from `base` and records it.
+    fn send_encoded(&self, node_id: usize, model: &ModelFile, base: &ModelFile, encoding: Encoding) -> Result<LocalUpdate> {
+        let bytes = fl_core::encoding::encode(model, Some(base), encoding)?;
+        let cid = self.devnet.ipfs[0].client().add(&bytes)?;
+        let learner = self.learner(node_id)?;
+        Registry::at(&learner, self.devnet.registry).set_local_weight(
+            node_id as u64,
+            model.round,
+            &cid,
+            sha256(&bytes),
+            model.n_samples,
+        )?;
         Ok(LocalUpdate { node_id: node_id as u64, round: model.round, cid, digest: sha256(&bytes), samples: model.n_samples })
     }
 
@@ -332,6 +353,43 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     let (ok, stdout) = verify_round(&federation, 0, false)?.remove(0);
     assert!(ok && stdout.iter().any(|l| l == "round 0: verified"), "round 0: {stdout:?}");
 
+    // Compressed updates: int8 and f16 differences from the previous global model, one of
+    // them from its int8 copy; decoded the same way on both CPUs, and the record's int8
+    // copy of the new global model is derived again and checked.
+    round += 1;
+    let (mut inputs, mut models) = (Vec::new(), Vec::new());
+    let int8_start = fl_core::encoding::start_model(&previous, Encoding::Int8)?;
+    let mut record_encodings = Vec::new();
+    for id in 1..=LEARNERS {
+        let (base, encoding) = match id % 3 {
+            0 => (&int8_start, Encoding::F16),
+            1 => (&previous, Encoding::Int8),
+            _ => (&previous, Encoding::F16),
+        };
+        let model = crafted_update(id as u64, round, 1.0);
+        let update = driver.send_encoded(id, &model, base, encoding)?;
+        let bytes = federation.fetch(&update.cid, &update.digest)?;
+        models.push(fl_core::encoding::decode(&bytes, Some(base))?.model);
+        inputs.push(update);
+        record_encodings.push((id as u64, encoding));
+    }
+    let recipe = Recipe { rule: Rule::TrimmedMean { beta: 0.2 }, clip_norm: None };
+    let (global, mut record) = aggregate(&recipe, &previous, &models)?;
+    for (id, encoding) in &record_encodings {
+        record.note_encoding(*id, *encoding);
+    }
+    let copy = fl_core::encoding::encode(&global, None, Encoding::Int8)?;
+    record.global_encoded = Some(EncodedGlobal {
+        encoding: "int8".into(),
+        cid: devnet.ipfs[0].client().add(&copy)?,
+        sha256: fl_core::weights::hex(&sha256(&copy)),
+    });
+    driver.publish(&global, &inputs, &record, None)?;
+    for (ok, stdout) in verify_round(&federation, round, true)? {
+        assert!(ok && stdout.iter().any(|l| l == &format!("round {round}: verified")), "compressed round: {stdout:?}");
+    }
+    previous = global;
+
     // Now the lies. Each makes verify name what does not match and fail.
     let mut lie = |what: &str, expected: &str, tamper: &mut Tamper| -> Result<()> {
         round += 1;
@@ -363,6 +421,14 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     })?;
     // A record that claims the wrong selection.
     lie("wrong selection", "the record says the rule selected", &mut |_, _, record, _| record.selected = vec![1])?;
+    // A record that names the wrong encoding for an input.
+    lie("wrong encoding", "the record says learner 2's update is int8, its file is f32", &mut |_, _, record, _| {
+        record.note_encoding(2, Encoding::Int8)
+    })?;
+    // A record whose encoded copy of the global model is not derived from it.
+    lie("wrong encoded copy", "int8 copy of the global model is", &mut |_, _, record, _| {
+        record.global_encoded = Some(EncodedGlobal { encoding: "int8".into(), cid: "bafkreiabc".into(), sha256: "00".repeat(32) })
+    })?;
 
     // A version-1 registry (no record): its rounds verify as FedAvg with the old commitment.
     let (v1, _) = Registry::deploy_bytecode(&driver.owner, fl_contracts::abi::v1::registry_bytecode())?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use fl_contracts::ethers_core::types::Transaction;
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Logged, Registry};
+use fl_core::encoding::Bases;
 use fl_core::weights::{sha256, ModelFile};
 use fl_tests::anvil::AnvilOptions;
 use fl_tests::devnet::{Devnet, Running};
@@ -67,7 +68,9 @@ fn one_round_on(hardfork: &'static str) -> Result<()> {
     let local_bytes = ipfs.fetch_verified(&local.cid, &local.digest, 64 << 20)?;
     let global_bytes = ipfs.fetch_verified(&globals[1].cid, &globals[1].digest, 64 << 20)?;
     assert_eq!(sha256(&global_bytes), globals[1].digest);
-    assert_eq!(ModelFile::from_bytes(&global_bytes)?.tensors, ModelFile::from_bytes(&local_bytes)?.tensors, "{hardfork}");
+    let initial_bytes = ipfs.fetch_verified(&globals[0].cid, &globals[0].digest, 64 << 20)?;
+    let local_model = Bases::of(&ModelFile::from_bytes(&initial_bytes)?)?.decode(&local_bytes)?.model;
+    assert_eq!(ModelFile::from_bytes(&global_bytes)?.tensors, local_model.tensors, "{hardfork}");
 
     // The learner's binary sent a legacy transaction where blocks have no base fee
     // (before London) and an EIP-1559 one elsewhere.
