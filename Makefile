@@ -41,6 +41,10 @@ bench-rules:
 bench-fleet: setup
 	bash tests/devnet/bench-fleet.sh $(ARGS)
 
+## Compressed updates: bytes, encode/decode time and IPFS transfer (loopback and a 1 MB/s link) per encoding, and the paper's 5x5 accuracy per encoding over 3 seeds (long: about 2 hours).
+bench-compression: setup
+	bash tests/devnet/bench-compression.sh $(ARGS)
+
 ## The agent against Keras (tensorflow-cpu) on the same CPU, same run.
 bench-vs-keras: setup
 	bash agent/core/bench/vs-keras.sh

@@ -37,6 +37,8 @@ struct State {
     down: bool,
     /// Held before the first bytes of each reply.
     delay: Duration,
+    /// Each connection's bytes each way paced to at most this many per second (a slow link).
+    rate: Option<u64>,
     /// One-shot: the next connection to send more than this many bytes upstream is cut there.
     cut_upload_after: Option<u64>,
     /// One-shot: the next connection to receive more than this many bytes is cut there.
@@ -108,6 +110,14 @@ impl Proxy {
         let mut state = self.shared.lock();
         state.down = false;
         state.events.push("up: accepting again".into());
+    }
+
+    /// Paces every connection, each way, to at most `bytes_per_second` (`None`: as fast as
+    /// loopback goes): a slow link, e.g. a board's cellular uplink.
+    pub fn limit_rate(&self, bytes_per_second: Option<u64>) {
+        let mut state = self.shared.lock();
+        state.rate = bytes_per_second.map(|r| r.max(1));
+        state.events.push(format!("rate limited to {bytes_per_second:?} bytes/s"));
     }
 
     /// Holds each reply `delay` before passing it on (zero: no delay).
@@ -246,6 +256,9 @@ fn pump(shared: &Shared, id: u64, mut from: TcpStream, mut to: TcpStream, direct
         if to.write_all(chunk).is_err() || cut {
             break;
         }
+        if let Some(rate) = shared.lock().rate {
+            std::thread::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64));
+        }
     }
     // Either side gone, or a cut: the connection ends both ways.
     let _ = from.shutdown(Shutdown::Both);
@@ -324,6 +337,12 @@ mod tests {
         assert_eq!(ask(&mut stream, "slow")?, "slow\n");
         assert!(started.elapsed() >= Duration::from_millis(300), "the reply was not delayed");
         proxy.delay_replies(Duration::ZERO);
+        // A slow link: 100 KB at 500 KB/s takes at least 0.2 s.
+        proxy.limit_rate(Some(500_000));
+        let started = Instant::now();
+        assert_eq!(ask(&mut stream, &"x".repeat(100_000))?.len(), 100_001);
+        assert!(started.elapsed() >= Duration::from_millis(190), "not paced: {:?}", started.elapsed());
+        proxy.limit_rate(None);
 
         // A download cut after 100,000 bytes (counted from the connection's start): the
         // client gets exactly those, then the end.
