@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras bench-fleet cross package bench-cross check-fresh clean
+.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras bench-fleet bench-compression cross package bench-cross check-fresh clean
 
 all: build
 
