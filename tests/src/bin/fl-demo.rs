@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fl_aggregator::report::Results;
+use fl_core::encoding::Encoding;
 use fl_core::flags::number;
 use fl_tests::devnet::{Devnet, Running};
 use lexopt::prelude::*;
@@ -18,6 +19,7 @@ use lexopt::prelude::*;
 const USAGE: &str = "\
 usage: fl-demo [--learners N] [--ipfs-nodes K] [--rounds R] [--local-epochs L]
                [--train-limit N] [--test-limit N] [--fetch-workers N] [--no-local-eval]
+               [--update-encoding f32|f16|int8] [--global-encoding f32|f16|int8]
                [--data DIR] [--out DIR] [--bin-dir DIR]
 
 runs the federation on this machine: anvil, IPFS nodes in a private network, the
@@ -33,6 +35,9 @@ aggregator and N learners as separate processes
   --test-limit N     evaluate on the first N test images (default: all 10,000)
   --fetch-workers N  the aggregator's fetch threads (its default: 4)
   --no-local-eval    the aggregator does not evaluate each learner's model
+  --update-encoding E how the learners send their updates (their default: int8)
+  --global-encoding E the aggregator also publishes each global model in E for the
+                     learners to download (default f32: no encoded copy)
   --data DIR         MNIST folder (default data/mnist)
   --out DIR          results, logs and configs (default demo-out)
   --bin-dir DIR      where fl-agent and fl-aggregator are (default: next to fl-demo)
@@ -61,6 +66,8 @@ struct DemoConfig {
     test_limit: Option<usize>,
     fetch_workers: Option<usize>,
     local_eval: bool,
+    update_encoding: Option<Encoding>,
+    global_encoding: Option<Encoding>,
     data: PathBuf,
     out: PathBuf,
     bin_dir: PathBuf,
@@ -78,6 +85,8 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
         test_limit: None,
         fetch_workers: None,
         local_eval: true,
+        update_encoding: None,
+        global_encoding: None,
         data: PathBuf::from("data/mnist"),
         out: PathBuf::from("demo-out"),
         bin_dir: exe.parent().context("fl-demo has no folder")?.to_path_buf(),
@@ -92,6 +101,8 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
             Long("test-limit") => config.test_limit = Some(number(&mut parser, "--test-limit")?),
             Long("fetch-workers") => config.fetch_workers = Some(number(&mut parser, "--fetch-workers")?),
             Long("no-local-eval") => config.local_eval = false,
+            Long("update-encoding") => config.update_encoding = Some(number(&mut parser, "--update-encoding")?),
+            Long("global-encoding") => config.global_encoding = Some(number(&mut parser, "--global-encoding")?),
             Long("data") => config.data = PathBuf::from(parser.value()?),
             Long("out") => config.out = PathBuf::from(parser.value()?),
             Long("bin-dir") => config.bin_dir = PathBuf::from(parser.value()?),
@@ -176,6 +187,12 @@ fn run(config: &DemoConfig) -> Result<()> {
     if let Some(n) = config.fetch_workers {
         aggregator_args.extend(["--fetch-workers".to_string(), n.to_string()]);
     }
+    if let Some(encoding) = config.global_encoding {
+        aggregator_args.extend(["--global-encoding".to_string(), encoding.to_string()]);
+    }
+    if let Some(encoding) = config.update_encoding {
+        extra.push_str(&format!("update_encoding = \"{encoding}\"\n"));
+    }
     if !config.local_eval {
         aggregator_args.push("--no-local-eval".to_string());
     }
@@ -210,6 +227,8 @@ fn run(config: &DemoConfig) -> Result<()> {
         "ipfs_nodes": ipfs_nodes,
         "fetch_workers": config.fetch_workers,
         "local_eval": config.local_eval,
+        "update_encoding": config.update_encoding.map(|e| e.to_string()),
+        "global_encoding": config.global_encoding.map(|e| e.to_string()),
         "rounds": config.rounds,
         "local_epochs": config.local_epochs,
         "train_limit": config.train_limit,
