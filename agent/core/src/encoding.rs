@@ -54,7 +54,7 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ARCHITECTURE_ID, PARAMS};
-use crate::weights::{hex, ModelFile, NamedTensor, FORMAT_VERSION};
+use crate::weights::{check_tensor_list, hex, ModelFile, NamedTensor, FORMAT_VERSION};
 
 /// The format version this module writes.
 pub const FORMAT_VERSION_2: u32 = 2;
@@ -256,18 +256,9 @@ pub fn decode(bytes: &[u8], base: Option<&ModelFile>) -> Result<Decoded> {
     };
     let mut tensors = Vec::with_capacity(PARAMS.len());
     let mut kind = Encoding::F32;
-    for (i, (name, shape)) in PARAMS.iter().enumerate() {
-        let Some(tensor) = file.tensors.get(i) else {
-            bail!("model file: tensor {name} is missing (found {} tensors, expected {})", file.tensors.len(), PARAMS.len());
-        };
-        if tensor.name != *name {
-            if file.tensors.iter().any(|t| t.name == *name) {
-                bail!("model file: tensor {i} is {:?}, expected {name} in that position", tensor.name);
-            }
-            bail!("model file: tensor {name} is missing (found {:?} in its place)", tensor.name);
-        }
-        let dims: Vec<usize> = tensor.shape.iter().map(|&d| d as usize).collect();
-        ensure!(dims == *shape, "model file: tensor {name} has shape {:?}, expected {shape:?}", tensor.shape);
+    let listed: Vec<(&str, &[u64])> = file.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+    check_tensor_list(&listed)?;
+    for (i, (tensor, (name, shape))) in file.tensors.iter().zip(PARAMS).enumerate() {
         let count: usize = shape.iter().product();
         let mut values = decode_tensor(name, tensor, count)?;
         match tensor.encoding {
@@ -284,9 +275,6 @@ pub fn decode(bytes: &[u8], base: Option<&ModelFile>) -> Result<Decoded> {
             bail!("model file: tensor {name} has a non-finite value (NaN or infinity) at index {pos}");
         }
         tensors.push(NamedTensor::from_f32(name, shape, &values));
-    }
-    if let Some(extra) = file.tensors.get(PARAMS.len()) {
-        bail!("model file: unexpected extra tensor {:?}", extra.name);
     }
     let model = ModelFile {
         format_version: FORMAT_VERSION,

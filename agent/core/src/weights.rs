@@ -163,6 +163,31 @@ pub fn check_layout(model: &ModelFile, reference: Option<&ModelFile>, what: &str
     Ok(())
 }
 
+/// The one check of a file's list of tensors (name and shape, in file order) against
+/// [`PARAMS`], for both format versions: every parameter present, in its place, with its
+/// shape, and nothing more. Errors name the tensor.
+pub(crate) fn check_tensor_list(tensors: &[(&str, &[u64])]) -> Result<()> {
+    for (i, (name, shape)) in PARAMS.iter().enumerate() {
+        let Some((found, dims)) = tensors.get(i) else {
+            bail!("model file: tensor {name} is missing (found {} tensors, expected {})", tensors.len(), PARAMS.len());
+        };
+        if found != name {
+            if tensors.iter().any(|(t, _)| t == name) {
+                bail!("model file: tensor {i} is {found:?}, expected {name} in that position");
+            }
+            bail!("model file: tensor {name} is missing (found {found:?} in its place)");
+        }
+        ensure!(
+            dims.len() == shape.len() && dims.iter().zip(shape.iter()).all(|(&d, &s)| d == s as u64),
+            "model file: tensor {name} has shape {dims:?}, expected {shape:?}"
+        );
+    }
+    if let Some((extra, _)) = tensors.get(PARAMS.len()) {
+        bail!("model file: unexpected extra tensor {extra:?}");
+    }
+    Ok(())
+}
+
 /// SHA-256 of `bytes` (the digest recorded on chain for a model file).
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
@@ -214,17 +239,9 @@ impl ModelFile {
             self.format_version
         );
         ensure!(self.architecture == ARCHITECTURE_ID, "model file: architecture {:?} is not {ARCHITECTURE_ID:?}", self.architecture);
-        for (i, (name, shape)) in PARAMS.iter().enumerate() {
-            let Some(tensor) = self.tensors.get(i) else {
-                bail!("model file: tensor {name} is missing (found {} tensors, expected {})", self.tensors.len(), PARAMS.len());
-            };
-            if tensor.name != *name {
-                if self.tensors.iter().any(|t| t.name == *name) {
-                    bail!("model file: tensor {i} is {:?}, expected {name} in that position", tensor.name);
-                }
-                bail!("model file: tensor {name} is missing (found {:?} in its place)", tensor.name);
-            }
-            ensure!(tensor.dims() == *shape, "model file: tensor {name} has shape {:?}, expected {shape:?}", tensor.shape);
+        let listed: Vec<(&str, &[u64])> = self.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+        check_tensor_list(&listed)?;
+        for (tensor, (name, shape)) in self.tensors.iter().zip(PARAMS) {
             ensure!(tensor.dtype == Dtype::F32, "model file: tensor {name} is not f32");
             let expected = 4 * shape.iter().product::<usize>();
             ensure!(
@@ -235,9 +252,6 @@ impl ModelFile {
             if let Some(pos) = tensor.to_f32().iter().position(|v| !v.is_finite()) {
                 bail!("model file: tensor {name} has a non-finite value (NaN or infinity) at index {pos}");
             }
-        }
-        if let Some(extra) = self.tensors.get(PARAMS.len()) {
-            bail!("model file: unexpected extra tensor {:?}", extra.name);
         }
         Ok(())
     }
