@@ -74,7 +74,7 @@ fn flaky_chain_and_a_learners_ipfs_node_vanish_for_30_s_mid_round() -> Result<()
 /// Replies from the chain and learner 1's IPFS node take 2 s more during round 1, and one
 /// connection of learner 2 is cut halfway through uploading its model, another halfway
 /// through downloading the global model, and one of the aggregator halfway through
-/// fetching an update. Each cut is retried and logged; nothing is left out.
+/// fetching a model. Each cut is retried and logged; nothing is left out.
 #[test]
 fn flaky_slow_replies_and_connections_cut_mid_upload_and_mid_download() -> Result<()> {
     let federation = Federation::start("flaky-cuts")?;
@@ -83,8 +83,10 @@ fn flaky_slow_replies_and_connections_cut_mid_upload_and_mid_download() -> Resul
     let ipfs_0 = Proxy::start(&devnet.ipfs[0].api_url)?;
     let ipfs_1 = Proxy::start(&devnet.learner_ipfs(1).api_url)?;
     let ipfs_2 = Proxy::start(&devnet.learner_ipfs(2).api_url)?;
-    // A model file is about 2.5 MB: these cut model transfers, never the small calls.
-    const HALF_A_MODEL: u64 = 1 << 20;
+    // An update (int8) is 0.62 MB and a global model 2.48 MB: these cut model transfers,
+    // never the small calls. The aggregator's first download is the previous global model,
+    // which it decodes the round's updates onto.
+    const HALF_A_MODEL: u64 = 256 << 10;
     ipfs_2.cut_next_upload_after(HALF_A_MODEL);
     ipfs_2.cut_next_download_after(HALF_A_MODEL);
     ipfs_0.cut_next_download_after(HALF_A_MODEL);
