@@ -211,6 +211,20 @@ async function stop (code) {
   }
   process.exit(code)
 }
+// js-ipfs 0.66 rejects a promise nobody awaits when a `cat` client disconnects while
+// bitswap still fetches blocks from a peer ("Want for CID aborted"), and Node ends the
+// process on an unhandled rejection: a killed aggregator took its node down with it (seen
+// in the kill test under load, reproduced with an aborted curl). A client going away must
+// not stop the node: such rejections are logged; any other still stops it.
+process.on('unhandledRejection', (err) => {
+  const message = String((err && err.message) || err)
+  if (/aborted/i.test(message)) {
+    console.error(`launch.mjs: a request ended by its client: ${message} (the node keeps serving)`)
+    return
+  }
+  console.error('launch.mjs: unhandled rejection, stopping:', err)
+  process.exit(1)
+})
 process.on('SIGINT', () => stop(0))
 process.on('SIGTERM', () => stop(0))
 
