@@ -39,9 +39,30 @@ aggregator and N learners as separate processes
   --global-encoding E the aggregator also publishes each global model in E for the
                      learners to download (default f32: no encoded copy)
   --data DIR         MNIST folder (default data/mnist)
-  --out DIR          results, logs and configs (default demo-out)
+  --out DIR          results, logs and configs (default demo-out; what an earlier run
+                     wrote there is replaced, anything else is left alone)
   --bin-dir DIR      where fl-agent and fl-aggregator are (default: next to fl-demo)
 ";
+
+/// Removes what an earlier run wrote in `out` (logs, learners' state and configs, results,
+/// plot, swarm key) and nothing else: `--out` may name a folder that holds other things
+/// (`make bench-compression` keeps its results in `demo-out/compression`).
+fn clear_previous_run(out: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else { return Ok(()) };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", out.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = matches!(name.as_str(), "logs" | "state" | "results.json" | "accuracy.svg" | "swarm.key")
+            || (name.starts_with("learner-") && name.ends_with(".toml"));
+        if !ours {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.with_context(|| format!("clearing {} from an earlier run", path.display()))?;
+    }
+    Ok(())
+}
 
 /// The paper's published figures (2 learners, 5 rounds of 5 local epochs).
 const PAPER_GLOBAL: f64 = 99.46;
@@ -144,9 +165,7 @@ fn run(config: &DemoConfig) -> Result<()> {
         }
     }
     let data = std::fs::canonicalize(&config.data).with_context(|| format!("MNIST folder {}: run `make setup`", config.data.display()))?;
-    if config.out.exists() {
-        std::fs::remove_dir_all(&config.out).with_context(|| format!("clearing {}", config.out.display()))?;
-    }
+    clear_previous_run(&config.out)?;
     std::fs::create_dir_all(config.out.join("logs"))?;
     let out = std::fs::canonicalize(&config.out)?;
 
