@@ -20,6 +20,15 @@ pragma solidity 0.8.28;
 /// record: "how this global model was made" (the aggregation rule and its parameters, the
 /// updates left out and why), versioned bytes the contract does not interpret, emitted in
 /// the event and covered by the inputs commitment.
+///
+/// Version 3 adds asynchronous rounds (FedBuff, Nguyen et al. 2022), fixed for the
+/// federation at deployment: `asyncBuffer` K and `maxStaleness` S (K = 0: synchronous
+/// rounds, unchanged). In an asynchronous federation a learner's update names as `round`
+/// the round after the global model it trained on (as in a synchronous one), and is accepted
+/// while `currentRound - round <= maxStaleness`, so a slow board's update still counts once
+/// faster ones have moved the model on; a global model needs at least K inputs. Storage
+/// keeps each learner's latest update only: the `LocalWeightSet` events are the record of
+/// every update, and the round record names each input's round.
 contract Registry {
     /// One learner: the address allowed to write this nodeId, its sample cap and its latest
     /// local update. The first four fields share one storage slot (20 + 4 + 7 + 1 bytes), so
@@ -44,7 +53,13 @@ contract Registry {
     }
 
     /// This contract's interface version (version 1 had no `version()`).
-    uint256 public constant version = 2;
+    uint256 public constant version = 3;
+    /// 0: synchronous rounds. K > 0: asynchronous rounds, each global model built from at
+    /// least K updates, whichever rounds they were trained for.
+    uint256 public immutable asyncBuffer;
+    /// Asynchronous rounds: how many global models an update's base may be behind the
+    /// latest (0 in a synchronous federation).
+    uint256 public immutable maxStaleness;
     /// The block the registry was deployed in: where readers of its events start.
     uint256 public immutable deployedAt;
     /// The federation-wide sample cap: a learner added without its own cap gets this one.
@@ -82,6 +97,10 @@ contract Registry {
     error NodeIdsNotAscending(uint256 index);
     error MissingLocalUpdate(uint256 nodeId, uint256 round);
     error NoGlobalModel();
+    error InvalidMode(uint256 asyncBuffer, uint256 maxStaleness);
+    error TooStale(uint256 round, uint256 current, uint256 maxStaleness);
+    error OlderThanLatest(uint256 nodeId, uint256 round, uint256 latest);
+    error TooFewInputs(uint256 count, uint256 asyncBuffer);
 
     /// `maxSamples`: the most samples an update of this learner may claim.
     event LearnerAdded(uint256 indexed nodeId, address indexed account, uint256 maxSamples);
@@ -98,11 +117,17 @@ contract Registry {
         uint256 indexed round, bytes cid, bytes32 digest, bytes32 inputsCommitment, uint256[] nodeIds, bytes record
     );
 
-    /// `maxSamples`: the federation-wide sample cap (1 to 2^56 - 1).
-    constructor(uint256 maxSamples) {
+    /// `maxSamples`: the federation-wide sample cap (1 to 2^56 - 1). `buffer` and
+    /// `staleness`: 0 and 0 for synchronous rounds; K >= 1 and S < 2^32 for asynchronous ones.
+    constructor(uint256 maxSamples, uint256 buffer, uint256 staleness) {
         if (maxSamples == 0 || maxSamples > type(uint56).max) revert InvalidCap(maxSamples);
+        if ((buffer == 0 && staleness != 0) || buffer > type(uint32).max || staleness > type(uint32).max) {
+            revert InvalidMode(buffer, staleness);
+        }
         deployedAt = block.number;
         defaultMaxSamples = maxSamples;
+        asyncBuffer = buffer;
+        maxStaleness = staleness;
         owner = msg.sender;
     }
 
@@ -172,19 +197,26 @@ contract Registry {
 
     /// The paper's setter, with the round, the model file's SHA-256 digest and the number of
     /// training samples (1 up to the learner's cap). Only the address bound to `nodeId`, only
-    /// for `round == currentRound` (local rounds start at 1), and once per node and round: an
+    /// for `round == currentRound` (local rounds start at 1; asynchronous rounds also accept
+    /// up to `maxStaleness` rounds back), and once per node and round, rounds increasing: an
     /// update is never overwritten,
     /// so the inputs of a global model stay fixed and a restarted learner can see what it sent.
     function setLocalWeight(uint256 nodeId, uint256 round, bytes calldata cid, bytes32 digest, uint256 samples)
         external
     {
         uint256 current = currentRound;
-        if (round != current || round == 0) revert WrongRound(round, current);
+        if (round == 0 || round > current) revert WrongRound(round, current);
+        if (round != current) {
+            if (asyncBuffer == 0) revert WrongRound(round, current);
+            if (current - round > maxStaleness) revert TooStale(round, current, maxStaleness);
+        }
         Learner storage learner = learners[nodeId];
         address account = learner.account;
         if (account == address(0)) revert UnknownLearner(nodeId);
         if (account != msg.sender) revert NotLearner(nodeId, msg.sender);
-        if (learner.round == round) revert AlreadySubmitted(nodeId, round);
+        uint256 latest = learner.round;
+        if (latest == round) revert AlreadySubmitted(nodeId, round);
+        if (latest > round) revert OlderThanLatest(nodeId, round, latest);
         if (samples == 0) revert InvalidSamples(samples);
         if (samples > learner.maxSamples) revert SamplesAboveCap(nodeId, samples, learner.maxSamples);
         uint8 codec = _checkCid(cid);
@@ -223,7 +255,11 @@ contract Registry {
     /// non-empty subset of the learners that submitted), the round record, and a commitment to
     /// both: keccak256(abi.encode(Input[], bytes record)) with Input = (uint256 nodeId,
     /// uint256 round, string cid, bytes32 digest, uint256 samples), cid in base32 text
-    /// (version 1: keccak256(abi.encode(Input[])), no record).
+    /// (version 1: keccak256(abi.encode(Input[])), no record), inputs ordered by (nodeId,
+    /// round). An asynchronous round lists at least `asyncBuffer` inputs, node ids strictly
+    /// ascending (one update per learner), each of a learner whose latest update is at most
+    /// `maxStaleness + 1` rounds old; the record names each input's round, and the
+    /// commitment binds them.
     function setGlobalWeight(
         uint256 round,
         bytes calldata cid,
@@ -236,12 +272,21 @@ contract Registry {
         if (round != current) revert WrongRound(round, current);
         if (round == 0) {
             if (nodeIds.length != 0) revert SeedHasInputs(nodeIds.length);
-        } else {
+        } else if (asyncBuffer == 0) {
             if (nodeIds.length == 0) revert NoInputs(round);
             if (record.length == 0) revert NoRecord(round);
             for (uint256 i = 0; i < nodeIds.length; i++) {
                 if (i > 0 && nodeIds[i] <= nodeIds[i - 1]) revert NodeIdsNotAscending(i);
                 if (learners[nodeIds[i]].round != round) revert MissingLocalUpdate(nodeIds[i], round);
+            }
+        } else {
+            if (nodeIds.length < asyncBuffer) revert TooFewInputs(nodeIds.length, asyncBuffer);
+            if (record.length == 0) revert NoRecord(round);
+            for (uint256 i = 0; i < nodeIds.length; i++) {
+                if (i > 0 && nodeIds[i] <= nodeIds[i - 1]) revert NodeIdsNotAscending(i);
+                // An update consumed now was sent while round - 1 or round was current.
+                uint256 latest = learners[nodeIds[i]].round;
+                if (latest == 0 || latest + maxStaleness + 1 < round) revert MissingLocalUpdate(nodeIds[i], round);
             }
         }
         uint8 codec = _checkCid(cid);

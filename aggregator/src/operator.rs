@@ -7,7 +7,8 @@ use std::ffi::OsString;
 
 use anyhow::{bail, Context, Result};
 use fl_contracts::endpoints::{parse_address, EndpointSettings, Endpoints, Missing, CHAIN_HELP};
-use fl_contracts::{Address, Registry};
+use fl_contracts::{Address, Mode, Registry};
+use fl_core::flags::number;
 use fl_core::weights::hex;
 use lexopt::prelude::*;
 
@@ -25,6 +26,11 @@ usage: fl-aggregator deploy --max-samples N [FLAGS]        deploy a registry, pr
   --max-samples N        deploy: the federation-wide cap on the samples one update may claim
                          (its FedAvg weight); required. learners add: this learner's own cap
                          (default: the federation-wide one)
+  --mode sync|async      deploy: how rounds close, fixed for the federation (default sync: each
+                         round waits for its learners, or --min-learners / --round-timeout)
+  --buffer K             deploy --mode async: publish a global model once K updates are in
+  --max-staleness S      deploy --mode async: accept an update trained on a global model at
+                         most S rounds older than the latest (default 4)
 
 flags:
 ";
@@ -37,7 +43,7 @@ Keys are never taken from the command line.
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Deploy { max_samples: u64 },
+    Deploy { max_samples: u64, mode: Mode },
     AddLearner { node_id: u64, account: Address, max_samples: Option<u64> },
     RemoveLearner { node_id: u64 },
     ReplaceLearner { node_id: u64, account: Address },
@@ -61,6 +67,7 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
     let mut positional: Vec<String> = Vec::new();
     let mut endpoints = EndpointSettings::default();
     let mut max_samples = None;
+    let mut mode = ModeFlags::default();
     while let Some(arg) = parser.next()? {
         match arg {
             Long(flag) if EndpointSettings::handles(flag) => {
@@ -68,6 +75,9 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
                 endpoints.set_flag(&flag, parser.value()?)?;
             }
             Long("max-samples") => max_samples = Some(parse_cap(&parser.value()?.string()?)?),
+            Long("mode") => mode.mode = Some(parser.value()?.string()?),
+            Long("buffer") => mode.buffer = Some(number(&mut parser, "--buffer")?),
+            Long("max-staleness") => mode.max_staleness = Some(number(&mut parser, "--max-staleness")?),
             Short('h') | Long("help") => {
                 print!("{USAGE}{CHAIN_HELP}{KEYS_NOTE}");
                 return Ok(());
@@ -76,7 +86,12 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
             _ => return Err(arg.unexpected().into()),
         }
     }
-    let action = parse_action(command, &positional, max_samples)?;
+    let mut action = parse_action(command, &positional, max_samples)?;
+    match &mut action {
+        Action::Deploy { mode: chosen, .. } => *chosen = mode.finish()?,
+        _ if mode != ModeFlags::default() => bail!("--mode, --buffer and --max-staleness go with `deploy` only"),
+        _ => {}
+    }
     let endpoints = endpoints.or(EndpointSettings::from_env()?).finish(Missing::Loopback, "")?;
     if !matches!(action, Action::Deploy { .. }) && endpoints.registry.is_none() {
         bail!("{command}: no registry address: pass --registry ADDRESS or set FL_REGISTRY");
@@ -95,6 +110,7 @@ fn parse_action(command: &str, positional: &[String], max_samples: Option<u64>) 
             max_samples: max_samples.context(
                 "deploy: --max-samples N is required: the federation-wide cap on the samples one update may claim (its weight in FedAvg)",
             )?,
+            mode: Mode::Sync,
         },
         ("status", []) => Action::Status,
         ("learners", ["list"]) => Action::ListLearners,
@@ -115,6 +131,40 @@ fn parse_node_id(text: &str) -> Result<u64> {
     text.parse().with_context(|| format!("NODE_ID {text:?}: expected a whole number"))
 }
 
+/// `deploy`'s mode flags, as given.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ModeFlags {
+    mode: Option<String>,
+    buffer: Option<u64>,
+    max_staleness: Option<u64>,
+}
+
+/// The staleness bound of `--mode async` without `--max-staleness`.
+pub const DEFAULT_MAX_STALENESS: u64 = 4;
+
+impl ModeFlags {
+    fn finish(self) -> Result<Mode> {
+        match self.mode.as_deref().unwrap_or("sync") {
+            "sync" if self.buffer.is_some() || self.max_staleness.is_some() => {
+                bail!("--buffer and --max-staleness need --mode async (synchronous rounds wait for their learners)")
+            }
+            "sync" => Ok(Mode::Sync),
+            "async" => {
+                let buffer = self.buffer.context("--mode async needs --buffer K: how many updates make a global model")?;
+                let max_staleness = self.max_staleness.unwrap_or(DEFAULT_MAX_STALENESS);
+                if buffer == 0 || buffer > u64::from(u32::MAX) {
+                    bail!("--buffer {buffer}: must be between 1 and {}", u32::MAX);
+                }
+                if max_staleness > u64::from(u32::MAX) {
+                    bail!("--max-staleness {max_staleness}: must be below 2^32");
+                }
+                Ok(Mode::Async { buffer, max_staleness })
+            }
+            other => bail!("--mode {other:?}: expected sync or async"),
+        }
+    }
+}
+
 /// The registry stores caps in 56 bits.
 const MAX_CAP: u64 = (1 << 56) - 1;
 
@@ -130,10 +180,10 @@ fn parse_cap(text: &str) -> Result<u64> {
 pub fn run(config: &OperatorConfig) -> Result<()> {
     let needs_key = !matches!(config.action, Action::ListLearners | Action::Status);
     let client = if needs_key { config.endpoints.signing_client()? } else { config.endpoints.read_only_client()? };
-    if let Action::Deploy { max_samples } = config.action {
-        let (registry, receipt) = Registry::deploy(&client, max_samples)?;
+    if let Action::Deploy { max_samples, mode } = config.action {
+        let (registry, receipt) = Registry::deploy_with_mode(&client, max_samples, mode)?;
         eprintln!(
-            "deployed registry from {:?} on chain {} (tx {:?}, gas {}), sample cap {max_samples}",
+            "deployed registry from {:?} on chain {} (tx {:?}, gas {}), sample cap {max_samples}, {mode}",
             client.address(),
             client.chain_id(),
             receipt.transaction_hash,
@@ -231,7 +281,20 @@ mod tests {
         assert!(matches!(add, Action::AddLearner { node_id: 3, max_samples: None, .. }));
         assert!(parse_action("learners", &["add".into(), "x".into(), "0x00".into()], None).is_err());
         assert!(parse_action("deploy", &["extra".into()], Some(5)).is_err());
-        assert_eq!(parse_action("deploy", &[], Some(5)).unwrap(), Action::Deploy { max_samples: 5 });
+        assert_eq!(parse_action("deploy", &[], Some(5)).unwrap(), Action::Deploy { max_samples: 5, mode: Mode::Sync });
+        let flags = |mode: Option<&str>, buffer, max_staleness| ModeFlags { mode: mode.map(String::from), buffer, max_staleness };
+        assert_eq!(flags(None, None, None).finish().unwrap(), Mode::Sync);
+        assert_eq!(flags(Some("async"), Some(5), None).finish().unwrap(), Mode::Async { buffer: 5, max_staleness: 4 });
+        assert_eq!(flags(Some("async"), Some(2), Some(0)).finish().unwrap(), Mode::Async { buffer: 2, max_staleness: 0 });
+        for (bad, says) in [
+            (flags(Some("async"), None, None), "--mode async needs --buffer K"),
+            (flags(Some("async"), Some(0), None), "--buffer 0: must be between 1 and"),
+            (flags(None, Some(3), None), "--buffer and --max-staleness need --mode async"),
+            (flags(Some("fast"), None, None), "--mode \"fast\": expected sync or async"),
+        ] {
+            let err = bad.finish().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
         let err = parse_action("deploy", &[], None).unwrap_err().to_string();
         assert!(err.contains("--max-samples N is required"), "{err}");
         let err = parse_action("status", &[], Some(5)).unwrap_err().to_string();

@@ -229,6 +229,8 @@ mod tests {
             "transferOwnership(address)",
             "acceptOwnership()",
             "pendingOwner()",
+            "asyncBuffer()",
+            "maxStaleness()",
         ];
         let abi = registry_abi();
         assert_eq!(abi.functions().count(), signatures.len(), "every function is checked");

@@ -22,7 +22,7 @@ pub use ethers_core;
 pub use ethers_core::types::{Address, TransactionReceipt, H256, U256};
 pub use finality::{check_confirmations, MAX_CONFIRMATIONS};
 pub use registry::{
-    commitment, creation_code, Event, GlobalUpdate, LatestUpdate, LearnerState, LocalUpdate, Logged, Registry, REGISTRY_VERSION,
+    commitment, creation_code, Event, GlobalUpdate, LatestUpdate, LearnerState, LocalUpdate, Logged, Mode, Registry, REGISTRY_VERSION,
 };
 pub use rpc::Rpc;
 pub use signer::{KeySource, Signer};

@@ -10,7 +10,40 @@ use ethers_core::abi::{RawLog, Token};
 use ethers_core::types::{Address, BlockNumber, Filter, TransactionReceipt, H256, U256};
 
 /// The registry interface version this crate writes to (`version()` of `Registry.sol`).
-pub const REGISTRY_VERSION: u64 = 2;
+pub const REGISTRY_VERSION: u64 = 3;
+
+/// How a federation's rounds close, fixed at deployment (`asyncBuffer` and `maxStaleness`
+/// of a version-3 registry; older ones are synchronous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every round waits for its learners (the paper's rounds).
+    Sync,
+    /// FedBuff: a global model whenever at least `buffer` updates are in; an update trained
+    /// on the global model of round g counts while the current round is at most
+    /// g + 1 + `max_staleness`.
+    Async { buffer: u64, max_staleness: u64 },
+}
+
+impl Mode {
+    /// How many rounds behind the current one an update's round may be (0 when synchronous).
+    pub fn max_staleness(self) -> u64 {
+        match self {
+            Mode::Sync => 0,
+            Mode::Async { max_staleness, .. } => max_staleness,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Sync => write!(f, "synchronous rounds"),
+            Mode::Async { buffer, max_staleness } => {
+                write!(f, "asynchronous rounds (a global model per {buffer} updates, staleness at most {max_staleness})")
+            }
+        }
+    }
+}
 
 /// Default largest block range of one `eth_getLogs` request (many public nodes cap it).
 pub const DEFAULT_LOG_RANGE: u64 = 1_000;
@@ -108,14 +141,16 @@ pub struct Logged {
 /// The commitment a global model records to its inputs and its round record: keccak256 of
 /// the Solidity ABI encoding `abi.encode(Input[], bytes record)` with `Input = (uint256
 /// nodeId, uint256 round, string cid, bytes32 digest, uint256 samples)`, `cid` as base32
-/// text, inputs in strictly ascending node id order. Anyone can recompute it from the
-/// `LocalWeightSet` events of the node ids listed in `GlobalWeightSet` and the event's
-/// record. `record: None` gives a version-1 registry's commitment, `abi.encode(Input[])`.
+/// text, inputs in strictly ascending (node id, round) order (a synchronous round has one
+/// input per node id; an asynchronous one may have two rounds of one learner). Anyone can
+/// recompute it from the `LocalWeightSet` events of the node ids listed in `GlobalWeightSet`
+/// (and the rounds the record names) and the event's record. `record: None` gives a
+/// version-1 registry's commitment, `abi.encode(Input[])`.
 pub fn commitment(inputs: &[LocalUpdate], record: Option<&[u8]>) -> Result<[u8; 32]> {
-    if let Some(pair) = inputs.windows(2).find(|w| w[0].node_id >= w[1].node_id) {
+    if let Some(pair) = inputs.windows(2).find(|w| (w[0].node_id, w[0].round) >= (w[1].node_id, w[1].round)) {
         return Err(Error::Invalid(format!(
-            "commitment inputs must be in strictly ascending node id order, found {} before {}",
-            pair[0].node_id, pair[1].node_id
+            "commitment inputs must be in strictly ascending (node id, round) order, found learner {} round {} before learner {} round {}",
+            pair[0].node_id, pair[0].round, pair[1].node_id, pair[1].round
         )));
     }
     let items = inputs
@@ -153,7 +188,12 @@ impl<'a> Registry<'a> {
     /// `max_samples` is the federation-wide sample cap (at least 1): no update may claim more
     /// samples than its learner's cap, which is this one unless set when adding the learner.
     pub fn deploy(client: &'a Client, max_samples: u64) -> Result<(Registry<'a>, TransactionReceipt)> {
-        Registry::deploy_bytecode(client, creation_code(&registry_bytecode(), max_samples)?)
+        Registry::deploy_with_mode(client, max_samples, Mode::Sync)
+    }
+
+    /// [`Registry::deploy`] for a federation whose rounds close as `mode` says.
+    pub fn deploy_with_mode(client: &'a Client, max_samples: u64, mode: Mode) -> Result<(Registry<'a>, TransactionReceipt)> {
+        Registry::deploy_bytecode(client, creation_code(&registry_bytecode(), max_samples, mode)?)
     }
 
     /// [`Registry::deploy`] with other creation code (e.g. compiled for another EVM version,
@@ -217,11 +257,25 @@ impl<'a> Registry<'a> {
         let version = self.version()?;
         if version != REGISTRY_VERSION {
             return Err(Error::Invalid(format!(
-                "registry {:?} is version {version}, this program writes to version {REGISTRY_VERSION} (sample caps, round records): deploy a new registry with `fl-aggregator deploy` and use its address (the old one's rounds still verify)",
+                "registry {:?} is version {version}, this program writes to version {REGISTRY_VERSION} (sample caps, round records, asynchronous rounds): deploy a new registry with `fl-aggregator deploy` and use its address (the old one's rounds still verify)",
                 self.address
             )));
         }
         Ok(())
+    }
+
+    /// How the federation's rounds close: read from a version-3 registry, synchronous for
+    /// older ones (they had no other mode).
+    pub fn mode(&self) -> Result<Mode> {
+        if self.version()? < 3 {
+            return Ok(Mode::Sync);
+        }
+        let buffer = uint(&self.view("asyncBuffer", &[])?[0], "asyncBuffer")?;
+        let max_staleness = uint(&self.view("maxStaleness", &[])?[0], "maxStaleness")?;
+        Ok(match buffer {
+            0 => Mode::Sync,
+            buffer => Mode::Async { buffer, max_staleness },
+        })
     }
 
     /// The federation-wide sample cap set at deployment.
@@ -295,7 +349,8 @@ impl<'a> Registry<'a> {
         self.learner_ids()?.into_iter().map(|id| self.local_update(id)).collect()
     }
 
-    /// Records this account's update for `node_id` in `round` (must be the current round).
+    /// Records this account's update for `node_id` in `round` (the current round, or in an
+    /// asynchronous federation up to its staleness bound behind).
     pub fn set_local_weight(&self, node_id: u64, round: u64, cid: &str, digest: [u8; 32], samples: u64) -> Result<TransactionReceipt> {
         self.write("setLocalWeight", &local_args(node_id, round, cid, digest, samples)?)
     }
@@ -492,14 +547,25 @@ impl<'a> Registry<'a> {
     }
 }
 
-/// Creation code: the registry's bytecode followed by its ABI-encoded constructor argument,
-/// the federation-wide sample cap.
-pub fn creation_code(bytecode: &[u8], max_samples: u64) -> Result<ethers_core::types::Bytes> {
+/// Creation code: the registry's bytecode followed by its ABI-encoded constructor
+/// arguments, the federation-wide sample cap and the mode (buffer and staleness bound, 0 and
+/// 0 for synchronous rounds).
+pub fn creation_code(bytecode: &[u8], max_samples: u64, mode: Mode) -> Result<ethers_core::types::Bytes> {
     if max_samples == 0 {
         return Err(Error::Invalid("deploy: a federation-wide sample cap of 0 would refuse every update".into()));
     }
+    let (buffer, staleness) = match mode {
+        Mode::Sync => (0, 0),
+        Mode::Async { buffer: 0, .. } => {
+            return Err(Error::Invalid("deploy: an asynchronous federation needs a buffer of at least 1 update".into()))
+        }
+        Mode::Async { buffer, max_staleness } if buffer > u64::from(u32::MAX) || max_staleness > u64::from(u32::MAX) => {
+            return Err(Error::Invalid(format!("deploy: buffer {buffer} and staleness bound {max_staleness} must each be below 2^32")))
+        }
+        Mode::Async { buffer, max_staleness } => (buffer, max_staleness),
+    };
     let mut code = bytecode.to_vec();
-    code.extend(ethers_core::abi::encode(&[Token::Uint(max_samples.into())]));
+    code.extend(ethers_core::abi::encode(&[Token::Uint(max_samples.into()), Token::Uint(buffer.into()), Token::Uint(staleness.into())]));
     Ok(code.into())
 }
 
@@ -649,6 +715,12 @@ mod tests {
         assert_eq!(commitment(std::slice::from_ref(&update), Some(record)).unwrap(), ethers_core::utils::keccak256(&v2));
         let mut second = update.clone();
         second.node_id = 2;
-        assert!(commitment(&[update, second], None).is_err(), "descending node ids are refused");
+        assert!(commitment(&[update.clone(), second], None).is_err(), "descending node ids are refused");
+        // An asynchronous round may hold two rounds of one learner, ascending.
+        let mut later = update.clone();
+        later.round = 4;
+        assert!(commitment(&[update.clone(), later.clone()], None).is_ok());
+        assert!(commitment(&[later, update.clone()], None).is_err(), "descending rounds are refused");
+        assert!(commitment(&[update.clone(), update], None).is_err(), "an update twice is refused");
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_contracts::{Address, Client, Registry, Rpc};
+use fl_contracts::{Address, Client, Mode, Registry, Rpc};
 
 use crate::anvil::{Anvil, AnvilOptions};
 use crate::ipfs_node::{new_swarm_key, IpfsNode};
@@ -50,7 +50,18 @@ impl Devnet {
     /// A fleet: `n_learners` learners sharing `learner_nodes` IPFS nodes (learner `i` uses
     /// node `1 + (i - 1) % learner_nodes`), with one funded key each (anvil gets at least
     /// `n_learners + 1` accounts).
-    pub fn start_fleet(n_learners: usize, learner_nodes: usize, dir: &Path, mut anvil_options: AnvilOptions) -> Result<Devnet> {
+    pub fn start_fleet(n_learners: usize, learner_nodes: usize, dir: &Path, anvil_options: AnvilOptions) -> Result<Devnet> {
+        Devnet::start_fleet_in(n_learners, learner_nodes, dir, anvil_options, Mode::Sync)
+    }
+
+    /// [`Devnet::start_fleet`] with a registry whose rounds close as `mode` says.
+    pub fn start_fleet_in(
+        n_learners: usize,
+        learner_nodes: usize,
+        dir: &Path,
+        mut anvil_options: AnvilOptions,
+        mode: Mode,
+    ) -> Result<Devnet> {
         if n_learners == 0 {
             bail!("a federation needs at least one learner");
         }
@@ -87,7 +98,7 @@ impl Devnet {
         // anvil mines each transaction milliseconds after taking it: a fleet registers fast.
         let client =
             Client::new(Rpc::new(anvil.url())?, anvil.signer(0)?, Some(anvil.chain_id()))?.with_poll_interval(Duration::from_millis(10));
-        let (registry, _) = Registry::deploy(&client, MAX_SAMPLES)?;
+        let (registry, _) = Registry::deploy_with_mode(&client, MAX_SAMPLES, mode)?;
         for node_id in 1..=n_learners {
             registry.add_learner(node_id as u64, anvil.address(node_id), None)?;
         }

@@ -5,7 +5,7 @@ use fl_contracts::cid::cid_from_bytes;
 use fl_contracts::ethers_core::abi::Token;
 use fl_contracts::ethers_core::types::{transaction::eip2718::TypedTransaction, Bytes, Eip1559TransactionRequest, Transaction, U64};
 use fl_contracts::ethers_core::utils::keccak256;
-use fl_contracts::{commitment, Address, Client, Error, Event, FeeMode, LocalUpdate, Registry, Rpc};
+use fl_contracts::{commitment, Address, Client, Error, Event, FeeMode, LocalUpdate, Mode, Registry, Rpc};
 use fl_contracts::{TransactionReceipt, U256};
 use fl_tests::anvil::{Anvil, AnvilOptions};
 use fl_tests::devnet::MAX_SAMPLES;
@@ -64,6 +64,79 @@ fn every_check_on(hardfork: &'static str) -> Result<()> {
     a_learner_cannot_write_another_nodes_update_and_only_the_owner_publishes(&anvil).with_context(|| format!("{hardfork}: permissions"))?;
     wrong_rounds_and_bad_inputs_are_rejected_with_decoded_custom_errors(&anvil).with_context(|| format!("{hardfork}: custom errors"))?;
     gas_of_every_write_and_the_steady_state_learner_update(&anvil, hardfork).with_context(|| format!("{hardfork}: gas"))?;
+    asynchronous_rounds_accept_stale_updates_within_the_bound(&anvil, hardfork).with_context(|| format!("{hardfork}: asynchronous"))?;
+    Ok(())
+}
+
+/// An asynchronous registry (buffer 2, staleness at most 2): updates of older rounds are
+/// accepted within the bound and refused beyond it, a learner's rounds only increase, a
+/// global model needs the buffer's inputs, and a stale update costs what a fresh one does.
+fn asynchronous_rounds_accept_stale_updates_within_the_bound(anvil: &Anvil, hardfork: &str) -> Result<()> {
+    let owner = client(anvil, 0)?;
+    let err = Registry::deploy_with_mode(&owner, MAX_SAMPLES, Mode::Async { buffer: 0, max_staleness: 1 }).unwrap_err().to_string();
+    assert!(err.contains("needs a buffer of at least 1"), "{err}");
+    let (registry, _) = Registry::deploy_with_mode(&owner, MAX_SAMPLES, Mode::Async { buffer: 2, max_staleness: 2 })?;
+    assert_eq!(registry.mode()?, Mode::Async { buffer: 2, max_staleness: 2 });
+    for id in 1..=3 {
+        registry.add_learner(id, anvil.address(id as usize), None)?;
+    }
+    let learners: Vec<Client> = (1..=3).map(|i| client(anvil, i)).collect::<Result<_>>()?;
+    let send = |id: u64, round: u64| {
+        Registry::at(&learners[id as usize - 1], registry.address()).set_local_weight(
+            id,
+            round,
+            &cid(&format!("{id}/{round}"), false),
+            [id as u8; 32],
+            10,
+        )
+    };
+    registry.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[], &[])?;
+    let publish =
+        |round: u64, ids: &[u64]| registry.set_global_weight(round, &cid(&format!("g{round}"), true), [2; 32], [0; 32], ids, RECORD);
+    // Round 1: learners 1, 2 and 3 (its first update, which costs more: new storage).
+    send(1, 1)?;
+    send(2, 1)?;
+    send(3, 1)?;
+    let args = expect_revert(publish(1, &[1]), "TooFewInputs")?;
+    assert_eq!((arg(&args, "count"), arg(&args, "asyncBuffer")), ("1", "2"));
+    publish(1, &[1, 2])?;
+    for round in 2..=3 {
+        send(1, round)?;
+        send(2, round)?;
+        publish(round, &[1, 2])?;
+    }
+    // Learner 3 is slow from here on. Current round 4: its update trained on global 1 (round
+    // 2) is 2 behind: taken; one trained on global 0 is 3 behind: refused.
+    expect_revert(send(3, 1), "TooStale")?;
+    let stale = send(3, 2)?;
+    let args = expect_revert(send(3, 2), "AlreadySubmitted")?;
+    assert_eq!(arg(&args, "round"), "2");
+    send(3, 4)?;
+    let args = expect_revert(send(3, 3), "OlderThanLatest")?;
+    assert_eq!((arg(&args, "round"), arg(&args, "latest")), ("3", "4"));
+    expect_revert(send(1, 5), "WrongRound")?;
+    let fresh = send(1, 4)?;
+    // An input whose learner has nothing within the window: learner 2's latest is round 3,
+    // allowed; a learner with no update at all is not.
+    registry.add_learner(9, anvil.address(9), None)?;
+    let args = expect_revert(publish(4, &[1, 9]), "MissingLocalUpdate")?;
+    assert_eq!(arg(&args, "nodeId"), "9");
+    publish(4, &[1, 3])?;
+    // Issue 14: the learner's update keeps its budget in asynchronous rounds too.
+    let cost = |receipt: &TransactionReceipt| if hardfork == "istanbul" { istanbul_gas(owner.rpc(), receipt) } else { Ok(gas(receipt)) };
+    let (stale_gas, fresh_gas) = (cost(&stale)?, cost(&fresh)?);
+    eprintln!("gas {hardfork:<9} {:<48} {stale_gas:>9}", "setLocalWeight async, 2 rounds stale");
+    eprintln!("gas {hardfork:<9} {:<48} {fresh_gas:>9}", "setLocalWeight async, fresh");
+    assert!(stale_gas <= 50_000 && fresh_gas <= 50_000, "{hardfork}: {stale_gas} / {fresh_gas}");
+    // A synchronous registry refuses an update of an older round, whatever the staleness.
+    let (sync, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
+    sync.add_learner(1, anvil.address(1), None)?;
+    sync.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[], &[])?;
+    Registry::at(&learners[0], sync.address()).set_local_weight(1, 1, &cid("s1", false), [1; 32], 10)?;
+    sync.set_global_weight(1, &cid("s1g", true), [1; 32], [0; 32], &[1], RECORD)?;
+    let args =
+        expect_revert(Registry::at(&learners[0], sync.address()).set_local_weight(1, 1, &cid("s1b", false), [1; 32], 10), "WrongRound")?;
+    assert_eq!((arg(&args, "given"), arg(&args, "current")), ("1", "2"));
     Ok(())
 }
 
@@ -206,7 +279,8 @@ fn wrong_rounds_and_bad_inputs_are_rejected_with_decoded_custom_errors(anvil: &A
     let err = Registry::deploy(&owner, 0).unwrap_err().to_string();
     assert!(err.contains("a federation-wide sample cap of 0"), "{err}");
     let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
-    assert_eq!(registry.version()?, 2);
+    assert_eq!(registry.version()?, 3);
+    assert_eq!(registry.mode()?, Mode::Sync);
     registry.add_learner(1, anvil.address(1), None)?;
     registry.add_learner(2, anvil.address(2), None)?;
     let as_learner1 = Registry::at(&learner1, registry.address());
@@ -580,7 +654,11 @@ fn a_transaction_that_fails_after_mining_is_explained_and_receipt_waits_have_a_d
     // A node that never mines: the wait ends at its deadline with a Timeout error.
     let stalled = Anvil::start_with(AnvilOptions { no_mining: true, ..Default::default() })?;
     let client = client(&stalled, 0)?.with_receipt_timeout(Duration::from_millis(800));
-    let pending = client.send("deploy", None, fl_contracts::creation_code(&fl_contracts::abi::registry_bytecode(), MAX_SAMPLES)?)?;
+    let pending = client.send(
+        "deploy",
+        None,
+        fl_contracts::creation_code(&fl_contracts::abi::registry_bytecode(), MAX_SAMPLES, fl_contracts::Mode::Sync)?,
+    )?;
     let err = client.wait("deploy", pending).unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(err.to_string().starts_with("deploy: waiting for receipt of"), "{err}");
@@ -668,7 +746,7 @@ fn cancun_build() -> Result<Bytes> {
 
 #[test]
 fn a_build_for_a_newer_evm_is_refused_before_any_gas_is_spent_and_never_called_a_revert() -> Result<()> {
-    let cancun = fl_contracts::creation_code(&cancun_build()?, MAX_SAMPLES)?;
+    let cancun = fl_contracts::creation_code(&cancun_build()?, MAX_SAMPLES, fl_contracts::Mode::Sync)?;
 
     // London has neither PUSH0 (Shanghai) nor MCOPY (Cancun): deploy names both and the
     // rule set needed, and sends nothing.
