@@ -22,18 +22,19 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Registry, TransactionReceipt, H256};
+use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Mode, Registry, TransactionReceipt, H256};
 use fl_core::data::{Dataset, Mnist};
 use fl_core::encoding::{self, Bases, Decoded, Encoding};
 use fl_core::files::write_atomic;
 use fl_core::rules::Aggregation;
+use fl_core::staleness;
 use fl_core::train::{evaluate, Evaluation};
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
 
 pub use crate::config::{Parsed, RunConfig};
 use crate::fetch::fetch_in_order;
-use crate::record::{EncodedGlobal, RoundRecord};
+use crate::record::{AsyncRound, EncodedGlobal, RoundRecord};
 use crate::report::{header, row, unix_now, LearnerResult, Published, Results, RoundResult, Timings};
 use crate::service::{LeftOut, Monitor, Probe, Waiting};
 
@@ -59,12 +60,16 @@ pub fn run(config: &RunConfig) -> Result<()> {
         bail!("registry {:?} is owned by {owner:?}, but the aggregator's key is {:?}", registry.address(), client.address());
     }
     registry.require_current_version()?;
+    let mode = registry.mode()?;
+    if matches!(mode, Mode::Async { .. }) && (config.min_learners.is_some() || config.round_timeout.is_some()) {
+        bail!("registry {:?} runs {mode}: --min-learners and --round-timeout apply to synchronous rounds only", registry.address());
+    }
     let ipfs = config.endpoints.ipfs_logging_retries(log);
     let mut results = Results::load_or_default(config.results.as_deref())?;
     results.registry = format!("{:?}", registry.address());
     results.chain_id = client.chain_id();
     log(&format!(
-        "aggregating on chain {} registry {:?} as {:?} ({} confirmations), IPFS {}, {} test images, rule {}{}",
+        "aggregating on chain {} registry {:?} ({mode}) as {:?} ({} confirmations), IPFS {}, {} test images, rule {}{}",
         client.chain_id(),
         registry.address(),
         client.address(),
@@ -96,7 +101,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
     // progress is on chain); any other error ends the run with its cause.
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     loop {
-        let mut record = match step(config, &registry, &ipfs, &test_set, &mut cursor, &monitor) {
+        let mut record = match step(config, &registry, &ipfs, &test_set, mode, &mut cursor, &monitor) {
             Ok(Step::Done(round)) => {
                 log(&format!("global model of round {} is published; done", round - 1));
                 monitor.phase("done");
@@ -175,6 +180,7 @@ fn step(
     registry: &Registry,
     ipfs: &fl_ipfs::Client,
     test_set: &Dataset,
+    mode: Mode,
     cursor: &mut Cursor,
     monitor: &Monitor,
 ) -> Result<Step> {
@@ -186,7 +192,7 @@ fn step(
         monitor.phase("publishing");
         return publish_initial(config, registry, ipfs, test_set).map(|record| Step::Record(Box::new(record), Vec::new()));
     }
-    Ok(match aggregate_round(config, registry, ipfs, test_set, round, cursor, monitor)? {
+    Ok(match aggregate_round(config, registry, ipfs, test_set, round, mode, cursor, monitor)? {
         Some((record, left_out)) => Step::Record(Box::new(record), left_out),
         None => Step::Again,
     })
@@ -264,26 +270,47 @@ fn publish(
     Ok((published, receipt))
 }
 
-/// Where the event scan has got to, the updates it has seen for the round at hand, and
-/// those of them that could not be used (by node id, with the reason).
+/// Where the event scan has got to, the updates it has seen for the round at hand (the
+/// latest of each learner), and those that could not be used, by (node id, round), with the
+/// reason. In asynchronous rounds also the updates a newer one of the same learner replaced,
+/// the start of the open round's block range, and the bases of the rounds it may draw from.
 struct Cursor {
     next_block: u64,
     round: u64,
     seen: BTreeMap<u64, (LocalUpdate, H256)>,
-    rejected: BTreeMap<u64, String>,
+    rejected: BTreeMap<(u64, u64), String>,
+    superseded: Vec<LocalUpdate>,
+    opened_after: u64,
+    bases: BTreeMap<u64, Bases>,
 }
 
 impl Cursor {
     fn new(from_block: u64) -> Cursor {
-        Cursor { next_block: from_block, round: 0, seen: BTreeMap::new(), rejected: BTreeMap::new() }
+        Cursor {
+            next_block: from_block,
+            round: 0,
+            seen: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            superseded: Vec::new(),
+            opened_after: 0,
+            bases: BTreeMap::new(),
+        }
     }
 
-    /// Reads the events of the blocks not read yet and keeps the round-`round` updates.
-    fn advance(&mut self, registry: &Registry, round: u64) -> Result<()> {
+    /// Reads the events of the blocks not read yet and keeps the round-`round` updates
+    /// (synchronous rounds), or every update (asynchronous rounds: the scan restarts after
+    /// `opened_after`, the block the previous global model closed at, when the round changes).
+    fn advance(&mut self, registry: &Registry, round: u64, opened_after: Option<u64>) -> Result<()> {
         if self.round != round {
             self.round = round;
             self.seen.retain(|_, (u, _)| u.round == round);
             self.rejected.clear();
+            self.superseded.clear();
+            if let Some(after) = opened_after {
+                self.seen.clear();
+                self.next_block = after + 1;
+                self.opened_after = after;
+            }
         }
         // Only blocks with the client's confirmations: an update read from a block that a
         // reorganisation can still remove could end up in a global model it is not under.
@@ -291,11 +318,14 @@ impl Cursor {
         if latest < self.next_block {
             return Ok(());
         }
-        let seen = &mut self.seen;
+        let asynchronous = opened_after.is_some();
+        let (seen, superseded) = (&mut self.seen, &mut self.superseded);
         registry.for_each_event(self.next_block, latest, &mut |logged| {
             if let Event::LocalWeightSet(update) = logged.event {
-                if update.round >= round {
-                    seen.insert(update.node_id, (update, logged.transaction_hash));
+                if asynchronous || update.round >= round {
+                    if let Some((older, _)) = seen.insert(update.node_id, (update, logged.transaction_hash)) {
+                        superseded.push(older);
+                    }
                 }
             }
             Ok(())
@@ -305,30 +335,38 @@ impl Cursor {
     }
 }
 
-/// Waits for round `round`'s updates, averages and publishes them. `None` if another
-/// aggregator (or an earlier run of this one) published the round meanwhile.
-fn aggregate_round(
+/// The updates a round will fetch, and what it knows of them before fetching.
+struct Collected {
+    inputs: Vec<(LocalUpdate, H256)>,
+    expected: Vec<u64>,
+    closed_at_block: u64,
+    /// Asynchronous rounds: updates left out before fetching, with why.
+    left_early: Vec<(LocalUpdate, LeftOut, String)>,
+}
+
+/// Synchronous rounds: waits until every registered learner's update of `round` is in (or
+/// `--min-learners` after `--round-timeout`). `None` if the round was published meanwhile.
+fn collect_sync(
     config: &RunConfig,
     registry: &Registry,
-    ipfs: &fl_ipfs::Client,
-    test_set: &Dataset,
     round: u64,
     cursor: &mut Cursor,
     monitor: &Monitor,
-) -> Result<Option<(RoundResult, Vec<u64>)>> {
+    poll: &mut Backoff,
+) -> Result<Option<Collected>> {
     let waiting_since = Instant::now();
-    let mut poll = Backoff::new(Duration::from_millis(250), config.max_poll);
     let mut last_report = String::new();
     let rule = &config.recipe.rule;
-    let (inputs, expected, closed_at_block) = loop {
-        cursor.advance(registry, round)?;
+    loop {
+        cursor.advance(registry, round, None)?;
         if registry.current_round()? != round {
             return Ok(None);
         }
         let expected = registry.learner_ids()?;
         let arrived: Vec<(LocalUpdate, H256)> =
             cursor.seen.values().filter(|(u, _)| u.round == round && expected.contains(&u.node_id)).cloned().collect();
-        let usable: Vec<(LocalUpdate, H256)> = arrived.iter().filter(|(u, _)| !cursor.rejected.contains_key(&u.node_id)).cloned().collect();
+        let usable: Vec<(LocalUpdate, H256)> =
+            arrived.iter().filter(|(u, _)| !cursor.rejected.contains_key(&(u.node_id, u.round))).cloned().collect();
         let all_in = !expected.is_empty() && arrived.len() == expected.len();
         let timed_out = match (config.min_learners, config.round_timeout) {
             (Some(min), Some(timeout)) => waiting_since.elapsed() >= timeout && usable.len() >= min,
@@ -348,7 +386,8 @@ fn aggregate_round(
                 let timeout = config.round_timeout.unwrap_or_default();
                 log(&format!("round {round}: closing after {timeout:?} with {} of {} learners", arrived.len(), expected.len()));
             }
-            break (usable, expected, cursor.next_block.saturating_sub(1));
+            let closed_at_block = cursor.next_block.saturating_sub(1);
+            return Ok(Some(Collected { inputs: usable, expected, closed_at_block, left_early: Vec::new() }));
         }
         let seen: Vec<(u64, String)> = arrived.iter().map(|(u, _)| (u.node_id, u.cid.clone())).collect();
         monitor.collecting(round, &expected, &seen, Some((waiting, report.clone())));
@@ -357,26 +396,128 @@ fn aggregate_round(
             last_report = report;
         }
         poll.wait();
+    }
+}
+
+/// Asynchronous rounds: waits until at least `buffer` usable updates (of any round within
+/// the staleness bound, the latest of each learner) were mined since the previous global
+/// model closed. `None` if the round was published meanwhile.
+#[allow(clippy::too_many_arguments)]
+fn collect_async(
+    config: &RunConfig,
+    registry: &Registry,
+    round: u64,
+    (buffer, max_staleness): (u64, u64),
+    opened_after: u64,
+    cursor: &mut Cursor,
+    monitor: &Monitor,
+    poll: &mut Backoff,
+) -> Result<Option<Collected>> {
+    let mut last_report = String::new();
+    let rule = &config.recipe.rule;
+    let needed = (buffer as usize).max(rule.min_inputs());
+    loop {
+        cursor.advance(registry, round, Some(opened_after))?;
+        if registry.current_round()? != round {
+            return Ok(None);
+        }
+        let expected = registry.learner_ids()?;
+        let fresh = |u: &LocalUpdate| round - u.round.min(round) <= max_staleness;
+        let usable: Vec<(LocalUpdate, H256)> = cursor
+            .seen
+            .values()
+            .filter(|(u, _)| expected.contains(&u.node_id) && fresh(u) && !cursor.rejected.contains_key(&(u.node_id, u.round)))
+            .cloned()
+            .collect();
+        if usable.len() >= needed {
+            let mut left_early = Vec::new();
+            for (u, _) in cursor.seen.values().filter(|(u, _)| !fresh(u)) {
+                let why = format!(
+                    "too stale: trained on the global model of round {}, {} rounds behind (at most {max_staleness})",
+                    u.round - 1,
+                    round - u.round
+                );
+                left_early.push((u.clone(), LeftOut::TooStale, why));
+            }
+            for u in &cursor.superseded {
+                let newer = cursor.seen.get(&u.node_id).map(|(n, _)| n.round).unwrap_or_default();
+                left_early.push((u.clone(), LeftOut::Superseded, format!("superseded by the same learner's round-{newer} update")));
+            }
+            let closed_at_block = cursor.next_block.saturating_sub(1);
+            return Ok(Some(Collected { inputs: usable, expected, closed_at_block, left_early }));
+        }
+        let report = format!(
+            "round {round}: {} of {needed} usable updates in since block {} (asynchronous: buffer {buffer}, staleness at most {max_staleness})",
+            usable.len(),
+            opened_after + 1
+        );
+        let seen: Vec<(u64, String)> = usable.iter().map(|(u, _)| (u.node_id, u.cid.clone())).collect();
+        monitor.collecting(round, &expected, &seen, Some((Waiting::ForLearners, report.clone())));
+        if report != last_report {
+            log(&report);
+            last_report = report;
+        }
+        poll.wait();
+    }
+}
+
+/// Waits for round `round`'s updates, aggregates and publishes them. `None` if another
+/// aggregator (or an earlier run of this one) published the round meanwhile, or too few
+/// usable updates remained after fetching.
+#[allow(clippy::too_many_arguments)]
+fn aggregate_round(
+    config: &RunConfig,
+    registry: &Registry,
+    ipfs: &fl_ipfs::Client,
+    test_set: &Dataset,
+    round: u64,
+    mode: Mode,
+    cursor: &mut Cursor,
+    monitor: &Monitor,
+) -> Result<Option<(RoundResult, Vec<u64>)>> {
+    let waiting_since = Instant::now();
+    let mut poll = Backoff::new(Duration::from_millis(250), config.max_poll);
+    let rule = &config.recipe.rule;
+    let collected = match mode {
+        Mode::Sync => collect_sync(config, registry, round, cursor, monitor, &mut poll)?,
+        Mode::Async { buffer, max_staleness } => {
+            let opened_after = opened_after(registry, round)?;
+            collect_async(config, registry, round, (buffer, max_staleness), opened_after, cursor, monitor, &mut poll)?
+        }
     };
+    let Some(Collected { inputs, expected, closed_at_block, left_early }) = collected else { return Ok(None) };
     let wait_s = waiting_since.elapsed().as_secs_f64();
     let seen: Vec<(u64, String)> = inputs.iter().map(|(u, _)| (u.node_id, u.cid.clone())).collect();
     monitor.collecting(round, &expected, &seen, None);
     monitor.phase("fetching");
 
-    // The previous global model: what compressed updates are differences from (directly, or
-    // through its encoded copy), and what clipping measures each update's distance from.
-    let previous = previous_global(registry, ipfs, round)?;
-    let bases = Bases::of(&previous)?;
+    // The global models the updates start from: what compressed updates are differences
+    // from (directly, or through an encoded copy), what clipping measures each update's
+    // distance from, and in asynchronous rounds what stale steps are rebased onto.
+    let from_block = registry.deployed_at()?;
+    let mut rounds: Vec<u64> = inputs.iter().map(|(u, _)| u.round).chain([round]).collect();
+    rounds.sort_unstable();
+    rounds.dedup();
+    cursor.bases.retain(|r, _| rounds.contains(r));
+    for r in rounds {
+        if !cursor.bases.contains_key(&r) {
+            cursor.bases.insert(r, Bases::of(&global_of_round(registry, ipfs, r - 1, from_block)?)?);
+        }
+    }
+    let bases = &cursor.bases;
+    let previous = bases[&round].global();
     // Models are fetched and fed to the rule one at a time: FedAvg keeps a running sum and
     // the other rules spill to disk, so memory does not grow with the fleet.
-    let mut aggregation = Aggregation::new(&config.recipe, config.recipe.clip_norm.map(|_| &previous))?;
+    let mut aggregation = Aggregation::new(&config.recipe, config.recipe.clip_norm.map(|_| previous))?;
     let mut encodings: Vec<(u64, Encoding)> = Vec::new();
     let mut used: Vec<LocalUpdate> = Vec::new();
     let mut learners = Vec::new();
     let mut timings = Timings { wait_s, ..Timings::default() };
+    let mut rejected = Vec::new();
     // Fetched and checked by `--fetch-workers` threads, folded here in node-id order: the
     // bytes do not depend on which fetch finished first (see crate::fetch for the bound).
     let fetch_one = |(update, tx): &(LocalUpdate, H256)| {
+        let bases = &bases[&update.round];
         // Each failure with the reason it counts under in the metrics.
         let fetched = ipfs
             .fetch_verified(&update.cid, &update.digest, MAX_MODEL_BYTES)
@@ -385,17 +526,27 @@ fn aggregate_round(
                 e => (LeftOut::Unavailable, anyhow::Error::from(e)),
             })
             .and_then(|bytes| bases.decode(&bytes).map_err(|e| (LeftOut::InvalidFile, e)))
-            .and_then(|Decoded { model, encoding, .. }| {
-                if model.n_samples != update.samples || model.round != round {
+            .and_then(|Decoded { model, encoding, base }| {
+                if model.n_samples != update.samples || model.round != update.round {
                     let e = anyhow::anyhow!(
-                        "the file says round {} with {} samples, the chain says round {round} with {}",
+                        "the file says round {} with {} samples, the chain says round {} with {}",
                         model.round,
                         model.n_samples,
+                        update.round,
                         update.samples
                     );
                     return Err((LeftOut::WrongRoundOrSamples, e));
                 }
-                Ok((model, encoding))
+                match mode {
+                    Mode::Sync => Ok((model, encoding)),
+                    // Named bases were checked by decoding; an absolute file's is the f32 model.
+                    Mode::Async { .. } => bases
+                        .model(base)
+                        .context("the update's base is not among its round's")
+                        .and_then(|b| staleness::rebase(&model, b, previous, round - update.round))
+                        .map(|m| (m, encoding))
+                        .map_err(|e| (LeftOut::Incompatible, e)),
+                }
             });
         let gas = registry.client().rpc().transaction_receipt(*tx).ok().flatten().and_then(|r| r.gas_used).map(|g| g.as_u64());
         (fetched, gas)
@@ -404,7 +555,7 @@ fn aggregate_round(
     let workers = config.fetch_workers;
     fetch_in_order(&inputs, workers, 2 * workers, fetch_one, |index, (fetched, gas)| {
         let (update, tx) = &inputs[index];
-        let label = format!("learner {} round {round}", update.node_id);
+        let label = format!("learner {} round {}", update.node_id, update.round);
         let mut entry = LearnerResult {
             node_id: update.node_id,
             model: Published {
@@ -446,26 +597,33 @@ fn aggregate_round(
                 log(&format!("round {round}: leaving out {label}: {err:#}"));
                 monitor.left_out(why);
                 entry.note = Some(format!("{err:#}"));
-                cursor.rejected.insert(update.node_id, format!("{err:#}"));
+                rejected.push(((update.node_id, update.round), format!("{err:#}")));
             }
         }
         learners.push(entry);
         Ok(())
     })?;
+    cursor.rejected.extend(rejected);
     // The time this thread waited for fetches: the rest went to evaluating and folding.
     timings.fetch_s = (fetching_since.elapsed().as_secs_f64() - timings.evaluate_s - timings.average_s).max(0.0);
-    if used.len() < rule.min_inputs() || config.min_learners.is_some_and(|min| used.len() < min) {
+    let needed = match mode {
+        Mode::Sync => config.min_learners.unwrap_or(0).max(rule.min_inputs()),
+        Mode::Async { buffer, .. } => (buffer as usize).max(rule.min_inputs()),
+    };
+    if used.len() < needed {
         // Left-out updates are remembered: the round waits for more rather than refetching.
         let waiting = if used.len() < rule.min_inputs() { Waiting::RuleNeedsMoreUpdates } else { Waiting::MinLearners };
         let seen: Vec<(u64, String)> =
             cursor.seen.values().filter(|(u, _)| u.round == round).map(|(u, _)| (u.node_id, u.cid.clone())).collect();
         monitor.collecting(round, &expected, &seen, Some((waiting, format!("only {} usable updates after fetching", used.len()))));
         log(&format!(
-            "round {round}: only {} usable updates after fetching ({} left out); rule {rule} needs {}{}: not publishing yet",
+            "round {round}: only {} usable updates after fetching ({} left out); {needed} needed (rule {rule}{}): not publishing yet",
             used.len(),
             cursor.rejected.len(),
-            rule.min_inputs(),
-            config.min_learners.map(|min| format!(", --min-learners {min}")).unwrap_or_default()
+            match mode {
+                Mode::Sync => config.min_learners.map(|min| format!(", --min-learners {min}")).unwrap_or_default(),
+                Mode::Async { buffer, .. } => format!(", buffer {buffer}"),
+            }
         ));
         return Ok(None);
     }
@@ -476,20 +634,42 @@ fn aggregate_round(
     global.round = round;
     timings.average_s += started.elapsed().as_secs_f64();
 
-    // The record accounts for every round-`round` update read so far that is not an input.
+    // The record accounts for every update read so far that is not an input: of the round
+    // (synchronous), or mined since the previous global model closed (asynchronous).
     let mut record = RoundRecord::aggregated(&config.recipe, closed_at_block);
     record.selected = outcome.selected.clone();
     record.clipped = outcome.clipped.clone();
     for (node_id, encoding) in encodings {
         record.note_encoding(node_id, encoding);
     }
-    for (update, _) in cursor.seen.values().filter(|(u, _)| u.round == round) {
-        if let Some(reason) = cursor.rejected.get(&update.node_id) {
-            record.leave_out(update.node_id, reason);
+    let of_round = |u: &LocalUpdate| match mode {
+        Mode::Sync => None,
+        Mode::Async { .. } => Some(u.round),
+    };
+    for (update, why, reason) in &left_early {
+        monitor.left_out(*why);
+        record.leave_out_of_round(update.node_id, of_round(update), reason);
+    }
+    let considered = cursor.seen.values().filter(|(u, _)| match mode {
+        Mode::Sync => u.round == round,
+        Mode::Async { max_staleness, .. } => round - u.round.min(round) <= max_staleness,
+    });
+    for (update, _) in considered {
+        if let Some(reason) = cursor.rejected.get(&(update.node_id, update.round)) {
+            record.leave_out_of_round(update.node_id, of_round(update), reason);
         } else if !expected.contains(&update.node_id) {
-            record.leave_out(update.node_id, "the learner is no longer registered");
+            record.leave_out_of_round(update.node_id, of_round(update), "the learner is no longer registered");
             monitor.left_out(LeftOut::Unregistered);
         }
+    }
+    if let Mode::Async { buffer, max_staleness } = mode {
+        record.asynchronous = Some(AsyncRound {
+            buffer,
+            max_staleness,
+            weighting: staleness::WEIGHTING.into(),
+            opened_after_block: cursor.opened_after,
+            rounds: used.iter().map(|u| u.round).collect(),
+        });
     }
     for entry in learners.iter_mut().filter(|l| l.used && !outcome.selected.contains(&l.node_id)) {
         entry.note = Some(format!("an input of {rule}, not selected"));
@@ -514,8 +694,12 @@ fn aggregate_round(
     };
     keep_for_verify(ipfs, registry, round, &used, &published.cid, record.global_encoded.as_ref());
     timings.publish_s = started.elapsed().as_secs_f64();
+    let staleness_note = match &record.asynchronous {
+        Some(a) => format!(", input rounds {:?}", a.rounds),
+        None => String::new(),
+    };
     log(&format!(
-        "round {round}: published global model {} by {rule} from {} learners (selected {:?}, clipped {:?}, left out {:?}), test accuracy {:.2}%, commitment {}",
+        "round {round}: published global model {} by {rule} from {} learners (selected {:?}, clipped {:?}, left out {:?}{staleness_note}), test accuracy {:.2}%, commitment {}",
         published.cid,
         used.len(),
         record.selected,
@@ -533,6 +717,21 @@ fn aggregate_round(
         published_at: unix_now(),
     };
     Ok(Some((result, left_out)))
+}
+
+/// Asynchronous rounds: the block after which round `round`'s updates count, the block the
+/// previous global model closed at (for round 1, the block before `deployed_at`).
+fn opened_after(registry: &Registry, round: u64) -> Result<u64> {
+    let deployed_at = registry.deployed_at()?;
+    if round == 1 {
+        return Ok(deployed_at.saturating_sub(1));
+    }
+    let head = registry.client().confirmed_head()?;
+    let previous = registry
+        .global_event_of_round(round - 1, deployed_at, head)?
+        .with_context(|| format!("round {round}: no GlobalWeightSet event of round {} up to block {head}", round - 1))?;
+    let record = RoundRecord::from_bytes(&previous.record).with_context(|| format!("the round record of global round {}", round - 1))?;
+    record.closed_at_block.with_context(|| format!("the round record of global round {} has no closed_at_block", round - 1))
 }
 
 /// Keeps a published round's inputs and global model in the aggregator's IPFS node, under
@@ -561,15 +760,15 @@ fn keep_for_verify(
     }
 }
 
-/// The global model of round `round - 1` (the latest while `round` is open), checked
+/// The global model of round `round`, found by its event (newest blocks first) and checked
 /// against its digest on chain.
-fn previous_global(registry: &Registry, ipfs: &fl_ipfs::Client, round: u64) -> Result<ModelFile> {
-    let global = registry.global_update()?.context("no global model published yet")?;
-    if global.round + 1 != round {
-        bail!("round {round}: the latest global model is of round {}, expected {}", global.round, round - 1);
-    }
+fn global_of_round(registry: &Registry, ipfs: &fl_ipfs::Client, round: u64, from_block: u64) -> Result<ModelFile> {
+    let head = registry.client().confirmed_head()?;
+    let global = registry
+        .global_event_of_round(round, from_block, head)?
+        .with_context(|| format!("no global model of round {round} on chain up to block {head}"))?;
     let bytes = ipfs
         .fetch_verified(&global.cid, &global.digest, MAX_MODEL_BYTES)
-        .with_context(|| format!("fetching the global model of round {}, which round {round}'s updates start from", global.round))?;
-    ModelFile::from_bytes(&bytes).with_context(|| format!("the global model of round {} ({})", global.round, global.cid))
+        .with_context(|| format!("fetching the global model of round {round}, which round {}'s updates start from", round + 1))?;
+    ModelFile::from_bytes(&bytes).with_context(|| format!("the global model of round {round} ({})", global.cid))
 }

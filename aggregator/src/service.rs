@@ -45,16 +45,22 @@ pub enum LeftOut {
     Incompatible,
     /// The learner was removed before the round closed.
     Unregistered,
+    /// Asynchronous rounds: trained on a global model more than the staleness bound old.
+    TooStale,
+    /// Asynchronous rounds: the same learner's newer update is in the same global model.
+    Superseded,
 }
 
 impl LeftOut {
-    pub const ALL: [LeftOut; 6] = [
+    pub const ALL: [LeftOut; 8] = [
         LeftOut::Unavailable,
         LeftOut::DigestMismatch,
         LeftOut::InvalidFile,
         LeftOut::WrongRoundOrSamples,
         LeftOut::Incompatible,
         LeftOut::Unregistered,
+        LeftOut::TooStale,
+        LeftOut::Superseded,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +71,8 @@ impl LeftOut {
             LeftOut::WrongRoundOrSamples => "wrong_round_or_samples",
             LeftOut::Incompatible => "incompatible",
             LeftOut::Unregistered => "unregistered",
+            LeftOut::TooStale => "too_stale",
+            LeftOut::Superseded => "superseded",
         }
     }
 }

@@ -14,6 +14,12 @@
 //! be the previous global model or its encoded copy's decoding, and each input's encoding is
 //! checked against the record's `encodings`; a recorded encoded copy of the global model
 //! (`global_encoded`) is derived again from the model and its digest and CID compared.
+//! An asynchronous round (record version 3) takes each input's update of the round the
+//! record names, mined in the round's block range (after the previous global model's
+//! `closed_at_block`); it checks every update mined in that range is an input or left out,
+//! that no input is staler than the bound the registry sets and that the buffer and bound
+//! are the registry's, and recomputes the model from the inputs rebased onto the previous
+//! global model with their staleness weights (`fl_core::staleness`).
 //! Every mismatch is printed; the exit status is 1 if there is any.
 
 use std::collections::BTreeMap;
@@ -21,15 +27,16 @@ use std::ffi::OsString;
 
 use anyhow::{bail, Context, Result};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
-use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
+use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Mode, Registry};
 use fl_core::encoding::{Bases, Decoded, Encoding};
 use fl_core::flags::number;
 use fl_core::rules::{Aggregation, Recipe, Rule};
+use fl_core::staleness;
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use lexopt::prelude::*;
 
 use crate::fetch::fetch_in_order;
-use crate::record::RoundRecord;
+use crate::record::{AsyncRound, RoundRecord};
 
 /// Threads fetching a round's inputs at once (as `run`'s default `--fetch-workers`).
 const FETCH_WORKERS: usize = 4;
@@ -129,12 +136,67 @@ fn check_encoded_global(record: &RoundRecord, global: &ModelFile, problems: &mut
     Ok(())
 }
 
-/// The events `verify` needs, read in one bounded pass.
+/// The checks of an asynchronous round's record against the registry and the previous
+/// global model: the buffer and staleness bound are the registry's, the block range starts
+/// where the previous global model's ended, there are as many input rounds as inputs and at
+/// least `buffer` inputs, and none is staler than the bound.
+fn check_async_round(
+    registry: &Registry,
+    round: u64,
+    a: &AsyncRound,
+    events: &RoundEvents,
+    inputs: usize,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    match registry.mode()? {
+        Mode::Async { buffer, max_staleness } if (buffer, max_staleness) == (a.buffer, a.max_staleness) => {}
+        mode => problems.push(format!(
+            "the record says asynchronous rounds with buffer {} and staleness at most {}, the registry runs {mode}",
+            a.buffer, a.max_staleness
+        )),
+    }
+    if a.weighting != staleness::WEIGHTING {
+        problems.push(format!("the record weighs staleness by {:?}, this program knows {:?}", a.weighting, staleness::WEIGHTING));
+    }
+    let expected_start = match round {
+        1 => registry.deployed_at()?.saturating_sub(1),
+        _ => {
+            let previous = events.bases.get(&(round - 1)).with_context(|| format!("no global model of round {} on chain", round - 1))?;
+            RoundRecord::from_bytes(&previous.record)
+                .ok()
+                .and_then(|r| r.closed_at_block)
+                .with_context(|| format!("the round record of global round {} has no closed_at_block", round - 1))?
+        }
+    };
+    if a.opened_after_block != expected_start {
+        problems.push(format!(
+            "the record's updates start after block {}, but the previous global model closed at block {expected_start}",
+            a.opened_after_block
+        ));
+    }
+    if a.rounds.len() != inputs {
+        problems.push(format!("the record names {} input rounds for {inputs} inputs", a.rounds.len()));
+    }
+    if (inputs as u64) < a.buffer {
+        problems.push(format!("{inputs} inputs, fewer than the buffer of {}", a.buffer));
+    }
+    for r in &a.rounds {
+        if *r == 0 || *r > round || round - r > a.max_staleness {
+            problems.push(format!("an input of round {r} is {} rounds stale, more than {}", round.saturating_sub(*r), a.max_staleness));
+        }
+    }
+    Ok(())
+}
+
+/// The events `verify` needs, read in one pass over bounded `eth_getLogs` ranges.
 struct RoundEvents {
     global: Option<(GlobalUpdate, u64)>,
-    previous: Option<GlobalUpdate>,
-    /// The round's updates by node id, with the block each was mined in.
-    locals: BTreeMap<u64, (LocalUpdate, u64)>,
+    /// The global models the inputs start from, by round (the previous one at least).
+    bases: BTreeMap<u64, GlobalUpdate>,
+    /// The updates considered, by (node id, round), with the block each was mined in: the
+    /// round's (synchronous), or those mined after the round's block range opened
+    /// (asynchronous).
+    locals: BTreeMap<(u64, u64), (LocalUpdate, u64)>,
 }
 
 /// Recomputes round `round` from the chain and IPFS.
@@ -147,13 +209,30 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     };
     let ipfs = endpoints.ipfs();
     let latest = client.confirmed_head()?;
-    let mut events = RoundEvents { global: None, previous: None, locals: BTreeMap::new() };
+    // The record says what else to read: an asynchronous round's block range and rounds.
+    let asynchronous = match registry.global_event_of_round(round, from_block, latest)? {
+        Some(g) if !g.record.is_empty() => RoundRecord::from_bytes(&g.record).ok().and_then(|r| r.asynchronous),
+        _ => None,
+    };
+    let base_rounds: Vec<u64> = match &asynchronous {
+        Some(a) => a.rounds.iter().map(|r| r.saturating_sub(1)).chain([round.saturating_sub(1)]).collect(),
+        None => vec![round.saturating_sub(1)],
+    };
+    let mut events = RoundEvents { global: None, bases: BTreeMap::new(), locals: BTreeMap::new() };
     registry.for_each_event(from_block, latest, &mut |logged| {
         match logged.event {
             Event::GlobalWeightSet(g) if g.round == round => events.global = Some((g, logged.block_number)),
-            Event::GlobalWeightSet(g) if round > 0 && g.round == round - 1 => events.previous = Some(g),
-            Event::LocalWeightSet(u) if u.round == round => {
-                events.locals.insert(u.node_id, (u, logged.block_number));
+            Event::GlobalWeightSet(g) if round > 0 && base_rounds.contains(&g.round) => {
+                events.bases.insert(g.round, g);
+            }
+            Event::LocalWeightSet(u) => {
+                let considered = match &asynchronous {
+                    None => u.round == round,
+                    Some(a) => logged.block_number > a.opened_after_block,
+                };
+                if considered {
+                    events.locals.insert((u.node_id, u.round), (u, logged.block_number));
+                }
             }
             _ => {}
         }
@@ -196,12 +275,27 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     };
     let recipe_text = format!("{}{}", recipe.rule, recipe.clip_norm.map(|c| format!(", clip-norm {c}")).unwrap_or_default());
 
-    // The inputs: each listed node id must have an update of the round on chain.
+    let closed = record.as_ref().and_then(|r| r.closed_at_block).unwrap_or(u64::MAX);
+    // The inputs: each listed node id must have an update of the round on chain (in an
+    // asynchronous round, of the round the record names, mined in the round's range).
+    let asynchronous = record.as_ref().and_then(|r| r.asynchronous.as_ref());
+    let input_rounds: Vec<u64> = match asynchronous {
+        Some(a) => {
+            check_async_round(&registry, round, a, &events, global.node_ids.len(), &mut problems)?;
+            a.rounds.clone()
+        }
+        None => vec![round; global.node_ids.len()],
+    };
     let mut inputs = Vec::with_capacity(global.node_ids.len());
-    for id in &global.node_ids {
-        match events.locals.get(id) {
-            Some((update, _)) => inputs.push(update.clone()),
-            None => problems.push(format!("the event lists learner {id} as an input, but no round-{round} update of it is on chain")),
+    for (id, input_round) in global.node_ids.iter().zip(&input_rounds) {
+        match events.locals.get(&(*id, *input_round)) {
+            Some((update, block)) if *block <= closed => inputs.push(update.clone()),
+            _ if *input_round == round => {
+                problems.push(format!("the event lists learner {id} as an input, but no round-{round} update of it is on chain"))
+            }
+            _ => problems.push(format!(
+                "the event lists learner {id}'s round-{input_round} update as an input, but no round-{input_round} update of it is on chain in this round's blocks"
+            )),
         }
     }
     let recorded = record.as_ref().map(|_| global.record.as_slice());
@@ -215,21 +309,22 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     // Accounting: every update of the round read before it closed is an input or left out
     // with a reason.
     if let Some(record) = &record {
-        let closed = record.closed_at_block.unwrap_or(u64::MAX);
-        for (id, (_, block)) in &events.locals {
-            let accounted = global.node_ids.contains(id) || record.left_out.iter().any(|l| l.node_id == *id);
+        let is_input = |id: u64, r: u64| inputs.iter().any(|u| u.node_id == id && u.round == r);
+        for ((id, update_round), (_, block)) in &events.locals {
+            let accounted = is_input(*id, *update_round) || record.leaves_out(*id, *update_round, round);
             if !accounted && *block <= closed {
-                problems
-                    .push(format!("learner {id}'s round-{round} update (block {block}) is neither an input nor left out with a reason"));
+                problems.push(format!(
+                    "learner {id}'s round-{update_round} update (block {block}) is neither an input nor left out with a reason"
+                ));
             }
         }
         for left in &record.left_out {
-            if global.node_ids.contains(&left.node_id) {
+            if is_input(left.node_id, left.round.unwrap_or(round)) {
                 problems.push(format!("learner {} is both an input and left out ({})", left.node_id, left.reason));
             }
         }
     }
-    if problems.iter().any(|p| p.contains("no round-")) {
+    if problems.iter().any(|p| p.contains("no round-") || p.contains("input rounds for")) {
         // Nothing sound to recompute from.
         return Ok(Verdict {
             round,
@@ -243,19 +338,35 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
 
     // Recompute with the recorded rule, from the recorded inputs in ascending node id order,
     // each decoded onto the base it names (the previous global model, or its encoded copy).
-    let previous = events
-        .previous
-        .as_ref()
-        .with_context(|| format!("round {round}'s updates start from round {}'s global model, which is not on chain", round - 1))?;
-    let previous = fetch(&previous.cid, &previous.digest, &format!("the global model of round {}", round - 1))?;
-    let bases = Bases::of(&previous)?;
-    let mut aggregation = Aggregation::new(&recipe, recipe.clip_norm.map(|_| &previous))?;
+    let mut bases = BTreeMap::new();
+    for base_round in input_rounds.iter().map(|r| r - 1).chain([round - 1]) {
+        if bases.contains_key(&(base_round + 1)) {
+            continue;
+        }
+        let event = events
+            .bases
+            .get(&base_round)
+            .with_context(|| format!("round {round}'s inputs start from round {base_round}'s global model, which is not on chain"))?;
+        let model = fetch(&event.cid, &event.digest, &format!("the global model of round {base_round}"))?;
+        bases.insert(base_round + 1, Bases::of(&model)?);
+    }
+    let previous = bases[&round].global();
+    let mut aggregation = Aggregation::new(&recipe, recipe.clip_norm.map(|_| previous))?;
     // Fetched by a few threads, added in node-id order: the same bytes as one at a time.
-    let what = |update: &LocalUpdate| format!("learner {}'s round-{round} model", update.node_id);
+    let what = |update: &LocalUpdate| format!("learner {}'s round-{} model", update.node_id, update.round);
+    let is_async = asynchronous.is_some();
     let fetch_update = |update: &LocalUpdate| -> Result<Decoded> {
         let bytes =
             ipfs.fetch_verified(&update.cid, &update.digest, MAX_MODEL_BYTES).with_context(|| format!("fetching {}", what(update)))?;
-        bases.decode(&bytes).with_context(|| format!("{} ({})", what(update), update.cid))
+        let its_bases = &bases[&update.round];
+        let mut decoded = its_bases.decode(&bytes).with_context(|| format!("{} ({})", what(update), update.cid))?;
+        if is_async {
+            // The step from the update's base, damped and moved onto the latest global model.
+            let base = its_bases.model(decoded.base).context("the update's base is not among its round's")?;
+            decoded.model = staleness::rebase(&decoded.model, base, previous, round - update.round)
+                .with_context(|| format!("rebasing {}", what(update)))?;
+        }
+        Ok(decoded)
     };
     let mut encodings = Vec::new();
     fetch_in_order(&inputs, FETCH_WORKERS, 2 * FETCH_WORKERS, fetch_update, |index, decoded| {
@@ -280,7 +391,8 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         // An input the record names no encoding for (every input before version 2) is f32.
         for (node_id, encoding) in &encodings {
             let recorded = record.encoding_of(*node_id).unwrap_or("f32");
-            if recorded != encoding.name() {
+            let listed = record.encodings.get(encoding.name()).is_some_and(|ids| ids.contains(node_id));
+            if !listed && recorded != encoding.name() {
                 problems.push(format!("the record says learner {node_id}'s update is {recorded}, its file is {encoding}"));
             }
         }

@@ -355,6 +355,20 @@ impl Bases {
         Ok(Bases { round: global.round, models })
     }
 
+    /// The base model of digest `named` (one of these), or the f32 global model for `None`:
+    /// what an update's step is measured from (an absolute file's from the global model).
+    pub fn model(&self, named: Option<[u8; 32]>) -> Option<&ModelFile> {
+        match named {
+            None => Some(&self.models[0].2),
+            Some(digest) => self.models.iter().find(|(_, d, _)| *d == digest).map(|(_, _, m)| m),
+        }
+    }
+
+    /// The f32 global model these are the bases of.
+    pub fn global(&self) -> &ModelFile {
+        &self.models[0].2
+    }
+
     /// Decodes an update: a version-1 or absolute file as it is, a difference onto the base
     /// it names, which must be one of these.
     pub fn decode(&self, bytes: &[u8]) -> Result<Decoded> {

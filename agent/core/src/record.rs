@@ -25,7 +25,17 @@
 //!   define; the encoded copy is derived from it deterministically, and `verify` derives
 //!   it again and checks both.
 //!
-//! Later features add optional fields (round mode and staleness, model group); a reader
+//! Version 3 adds (asynchronous rounds, `fl_core::staleness`):
+//! - `asynchronous`: the federation's buffer K and staleness bound S, the staleness
+//!   `weighting`, `opened_after_block` (the previous global model's `closed_at_block`, or
+//!   the block before the registry's deployment for round 1), and `rounds`, each input's
+//!   round in the order of the event's node ids. An asynchronous global model takes every
+//!   update mined in blocks `opened_after_block + 1 ..= closed_at_block`, whatever its
+//!   round: each is an input or in `left_out` (with its `round`: too stale, superseded by
+//!   the same learner's newer update, or any reason of version 1), so no update is used
+//!   twice or lost between two global models, and `verify` checks both.
+//!
+//! Later features add optional fields (model group); a reader
 //! refuses a record whose version is newer than it knows rather than misread it. A round
 //! published by a version-1 registry has no record: it was FedAvg of its inputs, without
 //! clipping.
@@ -38,7 +48,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The record version this code writes and the newest it reads.
-pub const RECORD_VERSION: u32 = 2;
+pub const RECORD_VERSION: u32 = 3;
 
 /// Longest reason kept per left-out update (the record is calldata: it costs gas).
 const MAX_REASON_CHARS: usize = 160;
@@ -48,7 +58,26 @@ const MAX_REASON_CHARS: usize = 160;
 #[serde(deny_unknown_fields)]
 pub struct LeftOut {
     pub node_id: u64,
+    /// The update's round (version 3, asynchronous rounds; else the record's round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u64>,
     pub reason: String,
+}
+
+/// How an asynchronous global model was made (record version 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncRound {
+    /// The federation's buffer K: a global model has at least K inputs.
+    pub buffer: u64,
+    /// The federation's staleness bound S: no input is more than S rounds old.
+    pub max_staleness: u64,
+    /// The staleness function ([`crate::staleness::WEIGHTING`]).
+    pub weighting: String,
+    /// The updates considered are those mined after this block.
+    pub opened_after_block: u64,
+    /// Each input's round, in the order of the event's node ids.
+    pub rounds: Vec<u64>,
 }
 
 /// The encoded copy of a global model (record version 2).
@@ -85,6 +114,8 @@ pub struct RoundRecord {
     pub encodings: BTreeMap<String, Vec<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_encoded: Option<EncodedGlobal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asynchronous: Option<AsyncRound>,
 }
 
 impl RoundRecord {
@@ -107,11 +138,22 @@ impl RoundRecord {
 
     /// Records an update left out, its reason cut to a bounded length.
     pub fn leave_out(&mut self, node_id: u64, reason: &str) {
+        self.leave_out_of_round(node_id, None, reason);
+    }
+
+    /// [`RoundRecord::leave_out`] naming the update's round (asynchronous rounds).
+    pub fn leave_out_of_round(&mut self, node_id: u64, round: Option<u64>, reason: &str) {
         let mut kept: String = reason.chars().take(MAX_REASON_CHARS).collect();
         if kept.len() < reason.len() {
             kept.push_str("...");
         }
-        self.left_out.push(LeftOut { node_id, reason: kept });
+        self.left_out.push(LeftOut { node_id, round, reason: kept });
+    }
+
+    /// True if the record leaves out learner `node_id`'s update of `round` (a left-out entry
+    /// without a round is of the record's own round, `own_round`).
+    pub fn leaves_out(&self, node_id: u64, round: u64, own_round: u64) -> bool {
+        self.left_out.iter().any(|l| l.node_id == node_id && l.round.unwrap_or(own_round) == round)
     }
 
     /// Notes that input `node_id`'s file used `encoding`.
@@ -119,6 +161,7 @@ impl RoundRecord {
         let ids = self.encodings.entry(encoding.to_string()).or_default();
         ids.push(node_id);
         ids.sort_unstable();
+        ids.dedup();
     }
 
     /// The encoding the record gives input `node_id`, if it names one.
@@ -174,7 +217,7 @@ mod tests {
         record.global_encoded = Some(EncodedGlobal { encoding: "int8".into(), cid: "bafk".into(), sha256: "00".into() });
         let bytes = record.to_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with(r#"{"version":2,"rule":"trimmed-mean:0.2","clip_norm":"5","closed_at_block":42"#), "{text}");
+        assert!(text.starts_with(r#"{"version":3,"rule":"trimmed-mean:0.2","clip_norm":"5","closed_at_block":42"#), "{text}");
         assert!(text.contains(r#""encodings":{"f32":[2],"int8":[1,3]},"global_encoded":{"encoding":"int8""#), "{text}");
         assert_eq!((record.encoding_of(3), record.encoding_of(2), record.encoding_of(9)), (Some("int8"), Some("f32"), None));
         // A version-1 record (no encodings) still reads.
@@ -186,8 +229,30 @@ mod tests {
         assert_eq!(back.left_out[0].reason.chars().count(), MAX_REASON_CHARS + 3);
         assert_eq!(RoundRecord::from_bytes(&RoundRecord::initial(7).to_bytes()).unwrap().seed, Some(7));
 
-        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":3,"rule":"fedavg"}"#).unwrap_err());
-        assert!(err.contains("round record version 3 is newer than this program reads (2)"), "{err}");
+        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":4,"rule":"fedavg"}"#).unwrap_err());
+        assert!(err.contains("round record version 4 is newer than this program reads (3)"), "{err}");
+        // Version 3: an asynchronous round, with the rounds of its inputs and left-out updates.
+        let mut async_record = RoundRecord::aggregated(&recipe, 50);
+        async_record.asynchronous = Some(AsyncRound {
+            buffer: 2,
+            max_staleness: 4,
+            weighting: crate::staleness::WEIGHTING.into(),
+            opened_after_block: 40,
+            rounds: vec![5, 3],
+        });
+        async_record.leave_out_of_round(7, Some(1), "too stale");
+        let text = String::from_utf8(async_record.to_bytes()).unwrap();
+        assert!(text.contains(r#""left_out":[{"node_id":7,"round":1,"reason":"too stale"}]"#), "{text}");
+        assert!(
+            text.ends_with(
+                r#""asynchronous":{"buffer":2,"max_staleness":4,"weighting":"1/sqrt(1+staleness)","opened_after_block":40,"rounds":[5,3]}}"#
+            ),
+            "{text}"
+        );
+        let back = RoundRecord::from_bytes(text.as_bytes()).unwrap();
+        assert_eq!(back, async_record);
+        assert!(back.leaves_out(7, 1, 6) && !back.leaves_out(7, 6, 6));
+        assert!(record.leaves_out(4, 9, 9), "a version-2 entry is of the record's round");
         let err = format!("{:#}", RoundRecord::from_bytes(b"\x00\x01").unwrap_err());
         assert!(err.starts_with("round record is not JSON"), "{err}");
         let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":1,"colour":"red"}"#).unwrap_err());

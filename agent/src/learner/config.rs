@@ -92,6 +92,7 @@ struct FileConfig {
     confirmations: Option<u64>,
     keep_rounds: Option<u64>,
     update_encoding: Option<String>,
+    slowdown: Option<f64>,
     shard: Option<ShardConfig>,
 }
 
@@ -131,6 +132,9 @@ pub struct LearnerConfig {
     /// How the learner writes its updates (see `fl_core::encoding`): int8 or f16 send the
     /// difference from the global model it started from, f32 the full weights.
     pub update_encoding: Encoding,
+    /// Experiments only: emulate a board this many times slower by waiting, after each
+    /// round's training, (slowdown - 1) times as long as it took (1: no wait).
+    pub slowdown: f64,
     /// Demonstration sharding of a data set every board holds.
     pub shard: Option<ShardConfig>,
 }
@@ -237,6 +241,10 @@ impl LearnerConfig {
             }
             shard.split.parse::<Split>().with_context(|| format!("[shard] split{where_}"))?;
         }
+        let slowdown = file.slowdown.unwrap_or(1.0);
+        if !(1.0..=1000.0).contains(&slowdown) {
+            bail!("slowdown{where_} must be between 1 (a board's own speed) and 1000, got {slowdown}");
+        }
         let update_encoding = match (flags.update_encoding, std::env::var("FL_UPDATE_ENCODING").ok().filter(|v| !v.is_empty())) {
             (Some(text), _) => text.parse().context("--update-encoding")?,
             (None, Some(text)) => text.parse().context("environment variable FL_UPDATE_ENCODING")?,
@@ -260,6 +268,7 @@ impl LearnerConfig {
             test_limit: file.test_limit,
             max_poll: Duration::from_secs_f64(poll),
             update_encoding,
+            slowdown,
             shard: file.shard,
         }))
     }

@@ -24,6 +24,13 @@
 //! `--global-encoding`), the learner downloads that instead and starts from its decoding;
 //! it needs no setting for it, and falls back to the f32 model if the copy is unavailable.
 //!
+//! In an asynchronous federation (the registry's mode, so no setting here) the loop is the
+//! same: the learner trains on the latest global model and sends the update for the round
+//! after it, which the registry accepts while it is at most `maxStaleness` rounds behind the
+//! current one. An update that would arrive staler than that (or, in synchronous rounds,
+//! after its round closed without it) is dropped, and the learner starts again from the
+//! latest global model.
+//!
 //! What it does is also written to `status.json` for `fl-agent status` ([`status`]).
 
 mod config;
@@ -135,6 +142,8 @@ fn run_with_state(
         n => log(&format!("keeping the latest {n} uploads pinned; older ones are unpinned and collected")),
     }
     registry.require_current_version()?;
+    let mode = registry.mode()?;
+    log(&format!("the federation runs {mode}"));
     wait_until_registered(&registry, config)?;
 
     // Events are followed from the (confirmed) block where we start; anything older is
@@ -145,7 +154,7 @@ fn run_with_state(
     // ends the run with its cause.
     let mut retry = Backoff::new(FIRST_PAUSE, Duration::from_secs(60));
     loop {
-        match step(config, &registry, &ipfs, state, &mut cursor, train_set, test_set) {
+        match step(config, &registry, mode.max_staleness(), &ipfs, state, &mut cursor, train_set, test_set) {
             Ok(Flow::Done) => return Ok(()),
             Ok(Flow::Continue) => retry.reset(),
             Err(err) if is_transient(&err) => {
@@ -165,9 +174,11 @@ enum Flow {
 }
 
 /// One pass of the learner's loop: wait, or train and submit the current round.
+#[allow(clippy::too_many_arguments)]
 fn step(
     config: &LearnerConfig,
     registry: &Registry,
+    max_staleness: u64,
     ipfs: &fl_ipfs::Client,
     state: &StateDir,
     cursor: &mut u64,
@@ -210,7 +221,7 @@ fn step(
             return Ok(Flow::Continue);
         }
     };
-    submit_round(config, registry, ipfs, state, &global, me.max_samples, train_set, test_set)?;
+    submit_round(config, registry, max_staleness, ipfs, state, &global, me.max_samples, train_set, test_set)?;
     release_old_uploads(config, ipfs, state, round);
     state.prune(round);
     Ok(Flow::Continue)
@@ -222,6 +233,7 @@ fn step(
 fn submit_round(
     config: &LearnerConfig,
     registry: &Registry,
+    max_staleness: u64,
     ipfs: &fl_ipfs::Client,
     state: &StateDir,
     global: &GlobalUpdate,
@@ -253,7 +265,17 @@ fn submit_round(
             let started = Instant::now();
             let mut model = train::train(&start, train_set, None, &train_config, &mut |_| {})?.model;
             model.round = round;
-            log(&format!("round {round}: trained {} epoch(s) in {:.1}s", config.local_epochs, started.elapsed().as_secs_f64()));
+            let took = started.elapsed();
+            log(&format!("round {round}: trained {} epoch(s) in {:.1}s", config.local_epochs, took.as_secs_f64()));
+            if config.slowdown > 1.0 {
+                let wait = took.mul_f64(config.slowdown - 1.0);
+                log(&format!(
+                    "round {round}: emulating a board {}x slower (slowdown): waiting {:.1}s",
+                    config.slowdown,
+                    wait.as_secs_f64()
+                ));
+                std::thread::sleep(wait);
+            }
             state.save_model(&model)?;
             model
         }
@@ -263,6 +285,9 @@ fn submit_round(
         // the cap (its weight in FedAvg is the cap either way).
         log(&format!("round {round}: trained on {} samples, claiming the registry's cap of {max_samples}", model.n_samples));
         model.n_samples = max_samples;
+    }
+    if too_late(registry, round, max_staleness)? {
+        return Ok(());
     }
     let bytes = encoding::encode(&model, Some(&start), config.update_encoding)?;
     // What the aggregator will decode: the model this learner's accuracy is reported for.
@@ -303,7 +328,12 @@ fn submit_round(
                 log(&format!("round {round}: waiting for the registering transaction {hash:?} sent before a restart"));
                 hash
             }
-            None => send_local(config, registry, state, round, &cid, digest, model.n_samples)?,
+            None => match send_local(config, registry, state, round, &cid, digest, model.n_samples) {
+                Ok(hash) => hash,
+                // The round moved on between the check and the send.
+                Err(err) if is_late(&err) && too_late(registry, round, max_staleness)? => return Ok(()),
+                Err(err) => return Err(err),
+            },
         };
         state.update_status(|s| s.set_activity(format!("round {round}: waiting for the registering transaction {hash:?}")));
         match client.wait_receipt("setLocalWeight", hash)? {
@@ -325,7 +355,12 @@ fn submit_round(
         // Reverted: most likely a duplicate after a restart; the chain says which.
         let me = registry.local_update(config.node_id)?;
         if me.latest.as_ref().is_none_or(|u| u.round != round) {
-            return Err(anyhow::Error::from(client.explain_failure("setLocalWeight", &receipt)))
+            let failure = client.explain_failure("setLocalWeight", &receipt);
+            if matches!(failure.revert_name(), Some("WrongRound" | "TooStale")) && too_late(registry, round, max_staleness)? {
+                state.set_pending(&PendingState::default())?;
+                return Ok(());
+            }
+            return Err(anyhow::Error::from(failure))
                 .with_context(|| format!("round {round}: the registering transaction {:?} reverted", receipt.transaction_hash));
         }
     }
@@ -353,6 +388,31 @@ fn submit_round(
         upload_seconds
     );
     Ok(())
+}
+
+/// True (and says so) if an update of `round` would now be refused: the federation moved
+/// on more than `max_staleness` rounds (0 in synchronous rounds: the round closed without
+/// this learner's update). The saved model is then of no use; the next step starts from the
+/// latest global model.
+fn too_late(registry: &Registry, round: u64, max_staleness: u64) -> Result<bool> {
+    let current = registry.current_round()?;
+    if current.saturating_sub(round) <= max_staleness {
+        return Ok(false);
+    }
+    let why = match max_staleness {
+        0 => format!("round {round} closed without this update (the federation is at round {current})"),
+        s => format!(
+            "the federation is at round {current}, so this round-{round} update would be {} rounds stale (at most {s})",
+            current - round
+        ),
+    };
+    log(&format!("round {round}: {why}; dropping it and starting from the latest global model"));
+    Ok(true)
+}
+
+/// True if `err` is the registry refusing an update for its round (closed, or too stale).
+fn is_late(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<fl_contracts::Error>().and_then(|e| e.revert_name()).is_some_and(|n| matches!(n, "WrongRound" | "TooStale"))
 }
 
 /// The model the round after `global` starts from: the encoded copy its round record names

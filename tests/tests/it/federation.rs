@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Registry};
+use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Mode, Registry};
 use fl_core::data::Mnist;
 use fl_core::encoding::Bases;
 use fl_core::record::RoundRecord;
@@ -39,6 +39,8 @@ pub(super) struct Federation {
     data: PathBuf,
     /// Training images per learner.
     train_per_learner: usize,
+    /// The last global round the aggregator publishes and the learners wait for.
+    pub(super) rounds: u64,
     _dir: TempDir,
 }
 
@@ -54,14 +56,27 @@ impl Federation {
 
     /// `n` learners sharing `ipfs_nodes` IPFS nodes, each training on `train_per_learner` images.
     fn start_fleet(label: &str, n: usize, ipfs_nodes: usize, train_per_learner: usize) -> Result<Federation> {
+        Federation::start_in(label, n, ipfs_nodes, train_per_learner, Mode::Sync, ROUNDS)
+    }
+
+    /// [`Federation::start_fleet`] with a registry in `mode`, running `rounds` rounds.
+    pub(super) fn start_in(
+        label: &str,
+        n: usize,
+        ipfs_nodes: usize,
+        train_per_learner: usize,
+        mode: Mode,
+        rounds: u64,
+    ) -> Result<Federation> {
         let dir = TempDir::new(label)?;
-        let devnet = Devnet::start_fleet(n, ipfs_nodes, dir.path(), Default::default())?;
+        let devnet = Devnet::start_fleet_in(n, ipfs_nodes, dir.path(), Default::default(), mode)?;
         Ok(Federation {
             devnet,
             agent: workspace_bin("fl-agent")?,
             aggregator: workspace_bin("fl-aggregator")?,
             data: mnist(),
             train_per_learner,
+            rounds,
             _dir: dir,
         })
     }
@@ -73,7 +88,7 @@ impl Federation {
     pub(super) fn aggregator_with(&self, log: &str, extra: &[&str]) -> Result<Running> {
         let mut args: Vec<String> = vec![
             "--rounds".into(),
-            ROUNDS.to_string(),
+            self.rounds.to_string(),
             "--data".into(),
             self.data.display().to_string(),
             "--test-limit".into(),
@@ -104,7 +119,7 @@ impl Federation {
     fn learner_command(&self, node_id: usize, extra: &str) -> Result<std::process::Command> {
         let train_limit = self.train_per_learner * self.devnet.n_learners;
         let extra = format!("train_limit = {train_limit}\ntest_limit = {TEST_LIMIT}\n{extra}");
-        let config = self.devnet.write_agent_config(node_id, &self.data, 1, ROUNDS, &extra)?;
+        let config = self.devnet.write_agent_config(node_id, &self.data, 1, self.rounds, &extra)?;
         Ok(self.devnet.agent_command(&self.agent, node_id, &config))
     }
 

@@ -1,6 +1,8 @@
 //! Whole-system tests against real nodes: anvil for the chain, js-ipfs for IPFS.
 //! One binary; each module is one topic.
 
+/// Asynchronous rounds (FedBuff) as processes: a slow and a killed learner, staleness, verify.
+mod asynchronous;
 /// The registry contract and the JSON-RPC client on a real anvil chain.
 mod chain;
 /// The Raspberry Pi builds (aarch64, armv7) run under qemu-user-static against the native agent.
@@ -15,7 +17,7 @@ mod ipfs;
 /// A board's IPFS repository stays bounded: unpinning, garbage collection, MFS keeping, `keep_rounds`, `fl-agent status`.
 mod retention;
 /// Hostile learners and a dishonest aggregator: the robust rules, and what `verify` catches.
-mod robust;
+pub(crate) mod robust;
 /// One federation round, as processes, on each EVM rule set the registry supports.
 mod rule_sets;
 /// The aggregator as a service: /healthz, /metrics (checked by promtool) and the dashboard in headless Chromium.

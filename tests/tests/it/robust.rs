@@ -210,7 +210,7 @@ fn robust_hostile_learner_on_chain_is_left_out_by_multi_krum_and_the_round_verif
 }
 
 /// A learner's update made by the test (no training): the seed model plus seeded noise.
-fn crafted_update(node_id: u64, round: u64, spread: f32) -> ModelFile {
+pub(super) fn crafted_update(node_id: u64, round: u64, spread: f32) -> ModelFile {
     let mut model = ModelFile::initial(1).expect("the initial model");
     let mut rng = Rng::new(1_000 * round + node_id);
     model.tensors = model
@@ -226,18 +226,18 @@ fn crafted_update(node_id: u64, round: u64, spread: f32) -> ModelFile {
 }
 
 /// The devnet as the test drives it: it plays every learner and the aggregator.
-struct Driver<'a> {
-    devnet: &'a Devnet,
-    owner: Client,
+pub(super) struct Driver<'a> {
+    pub(super) devnet: &'a Devnet,
+    pub(super) owner: Client,
 }
 
 impl Driver<'_> {
-    fn learner(&self, node_id: usize) -> Result<Client> {
+    pub(super) fn learner(&self, node_id: usize) -> Result<Client> {
         Ok(Client::new(Rpc::new(self.devnet.anvil.url())?, self.devnet.anvil.signer(node_id)?, Some(self.devnet.anvil.chain_id()))?)
     }
 
     /// Uploads `model` and records it as `node_id`'s update on `registry`.
-    fn send(&self, registry: Address, node_id: usize, model: &ModelFile) -> Result<LocalUpdate> {
+    pub(super) fn send(&self, registry: Address, node_id: usize, model: &ModelFile) -> Result<LocalUpdate> {
         let bytes = model.to_bytes();
         let cid = self.devnet.ipfs[0].client().add(&bytes)?;
         let learner = self.learner(node_id)?;
@@ -261,7 +261,7 @@ impl Driver<'_> {
     }
 
     /// Publishes `model` as the global model of its round, with `inputs` and `record`.
-    fn publish(
+    pub(super) fn publish(
         &self,
         model: &ModelFile,
         inputs: &[LocalUpdate],
@@ -478,8 +478,8 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     assert!(!ok && stdout.iter().any(|l| l.contains("is not what fedavg gives")), "{stdout:?}");
     // The learner and the aggregator refuse to write to it, before doing anything.
     let err = Registry::at(&driver.owner, v1_address).require_current_version().unwrap_err().to_string();
-    assert!(err.contains("is version 1, this program writes to version 2"), "{err}");
-    assert_eq!(Registry::at(&driver.owner, devnet.registry).version()?, 2);
+    assert!(err.contains("is version 1, this program writes to version 3"), "{err}");
+    assert_eq!(Registry::at(&driver.owner, devnet.registry).version()?, 3);
     Ok(())
 }
 
