@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras bench-fleet bench-compression cross package bench-cross check-fresh clean
+.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras bench-fleet bench-async bench-compression cross package bench-cross check-fresh clean
 
 all: build
 
@@ -37,9 +37,15 @@ bench: setup
 bench-rules:
 	bash agent/core/bench/rules.sh $(ARGS)
 
-## The aggregator's round overhead by phase and its peak memory for 10, 50 and 100 learners, 1 vs 4 fetch workers.
+## The aggregator's round overhead by phase and its peak memory for 10, 50 and 100 learners, 1 vs 4 fetch workers;
+## then bench-async.
 bench-fleet: setup
 	bash tests/devnet/bench-fleet.sh $(ARGS)
+	bash tests/devnet/bench-async.sh
+
+## Time to 97% global accuracy, 10 learners with a third 4x slower: synchronous rounds against asynchronous ones (K = 5, S = 4).
+bench-async: setup
+	bash tests/devnet/bench-async.sh
 
 ## Compressed updates: bytes, encode/decode time and IPFS transfer (loopback and a 1 MB/s link) per encoding, and the paper's 5x5 accuracy per encoding over 3 seeds (long: about 2 hours).
 bench-compression: setup

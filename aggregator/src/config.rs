@@ -21,7 +21,9 @@ pub(crate) const USAGE: &str = "\
 usage: fl-aggregator run --rounds R --data DIR [flags]
        fl-aggregator run --config FILE [flags]
 
-aggregates federated rounds published through the registry and IPFS
+aggregates federated rounds published through the registry and IPFS; whether rounds wait
+for their learners or are asynchronous (a global model per K updates, stale ones damped)
+is the registry's mode, set by `fl-aggregator deploy --mode`
 
   --config FILE          read settings from this TOML file, one key per flag (the flag's name
                          with _ for -; --data is data_dir; --no-X is X = false); see
@@ -38,6 +40,7 @@ aggregates federated rounds published through the registry and IPFS
   --clip-norm C          first clip each update's L2 distance from the previous global model to C
   --min-learners K       a round may close with K updates once --round-timeout passed
   --round-timeout SECS   how long to wait for every learner before closing with K
+                         (synchronous rounds only)
   --fetch-workers N      threads fetching and checking updates at once (default 4); results
                          are folded in node-id order, at most 2N held at a time
   --global-encoding E    also publish each global model encoded as f16 (1.24 MB) or int8

@@ -12,6 +12,14 @@
 //! updates that do not wait for every learner"). A rule that needs more updates than are
 //! in (Krum: 2F + 3) keeps the round open, and says so, until enough are.
 //!
+//! On a registry deployed for asynchronous rounds (`deploy --mode async --buffer K
+//! --max-staleness S`; read from the chain, no flag here) a round does not wait for
+//! learners: it closes as soon as K usable updates were mined since the previous global
+//! model closed, whatever round each was trained for (at most S behind; the latest of each
+//! learner), and each update enters rebased onto the latest global model with its step
+//! damped by its staleness (`fl_core::staleness`). The round record says which round each
+//! input is of and the block range it covers (see `fl_core::record`, version 3).
+//!
 //! With `--confirmations N` (chains that reorganise) it reads events and state only from
 //! blocks with N blocks on top and waits for N confirmations of each publication; one
 //! reorganised out comes back as a dropped transaction, a transient error, and the round

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fl_aggregator::report::Results;
+use fl_contracts::Mode;
 use fl_core::encoding::Encoding;
 use fl_core::flags::number;
 use fl_tests::devnet::{Devnet, Running};
@@ -20,7 +21,8 @@ const USAGE: &str = "\
 usage: fl-demo [--learners N] [--ipfs-nodes K] [--rounds R] [--local-epochs L]
                [--train-limit N] [--test-limit N] [--fetch-workers N] [--no-local-eval]
                [--update-encoding f32|f16|int8] [--global-encoding f32|f16|int8]
-               [--data DIR] [--out DIR] [--bin-dir DIR]
+               [--mode sync|async] [--buffer K] [--max-staleness S]
+               [--slow N] [--slowdown F] [--data DIR] [--out DIR] [--bin-dir DIR]
 
 runs the federation on this machine: anvil, IPFS nodes in a private network, the
 aggregator and N learners as separate processes
@@ -38,6 +40,11 @@ aggregator and N learners as separate processes
   --update-encoding E how the learners send their updates (their default: int8)
   --global-encoding E the aggregator also publishes each global model in E for the
                      learners to download (default f32: no encoded copy)
+  --mode M           sync (default: each round waits for every learner) or async (a
+                     global model whenever --buffer K updates are in, each update at most
+                     --max-staleness S rounds old, default 4), set on the registry
+  --slow N           throttle the last N learners: each waits, after training, --slowdown
+                     F - 1 times its training time (default F = 4: boards 4x slower)
   --data DIR         MNIST folder (default data/mnist)
   --out DIR          results, logs and configs (default demo-out; what an earlier run
                      wrote there is replaced, anything else is left alone)
@@ -89,6 +96,9 @@ struct DemoConfig {
     local_eval: bool,
     update_encoding: Option<Encoding>,
     global_encoding: Option<Encoding>,
+    mode: Mode,
+    slow: usize,
+    slowdown: f64,
     data: PathBuf,
     out: PathBuf,
     bin_dir: PathBuf,
@@ -108,12 +118,21 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
         local_eval: true,
         update_encoding: None,
         global_encoding: None,
+        mode: Mode::Sync,
+        slow: 0,
+        slowdown: 4.0,
         data: PathBuf::from("data/mnist"),
         out: PathBuf::from("demo-out"),
         bin_dir: exe.parent().context("fl-demo has no folder")?.to_path_buf(),
     };
+    let (mut mode, mut buffer, mut max_staleness) = (None, None, None);
     while let Some(arg) = parser.next()? {
         match arg {
+            Long("mode") => mode = Some(parser.value()?.string()?),
+            Long("buffer") => buffer = Some(number::<u64>(&mut parser, "--buffer")?),
+            Long("max-staleness") => max_staleness = Some(number::<u64>(&mut parser, "--max-staleness")?),
+            Long("slow") => config.slow = number(&mut parser, "--slow")?,
+            Long("slowdown") => config.slowdown = number(&mut parser, "--slowdown")?,
             Long("learners") => config.learners = number(&mut parser, "--learners")?,
             Long("ipfs-nodes") => config.ipfs_nodes = Some(number(&mut parser, "--ipfs-nodes")?),
             Long("rounds") => config.rounds = number(&mut parser, "--rounds")?,
@@ -139,6 +158,16 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
     }
     if let Some(k) = config.ipfs_nodes.filter(|k| !(1..=config.learners).contains(k)) {
         bail!("--ipfs-nodes must be between 1 and the number of learners ({}), got {k}", config.learners);
+    }
+    config.mode = match (mode.as_deref(), buffer) {
+        (None | Some("sync"), None) if max_staleness.is_none() => Mode::Sync,
+        (Some("async"), Some(buffer)) if buffer >= 1 => Mode::Async { buffer, max_staleness: max_staleness.unwrap_or(4) },
+        (Some("async"), _) => bail!("--mode async needs --buffer K (at least 1)"),
+        (None | Some("sync"), _) => bail!("--buffer and --max-staleness need --mode async"),
+        (Some(other), _) => bail!("--mode {other:?}: expected sync or async"),
+    };
+    if config.slow > config.learners || !(1.0..=1000.0).contains(&config.slowdown) {
+        bail!("--slow must be at most --learners and --slowdown between 1 and 1000");
     }
     if config.rounds == 0 || config.local_epochs == 0 {
         bail!("--rounds and --local-epochs must be at least 1");
@@ -175,12 +204,13 @@ fn run(config: &DemoConfig) -> Result<()> {
         ipfs_nodes + 1,
         config.learners
     );
-    let devnet = Devnet::start_fleet(config.learners, ipfs_nodes, &out, Default::default())?;
+    let devnet = Devnet::start_fleet_in(config.learners, ipfs_nodes, &out, Default::default(), config.mode)?;
     eprintln!(
-        "fl-demo: chain {} at {}, registry {:?}, {} learners registered",
+        "fl-demo: chain {} at {}, registry {:?} ({}), {} learners registered",
         devnet.anvil.chain_id(),
         devnet.anvil.url(),
         devnet.registry,
+        config.mode,
         config.learners
     );
     let mut extra = String::new();
@@ -219,6 +249,8 @@ fn run(config: &DemoConfig) -> Result<()> {
         Running::spawn("aggregator", devnet.aggregator_command(&aggregator_bin, &aggregator_args), &out.join("logs/aggregator.log"), true)?;
     let mut learners = Vec::new();
     for node_id in 1..=config.learners {
+        let slow = node_id > config.learners - config.slow;
+        let extra = if slow { format!("{extra}slowdown = {}\n", config.slowdown) } else { extra.clone() };
         let config_path = devnet.write_agent_config(node_id, &data, config.local_epochs, config.rounds, &extra)?;
         learners.push(Running::spawn(
             &format!("learner {node_id}"),
@@ -234,6 +266,16 @@ fn run(config: &DemoConfig) -> Result<()> {
     let limit = Duration::from_secs(24 * 3600);
     aggregator.wait_success(limit)?;
     for learner in &mut learners {
+        if matches!(config.mode, Mode::Async { .. }) && learner.is_running() {
+            // An asynchronous federation does not wait for its slow boards: one may still be
+            // training for a global model that will not come.
+            std::thread::sleep(Duration::from_secs(5));
+            if learner.is_running() {
+                eprintln!("fl-demo: {} is still training after the last global model; stopping it", learner.name);
+                learner.kill();
+                continue;
+            }
+        }
         learner.wait_success(Duration::from_secs(120))?;
     }
     let wall = started.elapsed();
@@ -248,6 +290,9 @@ fn run(config: &DemoConfig) -> Result<()> {
         "local_eval": config.local_eval,
         "update_encoding": config.update_encoding.map(|e| e.to_string()),
         "global_encoding": config.global_encoding.map(|e| e.to_string()),
+        "mode": config.mode.to_string(),
+        "slow_learners": config.slow,
+        "slowdown": config.slowdown,
         "rounds": config.rounds,
         "local_epochs": config.local_epochs,
         "train_limit": config.train_limit,

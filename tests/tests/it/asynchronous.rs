@@ -190,7 +190,7 @@ fn lies(federation: &Federation, mut opened_after: u64) -> Result<()> {
         models.insert(g.round, ModelFile::from_bytes(&federation.fetch(&g.cid, &g.digest)?)?);
     }
     type Tamper<'t> = &'t mut dyn FnMut(&mut Vec<LocalUpdate>, &mut AsyncRound, &mut RoundRecord, &mut u64);
-    let mut lie = |what: &str, expected: Option<&str>, tamper: Tamper| -> Result<()> {
+    let mut lie = |what: &str, expected: Option<&str>, recipe: Recipe, tamper: Tamper| -> Result<()> {
         let round = registry.current_round()?;
         let mut sent = Vec::new();
         for (id, r) in [(1, round), (2, round), (4, round - 1)] {
@@ -199,7 +199,7 @@ fn lies(federation: &Federation, mut opened_after: u64) -> Result<()> {
         }
         let closed = driver.owner.rpc().block_number()?;
         // Updates of the run that came after its last round closed: left out, with a reason.
-        let mut record = RoundRecord::aggregated(&Recipe { rule: Rule::FedAvg, clip_norm: None }, closed);
+        let mut record = RoundRecord::aggregated(&recipe, closed);
         for logged in registry.events(opened_after + 1, closed)? {
             if let fl_contracts::Event::LocalWeightSet(u) = logged.event {
                 if !sent.iter().any(|(s, _)| s.node_id == u.node_id && s.round == u.round) {
@@ -218,7 +218,7 @@ fn lies(federation: &Federation, mut opened_after: u64) -> Result<()> {
         // The honest model; the "undamped" lie weighs the stale update as a fresh one.
         let mut undamped = 0;
         tamper(&mut inputs, &mut a, &mut record, &mut undamped);
-        let mut aggregation = Aggregation::new(&Recipe { rule: Rule::FedAvg, clip_norm: None }, None)?;
+        let mut aggregation = Aggregation::new(&recipe, recipe.clip_norm.map(|_| &models[&(round - 1)]))?;
         for (update, model) in &sent {
             let staleness = if update.node_id == undamped { 0 } else { round - update.round };
             aggregation.add(
@@ -227,9 +227,10 @@ fn lies(federation: &Federation, mut opened_after: u64) -> Result<()> {
                 what,
             )?;
         }
-        let mut global = aggregation.finish()?.model;
+        let outcome = aggregation.finish()?;
+        let mut global = outcome.model;
         global.round = round;
-        record.selected = sent.iter().map(|(u, _)| u.node_id).collect();
+        (record.selected, record.clipped) = (outcome.selected, outcome.clipped);
         record.asynchronous = Some(a);
         driver.publish(&global, &inputs, &record, None)?;
         models.insert(round, global);
@@ -244,20 +245,23 @@ fn lies(federation: &Federation, mut opened_after: u64) -> Result<()> {
         }
         Ok(())
     };
-    lie("honest", None, &mut |_, _, _, _| {})?;
+    let fedavg = Recipe { rule: Rule::FedAvg, clip_norm: None };
+    lie("honest", None, fedavg, &mut |_, _, _, _| {})?;
+    // Robust rules and clipping combine with staleness: they see the damped, rebased steps.
+    lie("honest median, clipped", None, Recipe { rule: Rule::Median, clip_norm: Some(0.5) }, &mut |_, _, _, _| {})?;
     // Learner 4's update called fresh: there is no such update of the round.
-    lie("misstated round", Some("learner 4 as an input, but no round-"), &mut |_, a, _, _| a.rounds[2] += 1)?;
+    lie("misstated round", Some("learner 4 as an input, but no round-"), fedavg, &mut |_, a, _, _| a.rounds[2] += 1)?;
     // Learner 4's stale update neither used nor left out.
-    lie("omitted", Some("is neither an input nor left out with a reason"), &mut |inputs, a, _, _| {
+    lie("omitted", Some("is neither an input nor left out with a reason"), fedavg, &mut |inputs, a, _, _| {
         inputs.pop();
         a.rounds.pop();
     })?;
     // The stale update weighed as a fresh one.
-    lie("undamped", Some("is not what fedavg gives"), &mut |_, _, _, undamped| *undamped = 4)?;
+    lie("undamped", Some("is not what fedavg gives"), fedavg, &mut |_, _, _, undamped| *undamped = 4)?;
     // A block range that does not start where the previous round's ended.
-    lie("range", Some("but the previous global model closed at block"), &mut |_, a, _, _| a.opened_after_block -= 1)?;
+    lie("range", Some("but the previous global model closed at block"), fedavg, &mut |_, a, _, _| a.opened_after_block -= 1)?;
     // A buffer that is not the registry's.
-    lie("buffer", Some("the registry runs asynchronous rounds (a global model per 2 updates"), &mut |_, a, _, _| a.buffer = 3)?;
+    lie("buffer", Some("the registry runs asynchronous rounds (a global model per 2 updates"), fedavg, &mut |_, a, _, _| a.buffer = 3)?;
     // The registry itself refuses a round with fewer inputs than its buffer.
     let round = registry.current_round()?;
     let model = crafted_update(1, round, 1.0);
@@ -265,5 +269,51 @@ fn lies(federation: &Federation, mut opened_after: u64) -> Result<()> {
     let record = RoundRecord::aggregated(&Recipe { rule: Rule::FedAvg, clip_norm: None }, 0).to_bytes();
     let err = registry.set_global_weight(round, &only.cid, only.digest, [0; 32], &[1], &record).unwrap_err().to_string();
     ensure!(err.contains("TooFewInputs"), "{err}");
+    Ok(())
+}
+
+/// The aggregator's side of "the events are the record": learner 3 sends a stale update and
+/// then a fresh one before the buffer fills. Storage only holds the fresh one; the
+/// aggregator takes it and leaves the stale one out as superseded, saying so in the record,
+/// and the round verifies.
+#[test]
+fn asynchronous_a_learners_older_update_is_left_out_as_superseded_not_lost() -> Result<()> {
+    let mode = Mode::Async { buffer: 2, max_staleness: 2 };
+    let federation = Federation::start_in("async-superseded", 3, 1, 100, mode, 2)?;
+    let mut aggregator = federation.aggregator_with("aggregator.log", &["--no-local-eval"])?;
+    let devnet = &federation.devnet;
+    let owner = Client::new(Rpc::new(devnet.anvil.url())?, devnet.anvil.signer(0)?, Some(devnet.anvil.chain_id()))?;
+    let driver = Driver { devnet, owner };
+    let registry = Registry::at(&driver.owner, devnet.registry);
+    super::robust::wait_for_round(&registry, 1, Duration::from_secs(120))?;
+    for id in [1, 2] {
+        driver.send(devnet.registry, id, &crafted_update(id as u64, 1, 1.0))?;
+    }
+    super::robust::wait_for_round(&registry, 2, Duration::from_secs(120))?;
+    // Round 2 open: learner 3's update trained on global 0 (round 1), then one on global 1.
+    driver.send(devnet.registry, 3, &crafted_update(3, 1, 1.0))?;
+    driver.send(devnet.registry, 3, &crafted_update(3, 2, 1.0))?;
+    // One learner's two updates are one usable update: the buffer is not full yet.
+    aggregator.wait_for("round 2: 1 of 2 usable updates in", Duration::from_secs(60))?;
+    ensure!(registry.current_round()? == 2, "published with one learner's two updates");
+    driver.send(devnet.registry, 1, &crafted_update(1, 2, 1.0))?;
+    aggregator.wait_success(Duration::from_secs(120))?;
+    let head = driver.owner.rpc().block_number()?;
+    let global = registry.global_event_of_round(2, 0, head)?.context("round 2 published")?;
+    let record = RoundRecord::from_bytes(&global.record)?;
+    ensure!(global.node_ids == [1, 3], "inputs {:?}", global.node_ids);
+    ensure!(record.asynchronous.as_ref().map(|a| a.rounds.clone()) == Some(vec![2, 2]), "{record:?}");
+    ensure!(
+        record.left_out.len() == 1
+            && record.left_out[0].node_id == 3
+            && record.left_out[0].round == Some(1)
+            && record.left_out[0].reason == "superseded by the same learner's round-2 update",
+        "{:?}",
+        record.left_out
+    );
+    for round in 1..=2 {
+        let (ok, stdout) = verify(&federation, round)?;
+        ensure!(ok && stdout.iter().any(|l| l == &format!("round {round}: verified")), "{stdout:?}");
+    }
     Ok(())
 }

@@ -167,7 +167,7 @@ fn send_hostile_update(federation: &Federation, node_id: usize, round: u64) -> R
     Ok(())
 }
 
-fn wait_for_round(registry: &Registry, round: u64, timeout: Duration) -> Result<()> {
+pub(super) fn wait_for_round(registry: &Registry, round: u64, timeout: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     while registry.current_round()? < round {
         ensure!(std::time::Instant::now() < deadline, "round {round} did not open within {timeout:?}");
