@@ -231,7 +231,7 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
             }
         }
         Action::Status => {
-            println!("registry {:?} version {}", registry.address(), registry.version()?);
+            println!("registry {:?} version {}, {}", registry.address(), registry.version()?, registry.mode()?);
             println!("owner {:?}", registry.owner()?);
             let pending = registry.pending_owner()?;
             if !pending.is_zero() {

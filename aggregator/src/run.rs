@@ -508,8 +508,8 @@ fn aggregate_round(
     rounds.dedup();
     cursor.bases.retain(|r, _| rounds.contains(r));
     for r in rounds {
-        if !cursor.bases.contains_key(&r) {
-            cursor.bases.insert(r, Bases::of(&global_of_round(registry, ipfs, r - 1, from_block)?)?);
+        if let std::collections::btree_map::Entry::Vacant(entry) = cursor.bases.entry(r) {
+            entry.insert(Bases::of(&global_of_round(registry, ipfs, r - 1, from_block)?)?);
         }
     }
     let bases = &cursor.bases;
@@ -655,6 +655,7 @@ fn aggregate_round(
         Mode::Async { .. } => Some(u.round),
     };
     for (update, why, reason) in &left_early {
+        log(&format!("round {round}: leaving out learner {} round {}: {reason}", update.node_id, update.round));
         monitor.left_out(*why);
         record.leave_out_of_round(update.node_id, of_round(update), reason);
     }

@@ -303,6 +303,8 @@ fn asynchronous_a_learners_older_update_is_left_out_as_superseded_not_lost() -> 
     let record = RoundRecord::from_bytes(&global.record)?;
     ensure!(global.node_ids == [1, 3], "inputs {:?}", global.node_ids);
     ensure!(record.asynchronous.as_ref().map(|a| a.rounds.clone()) == Some(vec![2, 2]), "{record:?}");
+    aggregator
+        .wait_for("round 2: leaving out learner 3 round 1: superseded by the same learner's round-2 update", Duration::from_secs(5))?;
     ensure!(
         record.left_out.len() == 1
             && record.left_out[0].node_id == 3

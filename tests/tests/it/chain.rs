@@ -605,6 +605,15 @@ fn operator_commands_deploy_add_list_and_status_with_a_keystore() -> Result<()> 
     let status = operator(&envs, &["status"])?;
     assert!(status.contains("round 0\nglobal none\n"), "{status}");
     assert!(status.contains(&format!("owner {:?}", anvil.address(0))), "{status}");
+    assert!(status.contains("version 3, synchronous rounds\n"), "{status}");
+    // An asynchronous federation, as the operator deploys it; its mode is on the registry.
+    let err =
+        operator(&[], &[&["deploy", "--max-samples", "30000", "--mode", "async"][..], &owner_flags].concat()).unwrap_err().to_string();
+    assert!(err.contains("--mode async needs --buffer K"), "{err}");
+    let async_registry =
+        operator(&[], &[&["deploy", "--max-samples", "30000", "--mode", "async", "--buffer", "5"][..], &owner_flags].concat())?;
+    let status = operator(&[("ETH_RPC_URL", anvil.url()), ("FL_REGISTRY", async_registry.trim())], &["status"])?;
+    assert!(status.contains("asynchronous rounds (a global model per 5 updates, staleness at most 4)"), "{status}");
 
     // A board's new key, and the registry handed to another key in two steps.
     let new_board = format!("{:?}", anvil.address(3));
