@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # What the tests call besides the build, Node.js and the cross toolchains (tests/devnet/packages.sh).
 bash tests/devnet/packages.sh test
+# The export test's Python (pinned numpy, safetensors, onnxruntime in tests/export/.venv).
+bash tests/export/venv.sh
 
 # Gates: formatting, lints, and the rust-version Cargo.toml declares (dependencies set its
 # floor: postcard 1.2 and zip 7.4 need 1.88, bytemuck's AVX-512 types (through gemm) 1.89).

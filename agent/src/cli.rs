@@ -160,3 +160,47 @@ pub fn eval(args: Vec<OsString>) -> Result<()> {
     println!("accuracy: {:.2}%", 100.0 * evaluation.accuracy);
     Ok(())
 }
+
+const EXPORT_USAGE: &str = "\
+usage: fl-agent export --model FILE --format safetensors|onnx --out PATH
+
+writes a model file (a global model, or one written by `fl-agent train`) for other tools:
+safetensors (the tensors under their names, PyTorch's layouts) or ONNX (opset 13, the
+whole network: input `images` (n, 1, 28, 28) f32 pixels / 255, output `probabilities`
+(n, 10)); agent/README.md documents both layouts
+
+  --model FILE       the model file
+  --format F         safetensors or onnx
+  --out PATH         where to write it (replaced atomically)
+";
+
+/// `fl-agent export`.
+pub fn export(args: Vec<OsString>) -> Result<()> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let (mut model, mut format, mut out) = (None, None, None);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("model") => model = Some(PathBuf::from(parser.value()?)),
+            Long("format") => format = Some(parser.value()?.string()?),
+            Long("out") => out = Some(PathBuf::from(parser.value()?)),
+            Short('h') | Long("help") => {
+                print!("{EXPORT_USAGE}");
+                return Ok(());
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let model_path: PathBuf = model.context("--model FILE is required")?;
+    let format = format.context("--format is required: safetensors or onnx")?;
+    let out: PathBuf = out.context("--out PATH is required")?;
+    if !matches!(format.as_str(), "safetensors" | "onnx") {
+        anyhow::bail!("--format {format:?}: expected safetensors or onnx");
+    }
+    let model = ModelFile::load(&model_path)?;
+    match format.as_str() {
+        "onnx" => fl_core::export::write(&out, &fl_core::export::onnx(&model)?)?,
+        _ => fl_core::export::safetensors(&model, &out)?,
+    }
+    eprintln!("wrote {} as {format} to {}", model_path.display(), out.display());
+    Ok(())
+}

@@ -13,6 +13,7 @@ commands:
   summary     the model's layers and parameter counts
   train       train the model on MNIST:  train --data DIR [--epochs N] [--out FILE] ...
   eval        a model file's test accuracy:  eval --model FILE --data DIR
+  export      a model for other tools:  export --model FILE --format safetensors|onnx --out PATH
   run         the learner's federated loop:  run --config agent.toml
   status      what this board's learner last did, from its state folder alone (no chain,
               no IPFS):  status --config agent.toml
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         "summary" => fl_agent::cli::summary(rest),
         "train" => fl_agent::cli::train(rest),
         "eval" => fl_agent::cli::eval(rest),
+        "export" => fl_agent::cli::export(rest),
         "run" => fl_agent::learner::main(rest),
         "status" => fl_agent::learner::status::main(rest),
         "-h" | "--help" | "help" => {

@@ -37,7 +37,8 @@ packages_of() {
         # systemd: systemd-analyze verifies both units and scores their hardening (cross.rs).
         # (promtool comes from Debian's prometheus package too, but unpacked, not installed:
         # see unpack_promtool below.)
-        test)  echo procps chromium systemd ;;
+        # python3 and python3-venv: the export test runs onnxruntime and numpy from a venv.
+        test)  echo procps chromium systemd python3 python3-venv ;;
         # The cross gcc packages only *recommend* the target's C library headers and start
         # files (Scrt1.o, crti.o): without libc6-dev-*-cross nothing links.
         cross) echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu \

@@ -10,6 +10,7 @@
 pub mod attacks;
 pub mod data;
 pub mod encoding;
+pub mod export;
 pub mod fedavg;
 pub mod files;
 pub mod flags;

@@ -197,6 +197,29 @@ impl Network {
     }
 }
 
+impl Network {
+    /// The softmax probabilities of every image of `set` (`set.len()` rows of 10), in
+    /// batches of `batch_size`: what the model predicts, as `fl-agent export`'s formats
+    /// must reproduce.
+    pub fn predict(&mut self, set: &Dataset, batch_size: usize) -> Result<Vec<f32>> {
+        ensure!(batch_size > 0, "prediction batch size must be at least 1");
+        let indices: Vec<usize> = (0..set.len()).collect();
+        let mut out = Vec::with_capacity(set.len() * CLASSES);
+        for batch in indices.chunks(batch_size) {
+            let n = batch.len();
+            self.load(set, batch);
+            self.forward(n, false);
+            for row in self.logits[..n * CLASSES].chunks_exact(CLASSES) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exps: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+                let sum: f32 = exps.iter().sum();
+                out.extend(exps.iter().map(|e| e / sum));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Sum over the rows of `logits` (n x 10) of the cross-entropy of `softmax(row)` against
 /// the row's label, and how many rows have the label as their first largest logit. If
 /// `grad` is given it receives the gradient of the *mean* loss with respect to the

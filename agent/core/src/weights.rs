@@ -312,9 +312,8 @@ impl ModelFile {
     }
 
     /// Writes the weights as a safetensors file (same names and shapes), readable by
-    /// Python's `safetensors` package; round and sample count are not carried over.
-    // Only the tests write one today; kept public (hidden) for checks against Python.
-    #[doc(hidden)]
+    /// Python's `safetensors` package; round and sample count are not carried over
+    /// (`fl-agent export --format safetensors`, see [`crate::export`] for the layout).
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
         candle_core::safetensors::save(&self.to_tensors(&Device::Cpu)?, path)
             .with_context(|| format!("writing safetensors to {}", path.display()))

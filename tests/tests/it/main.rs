@@ -7,6 +7,8 @@ mod asynchronous;
 mod chain;
 /// The Raspberry Pi builds (aarch64, armv7) run under qemu-user-static against the native agent.
 mod cross;
+/// `fl-agent export`: safetensors and ONNX checked from Python (numpy, onnxruntime).
+mod export;
 /// The whole federation as processes: FedAvg checked byte for byte, verify, restarts.
 mod federation;
 /// Confirmations on a chain that reorganises: the waiting rule, reads below the head, a federation across forced reorgs.
