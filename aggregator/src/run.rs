@@ -96,6 +96,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
         client.chain_id(),
         format!("{:?}", registry.address()),
         format!("{}{}", config.recipe.rule, config.recipe.clip_norm.map(|c| format!(", clipped to {c}")).unwrap_or_default()),
+        mode,
         config.rounds,
     );
     monitor.resumed(&results.rounds);

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use fl_contracts::Rpc;
+use fl_contracts::{Mode, Rpc};
 use serde::Serialize;
 
 use crate::report::RoundResult;
@@ -149,6 +149,12 @@ pub struct Status {
     pub chain_id: u64,
     pub registry: String,
     pub rule: String,
+    /// The registry's mode in words ("synchronous rounds", or "asynchronous rounds (...)").
+    pub mode: String,
+    /// Asynchronous rounds: the registry's buffer K and staleness bound S (0 and 0 when
+    /// synchronous).
+    pub buffer: u64,
+    pub max_staleness: u64,
     /// The round the run stops after.
     pub rounds: u64,
     /// The round being collected (the chain's current round).
@@ -176,12 +182,19 @@ pub struct Status {
 pub struct Monitor(Arc<Mutex<Status>>);
 
 impl Monitor {
-    pub fn new(chain_id: u64, registry: String, rule: String, rounds: u64) -> Monitor {
+    pub fn new(chain_id: u64, registry: String, rule: String, mode: Mode, rounds: u64) -> Monitor {
+        let (buffer, max_staleness) = match mode {
+            Mode::Sync => (0, 0),
+            Mode::Async { buffer, max_staleness } => (buffer, max_staleness),
+        };
         Monitor(Arc::new(Mutex::new(Status {
             version: env!("CARGO_PKG_VERSION"),
             chain_id,
             registry,
             rule,
+            mode: mode.to_string(),
+            buffer,
+            max_staleness,
             rounds,
             phase: "starting",
             started_at: crate::report::unix_now(),
@@ -315,14 +328,17 @@ pub fn metrics(s: &Status) -> String {
     family(
         "info",
         "gauge",
-        "The aggregator's version, chain, registry and aggregation rule (value 1).",
+        "The aggregator's version, chain, registry, aggregation rule and the registry's round mode (value 1; buffer and max_staleness 0 when synchronous).",
         &[(
             format!(
-                "{{version=\"{}\",chain_id=\"{}\",registry=\"{}\",rule=\"{}\"}}",
+                "{{version=\"{}\",chain_id=\"{}\",registry=\"{}\",rule=\"{}\",mode=\"{}\",buffer=\"{}\",max_staleness=\"{}\"}}",
                 label_value(s.version),
                 s.chain_id,
                 label_value(&s.registry),
-                label_value(&s.rule)
+                label_value(&s.rule),
+                if s.buffer == 0 { "sync" } else { "async" },
+                s.buffer,
+                s.max_staleness
             ),
             1.0,
         )],
@@ -475,7 +491,7 @@ mod tests {
 
     #[test]
     fn metrics_say_what_the_run_did_and_why_a_round_is_open() {
-        let monitor = Monitor::new(31337, "0xabc".into(), "krum:1".into(), 5);
+        let monitor = Monitor::new(31337, "0xabc".into(), "krum:1".into(), Mode::Async { buffer: 5, max_staleness: 4 }, 5);
         monitor.published(&published(1, 0.9, 60_000), vec![2]);
         monitor.left_out(LeftOut::DigestMismatch);
         monitor.verified(1, Ok(vec![]), 0.75);
@@ -496,6 +512,7 @@ mod tests {
             "fl_aggregator_updates_left_out_total{reason=\"digest_mismatch\"} 1",
             "fl_aggregator_updates_left_out_total{reason=\"unavailable\"} 0",
             "fl_aggregator_info{version=",
+            "fl_aggregator_updates_left_out_total{reason=\"too_stale\"} 0",
         ] {
             assert!(text.lines().any(|l| l.starts_with(line)), "no {line:?} in\n{text}");
         }
@@ -506,6 +523,7 @@ mod tests {
         assert_eq!(status.published[0].inputs, vec![1]);
         monitor.verified(1, Err("fetching the inputs: timed out".into()), 3.0);
         assert!(metrics(&monitor.snapshot()).contains("fl_aggregator_verify_failures_total 1\n"));
+        assert!(text.contains(",rule=\"krum:1\",mode=\"async\",buffer=\"5\",max_staleness=\"4\"} 1\n"), "{text}");
     }
 
     #[test]
