@@ -37,6 +37,7 @@ if (evmVersion !== DEFAULT_EVM_VERSION && !process.argv.includes("--print")) {
 const BUILDS = [
   { source: SOURCE, dir: path.join(here, "artifacts") },
   { source: path.join("history", "Registry-v1.sol"), dir: path.join(here, "artifacts", "v1") },
+  { source: path.join("history", "Registry-v2.sol"), dir: path.join(here, "artifacts", "v2") },
 ];
 
 function compile(source) {

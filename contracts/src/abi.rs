@@ -29,7 +29,7 @@ pub mod v1 {
 
     /// The version-1 creation bytecode (its constructor takes no arguments).
     pub fn registry_bytecode() -> Bytes {
-        Bytes::from(ethers_core::utils::hex::decode(REGISTRY_BIN_HEX.trim()).expect("contracts/artifacts/v1/Registry.bin is hex"))
+        bytecode(REGISTRY_BIN_HEX, "contracts/artifacts/v1/Registry.bin")
     }
 
     /// Calldata for version-1 function `name` with `args`.
@@ -37,6 +37,25 @@ pub mod v1 {
         let function = registry_abi().function(name).map_err(|e| Error::Invalid(format!("version-1 registry: {e}")))?;
         function.encode_input(args).map(Bytes::from).map_err(|e| Error::Invalid(format!("encoding version-1 call {name}: {e}")))
     }
+}
+
+/// Version 2 of the registry (sample caps and round records, synchronous rounds only): its
+/// events and functions are version 3's, so only its bytecode is kept, for tests that
+/// deploy it to check that its rounds still verify (`contracts/history/`).
+pub mod v2 {
+    use super::*;
+
+    pub const REGISTRY_BIN_HEX: &str = include_str!("../artifacts/v2/Registry.bin");
+
+    /// The version-2 creation bytecode (its constructor takes the sample cap only).
+    pub fn registry_bytecode() -> Bytes {
+        bytecode(REGISTRY_BIN_HEX, "contracts/artifacts/v2/Registry.bin")
+    }
+}
+
+/// Committed hex bytecode; checked by this crate's tests, so a bad file is a build defect.
+fn bytecode(hex: &str, file: &str) -> Bytes {
+    Bytes::from(ethers_core::utils::hex::decode(hex.trim()).unwrap_or_else(|_| panic!("{file} is hex")))
 }
 
 /// The parsed registry ABI.
@@ -48,9 +67,7 @@ pub fn registry_abi() -> &'static Abi {
 
 /// The registry's creation bytecode.
 pub fn registry_bytecode() -> Bytes {
-    let hex = REGISTRY_BIN_HEX.trim();
-    // Checked by this crate's tests, like the ABI.
-    Bytes::from(ethers_core::utils::hex::decode(hex).expect("contracts/artifacts/Registry.bin is hex"))
+    bytecode(REGISTRY_BIN_HEX, "contracts/artifacts/Registry.bin")
 }
 
 /// The registry function `name` (each is declared once, no overloads).

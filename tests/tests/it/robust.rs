@@ -480,6 +480,36 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     let err = Registry::at(&driver.owner, v1_address).require_current_version().unwrap_err().to_string();
     assert!(err.contains("is version 1, this program writes to version 3"), "{err}");
     assert_eq!(Registry::at(&driver.owner, devnet.registry).version()?, 3);
+
+    // A version-2 registry (the release before asynchronous rounds): same events, so its
+    // rounds verify as version 3's synchronous ones, and it reads as synchronous.
+    let mut creation = fl_contracts::abi::v2::registry_bytecode().to_vec();
+    creation.extend(fl_contracts::ethers_core::abi::encode(&[Token::Uint(MAX_SAMPLES.into())]));
+    let (v2, _) = Registry::deploy_bytecode(&driver.owner, creation.into())?;
+    assert_eq!((v2.version()?, v2.mode()?), (2, fl_contracts::Mode::Sync));
+    for id in 1..=2 {
+        v2.add_learner(id, devnet.anvil.address(id as usize), None)?;
+    }
+    let seed_bytes = seed.to_bytes();
+    v2.set_global_weight(0, &seed_cid, sha256(&seed_bytes), [0; 32], &[], &RoundRecord::initial(1).to_bytes())?;
+    let models: Vec<ModelFile> = (1..=2).map(|id| crafted_update(id, 1, 1.0)).collect();
+    let inputs = (1..=2).zip(&models).map(|(id, m)| driver.send(v2.address(), id, m)).collect::<Result<Vec<_>>>()?;
+    let fedavg = Recipe { rule: Rule::FedAvg, clip_norm: None };
+    let mut record = RoundRecord::aggregated(&fedavg, driver.owner.rpc().block_number()?);
+    record.selected = vec![1, 2];
+    let record = record.to_bytes();
+    let average = independent_fedavg(&models, 1);
+    let cid = devnet.ipfs[0].client().add(&average.to_bytes())?;
+    v2.set_global_weight(1, &cid, sha256(&average.to_bytes()), commitment(&inputs, Some(&record))?, &[1, 2], &record)?;
+    for round in 0..=1 {
+        let aggregator = std::process::Command::new(workspace_bin("fl-aggregator")?);
+        let mut run = federation.verify_command_via(aggregator, v2.address(), round, &[])?;
+        let ok = run.wait_success(Duration::from_secs(120)).is_ok();
+        let stdout = run.stdout_lines();
+        assert!(ok && stdout.iter().any(|l| l == &format!("round {round}: verified")), "version 2, round {round}: {stdout:?}");
+    }
+    let err = v2.require_current_version().unwrap_err().to_string();
+    assert!(err.contains("is version 2, this program writes to version 3"), "{err}");
     Ok(())
 }
 
