@@ -286,9 +286,6 @@ fn submit_round(
         log(&format!("round {round}: trained on {} samples, claiming the registry's cap of {max_samples}", model.n_samples));
         model.n_samples = max_samples;
     }
-    if too_late(registry, round, max_staleness)? {
-        return Ok(());
-    }
     let bytes = encoding::encode(&model, Some(&start), config.update_encoding)?;
     // What the aggregator will decode: the model this learner's accuracy is reported for.
     let sent = encoding::decode(&bytes, Some(&start))?.model;
@@ -328,6 +325,9 @@ fn submit_round(
                 log(&format!("round {round}: waiting for the registering transaction {hash:?} sent before a restart"));
                 hash
             }
+            // Checked just before sending, when training and the upload are done: a round
+            // that moved on too far would refuse the update.
+            None if too_late(registry, round, max_staleness)? => return Ok(()),
             None => match send_local(config, registry, state, round, &cid, digest, model.n_samples) {
                 Ok(hash) => hash,
                 // The round moved on between the check and the send.
