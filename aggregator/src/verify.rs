@@ -210,9 +210,13 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     let ipfs = endpoints.ipfs();
     let latest = client.confirmed_head()?;
     // The record says what else to read: an asynchronous round's block range and rounds.
-    let asynchronous = match registry.global_event_of_round(round, from_block, latest)? {
-        Some(g) if !g.record.is_empty() => RoundRecord::from_bytes(&g.record).ok().and_then(|r| r.asynchronous),
-        _ => None,
+    // Its range ends at the record's closed_at_block: later updates belong to later rounds.
+    let (asynchronous, range_end) = match registry.global_event_of_round(round, from_block, latest)? {
+        Some(g) if !g.record.is_empty() => match RoundRecord::from_bytes(&g.record) {
+            Ok(r) => (r.asynchronous, r.closed_at_block.unwrap_or(latest)),
+            Err(_) => (None, latest),
+        },
+        _ => (None, latest),
     };
     let base_rounds: Vec<u64> = match &asynchronous {
         Some(a) => a.rounds.iter().map(|r| r.saturating_sub(1)).chain([round.saturating_sub(1)]).collect(),
@@ -228,7 +232,7 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
             Event::LocalWeightSet(u) => {
                 let considered = match &asynchronous {
                     None => u.round == round,
-                    Some(a) => logged.block_number > a.opened_after_block,
+                    Some(a) => logged.block_number > a.opened_after_block && logged.block_number <= range_end,
                 };
                 if considered {
                     events.locals.insert((u.node_id, u.round), (u, logged.block_number));
