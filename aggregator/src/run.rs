@@ -398,14 +398,28 @@ fn collect_sync(
             let closed_at_block = cursor.next_block.saturating_sub(1);
             return Ok(Some(Collected { inputs: usable, expected, closed_at_block, left_early: Vec::new() }));
         }
-        let seen: Vec<(u64, String)> = arrived.iter().map(|(u, _)| (u.node_id, u.cid.clone())).collect();
-        monitor.collecting(round, &expected, &seen, Some((waiting, report.clone())));
-        if report != last_report {
-            log(&report);
-            last_report = report;
-        }
-        poll.wait();
+        keep_waiting(monitor, round, &expected, &arrived, (waiting, report), &mut last_report, poll);
     }
+}
+
+/// Shows why the round is still open (on the dashboard; in the log when the reason
+/// changed) and waits before the next poll.
+fn keep_waiting(
+    monitor: &Monitor,
+    round: u64,
+    expected: &[u64],
+    arrived: &[(LocalUpdate, H256)],
+    (waiting, report): (Waiting, String),
+    last_report: &mut String,
+    poll: &mut Backoff,
+) {
+    let seen: Vec<(u64, String)> = arrived.iter().map(|(u, _)| (u.node_id, u.cid.clone())).collect();
+    monitor.collecting(round, expected, &seen, Some((waiting, report.clone())));
+    if report != *last_report {
+        log(&report);
+        *last_report = report;
+    }
+    poll.wait();
 }
 
 /// Asynchronous rounds: waits until at least `buffer` usable updates (of any round within
@@ -431,7 +445,7 @@ fn collect_async(
             return Ok(None);
         }
         let expected = registry.learner_ids()?;
-        let fresh = |u: &LocalUpdate| round - u.round.min(round) <= max_staleness;
+        let fresh = |u: &LocalUpdate| staleness::within(round, u.round, max_staleness);
         let usable: Vec<(LocalUpdate, H256)> = cursor
             .seen
             .values()
@@ -460,13 +474,7 @@ fn collect_async(
             usable.len(),
             opened_after + 1
         );
-        let seen: Vec<(u64, String)> = usable.iter().map(|(u, _)| (u.node_id, u.cid.clone())).collect();
-        monitor.collecting(round, &expected, &seen, Some((Waiting::ForLearners, report.clone())));
-        if report != last_report {
-            log(&report);
-            last_report = report;
-        }
-        poll.wait();
+        keep_waiting(monitor, round, &expected, &usable, (Waiting::ForLearners, report), &mut last_report, poll);
     }
 }
 
@@ -662,7 +670,7 @@ fn aggregate_round(
     }
     let considered = cursor.seen.values().filter(|(u, _)| match mode {
         Mode::Sync => u.round == round,
-        Mode::Async { max_staleness, .. } => round - u.round.min(round) <= max_staleness,
+        Mode::Async { max_staleness, .. } => staleness::within(round, u.round, max_staleness),
     });
     for (update, _) in considered {
         if let Some(reason) = cursor.rejected.get(&(update.node_id, update.round)) {

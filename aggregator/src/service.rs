@@ -183,10 +183,7 @@ pub struct Monitor(Arc<Mutex<Status>>);
 
 impl Monitor {
     pub fn new(chain_id: u64, registry: String, rule: String, mode: Mode, rounds: u64) -> Monitor {
-        let (buffer, max_staleness) = match mode {
-            Mode::Sync => (0, 0),
-            Mode::Async { buffer, max_staleness } => (buffer, max_staleness),
-        };
+        let (buffer, max_staleness) = mode.parameters();
         Monitor(Arc::new(Mutex::new(Status {
             version: env!("CARGO_PKG_VERSION"),
             chain_id,

@@ -181,7 +181,7 @@ fn check_async_round(
         problems.push(format!("{inputs} inputs, fewer than the buffer of {}", a.buffer));
     }
     for r in &a.rounds {
-        if *r == 0 || *r > round || round - r > a.max_staleness {
+        if !staleness::within(round, *r, a.max_staleness) {
             problems.push(format!("an input of round {r} is {} rounds stale, more than {}", round.saturating_sub(*r), a.max_staleness));
         }
     }

@@ -27,9 +27,15 @@ pub enum Mode {
 impl Mode {
     /// How many rounds behind the current one an update's round may be (0 when synchronous).
     pub fn max_staleness(self) -> u64 {
+        self.parameters().1
+    }
+
+    /// The registry's constructor arguments for the mode, `(asyncBuffer, maxStaleness)`:
+    /// `(0, 0)` for synchronous rounds.
+    pub fn parameters(self) -> (u64, u64) {
         match self {
-            Mode::Sync => 0,
-            Mode::Async { max_staleness, .. } => max_staleness,
+            Mode::Sync => (0, 0),
+            Mode::Async { buffer, max_staleness } => (buffer, max_staleness),
         }
     }
 }
@@ -554,16 +560,13 @@ pub fn creation_code(bytecode: &[u8], max_samples: u64, mode: Mode) -> Result<et
     if max_samples == 0 {
         return Err(Error::Invalid("deploy: a federation-wide sample cap of 0 would refuse every update".into()));
     }
-    let (buffer, staleness) = match mode {
-        Mode::Sync => (0, 0),
-        Mode::Async { buffer: 0, .. } => {
-            return Err(Error::Invalid("deploy: an asynchronous federation needs a buffer of at least 1 update".into()))
-        }
-        Mode::Async { buffer, max_staleness } if buffer > u64::from(u32::MAX) || max_staleness > u64::from(u32::MAX) => {
-            return Err(Error::Invalid(format!("deploy: buffer {buffer} and staleness bound {max_staleness} must each be below 2^32")))
-        }
-        Mode::Async { buffer, max_staleness } => (buffer, max_staleness),
-    };
+    if let Mode::Async { buffer: 0, .. } = mode {
+        return Err(Error::Invalid("deploy: an asynchronous federation needs a buffer of at least 1 update".into()));
+    }
+    let (buffer, staleness) = mode.parameters();
+    if buffer > u64::from(u32::MAX) || staleness > u64::from(u32::MAX) {
+        return Err(Error::Invalid(format!("deploy: buffer {buffer} and staleness bound {staleness} must each be below 2^32")));
+    }
     let mut code = bytecode.to_vec();
     code.extend(ethers_core::abi::encode(&[Token::Uint(max_samples.into()), Token::Uint(buffer.into()), Token::Uint(staleness.into())]));
     Ok(code.into())

@@ -30,6 +30,13 @@ use crate::weights::{check_layout, ModelFile, NamedTensor};
 /// The staleness function, as the round record names it.
 pub const WEIGHTING: &str = "1/sqrt(1+staleness)";
 
+/// The staleness bound, one rule for the aggregator and `verify`: an update of round
+/// `update_round` (trained on the global model of `update_round - 1`) may be an input of
+/// global round `round` if it is not of a later round and at most `max_staleness` behind.
+pub fn within(round: u64, update_round: u64, max_staleness: u64) -> bool {
+    (1..=round).contains(&update_round) && round - update_round <= max_staleness
+}
+
 /// `s(τ) = 1 / sqrt(1 + τ)`, rounded to f32.
 pub fn weight(staleness: u64) -> f32 {
     (1.0 / (1.0 + staleness as f64).sqrt()) as f32
@@ -66,6 +73,12 @@ mod tests {
         m.n_samples = n_samples;
         m.round = round;
         m
+    }
+
+    #[test]
+    fn the_bound_counts_rounds_behind_and_refuses_later_ones() {
+        assert!(within(5, 5, 0) && within(5, 3, 2) && !within(5, 2, 2));
+        assert!(!within(5, 6, 4) && !within(5, 0, 9));
     }
 
     #[test]

@@ -356,7 +356,7 @@ fn submit_round(
         let me = registry.local_update(config.node_id)?;
         if me.latest.as_ref().is_none_or(|u| u.round != round) {
             let failure = client.explain_failure("setLocalWeight", &receipt);
-            if matches!(failure.revert_name(), Some("WrongRound" | "TooStale")) && too_late(registry, round, max_staleness)? {
+            if is_late_revert(&failure) && too_late(registry, round, max_staleness)? {
                 state.set_pending(&PendingState::default())?;
                 return Ok(());
             }
@@ -412,7 +412,12 @@ fn too_late(registry: &Registry, round: u64, max_staleness: u64) -> Result<bool>
 
 /// True if `err` is the registry refusing an update for its round (closed, or too stale).
 fn is_late(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<fl_contracts::Error>().and_then(|e| e.revert_name()).is_some_and(|n| matches!(n, "WrongRound" | "TooStale"))
+    err.downcast_ref::<fl_contracts::Error>().is_some_and(is_late_revert)
+}
+
+/// True if the registry reverted an update because its round closed or it is too stale.
+fn is_late_revert(err: &fl_contracts::Error) -> bool {
+    matches!(err.revert_name(), Some("WrongRound" | "TooStale"))
 }
 
 /// The model the round after `global` starts from: the encoded copy its round record names

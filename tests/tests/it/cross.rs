@@ -84,7 +84,7 @@ fn run_native(args: &[&str]) -> Result<Output> {
     Ok(output)
 }
 
-fn check_success(what: &str, output: &Output) -> Result<()> {
+pub(super) fn check_success(what: &str, output: &Output) -> Result<()> {
     if !output.status.success() {
         bail!(
             "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",

@@ -18,14 +18,7 @@ const IMAGES: usize = 1_000;
 
 fn run(command: &mut Command, what: &str) -> Result<String> {
     let output = command.output().with_context(|| format!("starting {what}"))?;
-    if !output.status.success() {
-        bail!(
-            "{what} failed ({}):\n{}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    super::cross::check_success(what, &output)?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
