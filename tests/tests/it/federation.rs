@@ -109,9 +109,9 @@ impl Federation {
     }
 
     /// A learner reaching its chain and IPFS node through `rpc_url` and `ipfs_api` (flags
-    /// over its `agent.toml`), e.g. proxies that break the links.
-    pub(super) fn learner_through(&self, node_id: usize, log: &str, rpc_url: &str, ipfs_api: &str) -> Result<Running> {
-        let mut command = self.learner_command(node_id, "")?;
+    /// over its `agent.toml`, which also holds `extra`), e.g. proxies that break the links.
+    pub(super) fn learner_through(&self, node_id: usize, log: &str, rpc_url: &str, ipfs_api: &str, extra: &str) -> Result<Running> {
+        let mut command = self.learner_command(node_id, extra)?;
         command.args(["--rpc-url", rpc_url, "--ipfs-api", ipfs_api]);
         Running::spawn(&format!("learner {node_id}"), command, &self.devnet.dir.join(log), false)
     }

@@ -41,10 +41,15 @@ fn flaky_chain_and_a_learners_ipfs_node_vanish_for_30_s_mid_round() -> Result<()
     let chain = Proxy::start(devnet.anvil.url())?;
     let ipfs_1 = Proxy::start(&devnet.learner_ipfs(1).api_url)?;
     let mut aggregator = federation.aggregator_with("aggregator.log", &["--rpc-url", &chain.url()])?;
-    let mut learner_1 = federation.learner_through(1, "learner-1.log", &chain.url(), &ipfs_1.url())?;
-    let mut learner_2 = federation.learner_through(2, "learner-2.log", &chain.url(), &devnet.learner_ipfs(2).api_url)?;
+    // Each learner waits 9 times its training time after training (slowdown), so the links
+    // go down after both trained and before either uploads or records, whatever the load.
+    let slow = "slowdown = 10\n";
+    let mut learner_1 = federation.learner_through(1, "learner-1.log", &chain.url(), &ipfs_1.url(), slow)?;
+    let mut learner_2 = federation.learner_through(2, "learner-2.log", &chain.url(), &devnet.learner_ipfs(2).api_url, slow)?;
 
-    learner_2.wait_for("round 1: fetched global model", RUN_LIMIT)?;
+    for learner in [&mut learner_1, &mut learner_2] {
+        learner.wait_for("round 1: emulating a board 10x slower", RUN_LIMIT)?;
+    }
     chain.go_down();
     ipfs_1.go_down();
     std::thread::sleep(Duration::from_secs(30));
@@ -94,8 +99,8 @@ fn flaky_slow_replies_and_connections_cut_mid_upload_and_mid_download() -> Resul
     ipfs_1.delay_replies(Duration::from_secs(2));
 
     let mut aggregator = federation.aggregator_with("aggregator.log", &["--rpc-url", &chain.url(), "--ipfs-api", &ipfs_0.url()])?;
-    let mut learner_1 = federation.learner_through(1, "learner-1.log", &chain.url(), &ipfs_1.url())?;
-    let mut learner_2 = federation.learner_through(2, "learner-2.log", &chain.url(), &ipfs_2.url())?;
+    let mut learner_1 = federation.learner_through(1, "learner-1.log", &chain.url(), &ipfs_1.url(), "")?;
+    let mut learner_2 = federation.learner_through(2, "learner-2.log", &chain.url(), &ipfs_2.url(), "")?;
     aggregator.wait_for("round 1: published", RUN_LIMIT)?;
     chain.delay_replies(Duration::ZERO);
     ipfs_1.delay_replies(Duration::ZERO);
