@@ -31,6 +31,31 @@
 //! Each file may be gzip-compressed (recognised by its first two bytes, not its name).
 //! [`Mnist::load`] insists on 28x28 grey images with labels 0-9; [`load_idx`] takes any
 //! shape and any label. Fashion-MNIST ships exactly like MNIST.
+//!
+//! ## CSV (sensor loggers)
+//!
+//! [`load_csv`] reads UTF-8 text, one example per line: numeric feature columns and one
+//! label column, giving `InputShape::Features(columns - 1)` (the features in file order,
+//! the label column left out).
+//!
+//! - Fields are separated by `,` and trimmed of spaces and tabs; there is no quoting (a
+//!   field is everything between two commas). Lines end in `\n` or `\r\n`; a leading
+//!   UTF-8 byte-order mark is skipped; blank lines are allowed at the end of the file only.
+//! - Header: line 1 is a header row if any of its fields is not a number (as Rust's `f64`
+//!   parser reads numbers), else it is the first example. Header names may be wrapped in
+//!   double quotes, which are dropped.
+//! - Label column ([`CsvOptions::label_column`]): by default ([`LabelColumn::Auto`]) the
+//!   column named `label` if there is a header with one, else the last column;
+//!   [`LabelColumn::Last`], [`LabelColumn::Index`] (0-based) or [`LabelColumn::Name`] (needs
+//!   a header) choose it explicitly. Names are compared ignoring ASCII case.
+//! - Features are decimal numbers (`-1`, `0.25`, `1e-3`), read as f32 and kept as they are
+//!   (no scaling); NaN, infinities and numbers beyond f32's range are errors. A label is a
+//!   whole number from 0 to 255 written as digits (`3`, not `3.0`).
+//! - Every row has as many fields as line 1; the file holds at least one example.
+//!
+//! Every error names the file, the line and, for a field, its column (both 1-based):
+//! `data.csv line 7: 12 fields, expected 14 (as in line 1)`, `data.csv line 7, column 3:
+//! "abc" is not a number`, `data.csv line 9, column 14: label "2.5" is not a class number`.
 
 use std::fmt;
 
@@ -39,8 +64,12 @@ use candle_core::{Device, Tensor};
 
 use crate::rng::Rng;
 
+mod csv;
 mod idx;
+#[cfg(test)]
+mod testutil;
 
+pub use csv::{load_csv, CsvOptions, LabelColumn};
 pub use idx::{load_idx, read_idx_images, read_images, read_labels, Mnist};
 
 /// MNIST images are 28 x 28 grey levels.
@@ -451,8 +480,8 @@ pub fn partition(labels: &[u8], n_learners: usize, split: Split, seed: u64) -> R
 #[cfg(test)]
 mod tests {
     use super::idx::{IMAGES4_MAGIC, IMAGES_MAGIC, LABELS_MAGIC};
+    use super::testutil::{error_of, gzip, idx, write, TempDir};
     use super::*;
-    use std::path::{Path, PathBuf};
 
     #[test]
     fn into_subset_keeps_the_chosen_examples_in_index_order() {
@@ -463,45 +492,6 @@ mod tests {
         assert!(set.clone().into_subset(vec![1, 1]).unwrap_err().to_string().contains("repeated"));
         assert!(set.into_subset(vec![5]).unwrap_err().to_string().contains("out of range"));
     }
-    use std::io::Write;
-
-    /// A temporary directory removed on drop (no extra dependency for a test helper).
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!("fl-agent-data-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn idx(magic: u32, dims: &[u32], payload: &[u8]) -> Vec<u8> {
-        let mut out = magic.to_be_bytes().to_vec();
-        for d in dims {
-            out.extend_from_slice(&d.to_be_bytes());
-        }
-        out.extend_from_slice(payload);
-        out
-    }
-
-    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(bytes).unwrap();
-        enc.finish().unwrap()
-    }
-
     #[test]
     fn reads_raw_and_gzip_by_content_not_name() {
         let tmp = TempDir::new("ok");
@@ -517,10 +507,6 @@ mod tests {
         let (xs, ys) = ds.batch(&[2, 0], &Device::Cpu).unwrap();
         assert_eq!(xs.dims(), &[2, 1, 28, 28]);
         assert_eq!(ys.to_vec1::<u32>().unwrap(), vec![9, 7]);
-    }
-
-    fn error_of(result: Result<impl std::fmt::Debug>) -> String {
-        format!("{:#}", result.expect_err("expected an error"))
     }
 
     #[test]
