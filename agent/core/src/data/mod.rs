@@ -56,6 +56,24 @@
 //! Every error names the file, the line and, for a field, its column (both 1-based):
 //! `data.csv line 7: 12 fields, expected 14 (as in line 1)`, `data.csv line 7, column 3:
 //! "abc" is not a number`, `data.csv line 9, column 14: label "2.5" is not a class number`.
+//!
+//! ## Class folders of images (a board's camera)
+//!
+//! [`load_image_folder`] reads `root/<class>/<file>`: one sub-folder of `root` per class,
+//! holding PNG and JPEG files (`.png`, `.jpg`, `.jpeg`, in any case) directly inside it.
+//!
+//! - Labels ([`class_folders`] gives the mapping to print): if every class folder's name is
+//!   a whole number written as digits (`0`, `7`, `012`), that number is the label (at most
+//!   255, and no two folders may name the same number); otherwise the folders sorted by
+//!   name (byte order, so `B` before `a`) get labels 0, 1, 2, ...
+//! - Ignored: files with other extensions, folders inside class folders, files directly in
+//!   `root`, and folders whose name starts with `.`. A file with an image extension that
+//!   cannot be read or decoded is an error naming it.
+//! - Files are read in path order, so the same folder always gives the same set.
+//! - Every image has the height and width of the first (in path order); it is decoded to
+//!   1 channel (grey, colour converted to luma) or 3 (RGB) as asked, whatever the file
+//!   holds (alpha is dropped, 16-bit samples become 8-bit). The examples are
+//!   `HxWx1 image` or `HxWx3 image`, held as bytes.
 
 use std::fmt;
 
@@ -66,11 +84,13 @@ use crate::rng::Rng;
 
 mod csv;
 mod idx;
+mod images;
 #[cfg(test)]
 mod testutil;
 
 pub use csv::{load_csv, CsvOptions, LabelColumn};
 pub use idx::{load_idx, read_idx_images, read_images, read_labels, Mnist};
+pub use images::{class_folders, load_image_folder};
 
 /// MNIST images are 28 x 28 grey levels.
 pub const IMAGE_SIDE: usize = 28;
