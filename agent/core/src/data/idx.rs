@@ -55,6 +55,24 @@ fn plain_or_gz(dir: &Path, name: &str) -> Option<PathBuf> {
     [dir.join(name), dir.join(format!("{name}.gz"))].into_iter().find(|p| p.is_file())
 }
 
+/// The images and labels files of one IDX set in `dir`, named as MNIST and Fashion-MNIST
+/// ship them: `{prefix}-images-idx3-ubyte` (or `idx4` for images with channels) and
+/// `{prefix}-labels-idx1-ubyte`, each possibly ending in `.gz`.
+pub(super) fn find_idx_set(dir: &Path, prefix: &str) -> Result<(PathBuf, PathBuf)> {
+    let idx3 = format!("{prefix}-images-idx3-ubyte");
+    let idx4 = format!("{prefix}-images-idx4-ubyte");
+    let labels = format!("{prefix}-labels-idx1-ubyte");
+    let images = match (plain_or_gz(dir, &idx3), plain_or_gz(dir, &idx4)) {
+        (Some(path), None) | (None, Some(path)) => path,
+        (Some(a), Some(b)) => bail!("looking for IDX files in {}: both {} and {} exist; keep one", dir.display(), a.display(), b.display()),
+        (None, None) => bail!("looking for IDX files in {}: none of {idx3}, {idx4} (or either with .gz) exists", dir.display()),
+    };
+    let Some(labels_path) = plain_or_gz(dir, &labels) else {
+        bail!("looking for IDX files in {}: neither {labels} nor {labels}.gz exists", dir.display());
+    };
+    Ok((images, labels_path))
+}
+
 /// Reads a whole file, decompressing it if it starts with the gzip magic bytes (the name
 /// is not trusted).
 fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {

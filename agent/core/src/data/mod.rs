@@ -74,6 +74,24 @@
 //!   1 channel (grey, colour converted to luma) or 3 (RGB) as asked, whatever the file
 //!   holds (alpha is dropped, 16-bit samples become 8-bit). The examples are
 //!   `HxWx1 image` or `HxWx3 image`, held as bytes.
+//!
+//! # A learner's data: [`load_source`]
+//!
+//! A [`DataSource`] names a format ([`DataFormat`]: `mnist`, `idx`, `csv`, `images`), the
+//! training data and where the test set comes from:
+//!
+//! | format   | `train`                                   | `test` (or `test_fraction`)               |
+//! |----------|-------------------------------------------|-------------------------------------------|
+//! | `mnist`  | the MNIST folder (`train-*` and `t10k-*`) | neither: MNIST's own `t10k-*` files       |
+//! | `idx`    | a folder with `train-images-idx3-ubyte` (or `idx4`) and `train-labels-idx1-ubyte`, each raw or `.gz` | a folder with the `t10k-*` files (often the same folder) |
+//! | `csv`    | a CSV file                                | a CSV file                                |
+//! | `images` | the root of the class folders (`channels` 1 or 3) | another root                      |
+//!
+//! Every format but `mnist` needs exactly one of `test` and `test_fraction`. A test
+//! fraction holds out `round(fraction * n)` examples of the training data, chosen by
+//! [`split_off_test`] with the source's seed (the same data and seed give the same split).
+//! Both sets must have the same shape; whether they fit the federation's model is
+//! [`Dataset::check_fits`]'s question.
 
 use std::fmt;
 
@@ -85,12 +103,14 @@ use crate::rng::Rng;
 mod csv;
 mod idx;
 mod images;
+mod source;
 #[cfg(test)]
 mod testutil;
 
 pub use csv::{load_csv, CsvOptions, LabelColumn};
 pub use idx::{load_idx, read_idx_images, read_images, read_labels, Mnist};
 pub use images::{class_folders, load_image_folder};
+pub use source::{load_source, split_off_test, DataFormat, DataSource};
 
 /// MNIST images are 28 x 28 grey levels.
 pub const IMAGE_SIDE: usize = 28;
