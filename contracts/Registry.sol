@@ -29,6 +29,15 @@ pragma solidity 0.8.28;
 /// faster ones have moved the model on; a global model needs at least K inputs. Storage
 /// keeps each learner's latest update only: the `LocalWeightSet` events are the record of
 /// every update, and the round record names each input's round.
+///
+/// Version 4 adds the federation's model spec, fixed at deployment: `modelSpec` is the
+/// SHA-256 of the spec's canonical bytes (zero: the built-in paper CNN). The spec itself is
+/// on IPFS as one raw block, so its CID follows from the digest; every model file names the
+/// spec it follows by the same digest. A federation may instead declare model groups
+/// (`modelGroups` >= 2, the paper's future work: heterogeneous models): `modelSpec` then
+/// names the list of the groups' specs, each learner is registered to one group
+/// (`setLearnerGroup`, before its first update) and the global model is the ensemble of the
+/// group models.
 contract Registry {
     /// One learner: the address allowed to write this nodeId, its sample cap and its latest
     /// local update. The first four fields share one storage slot (20 + 4 + 7 + 1 bytes), so
@@ -53,7 +62,12 @@ contract Registry {
     }
 
     /// This contract's interface version (version 1 had no `version()`).
-    uint256 public constant version = 3;
+    uint256 public constant version = 4;
+    /// SHA-256 of the canonical model spec every model of this federation follows; zero for
+    /// the built-in paper CNN.
+    bytes32 public immutable modelSpec;
+    /// How many model groups the federation declares: 1 for one model (the default).
+    uint256 public immutable modelGroups;
     /// 0: synchronous rounds. K > 0: asynchronous rounds, each global model built from at
     /// least K updates, whichever rounds they were trained for.
     uint256 public immutable asyncBuffer;
@@ -77,6 +91,9 @@ contract Registry {
     /// Registered node ids in no particular order, for `learnerIds()`; index + 1 by id.
     uint256[] private nodeIdList;
     mapping(uint256 => uint256) private nodeIdIndexPlusOne;
+    /// Each learner's model group (0 until set; always 0 with one model). Kept apart from
+    /// `Learner`, whose slot is full: an update never reads it.
+    mapping(uint256 => uint256) public learnerGroup;
     Global private latestGlobal;
 
     error NotOwner(address caller);
@@ -101,10 +118,15 @@ contract Registry {
     error TooStale(uint256 round, uint256 current, uint256 maxStaleness);
     error OlderThanLatest(uint256 nodeId, uint256 round, uint256 latest);
     error TooFewInputs(uint256 count, uint256 asyncBuffer);
+    error InvalidGroups(uint256 modelGroups);
+    error InvalidGroup(uint256 nodeId, uint256 group, uint256 modelGroups);
+    error GroupFixed(uint256 nodeId, uint256 round);
 
     /// `maxSamples`: the most samples an update of this learner may claim.
     event LearnerAdded(uint256 indexed nodeId, address indexed account, uint256 maxSamples);
     event LearnerRemoved(uint256 indexed nodeId, address indexed account);
+    /// The learner trains model group `group` (0-based) of a federation of model groups.
+    event LearnerGroupSet(uint256 indexed nodeId, uint256 group);
     /// A learner's board got a new key; its updates, round and cap stay.
     event LearnerAccountChanged(uint256 indexed nodeId, address indexed previousAccount, address indexed account);
     event OwnershipTransferStarted(address indexed owner, address indexed pendingOwner);
@@ -119,7 +141,10 @@ contract Registry {
 
     /// `maxSamples`: the federation-wide sample cap (1 to 2^56 - 1). `buffer` and
     /// `staleness`: 0 and 0 for synchronous rounds; K >= 1 and S < 2^32 for asynchronous ones.
-    constructor(uint256 maxSamples, uint256 buffer, uint256 staleness) {
+    /// `spec`: the model spec's digest (zero: the built-in paper CNN). `groups`: 1, or for
+    /// model groups 2 to 16 (then `spec` names the groups, and rounds are synchronous).
+    constructor(uint256 maxSamples, uint256 buffer, uint256 staleness, bytes32 spec, uint256 groups) {
+        if (groups == 0 || groups > 16 || (groups > 1 && (spec == bytes32(0) || buffer != 0))) revert InvalidGroups(groups);
         if (maxSamples == 0 || maxSamples > type(uint56).max) revert InvalidCap(maxSamples);
         if ((buffer == 0 && staleness != 0) || buffer > type(uint32).max || staleness > type(uint32).max) {
             revert InvalidMode(buffer, staleness);
@@ -128,6 +153,8 @@ contract Registry {
         defaultMaxSamples = maxSamples;
         asyncBuffer = buffer;
         maxStaleness = staleness;
+        modelSpec = spec;
+        modelGroups = groups;
         owner = msg.sender;
     }
 
@@ -192,7 +219,19 @@ contract Registry {
         nodeIdIndexPlusOne[last] = index + 1;
         nodeIdList.pop();
         delete nodeIdIndexPlusOne[nodeId];
+        delete learnerGroup[nodeId];
         emit LearnerRemoved(nodeId, account);
+    }
+
+    /// Registers learner `nodeId` to model group `group` (0-based), before its first update:
+    /// the group a learner's updates were trained for never changes under them.
+    function setLearnerGroup(uint256 nodeId, uint256 group) external onlyOwner {
+        Learner storage learner = learners[nodeId];
+        if (learner.account == address(0)) revert UnknownLearner(nodeId);
+        if (group >= modelGroups) revert InvalidGroup(nodeId, group, modelGroups);
+        if (learner.round != 0) revert GroupFixed(nodeId, learner.round);
+        learnerGroup[nodeId] = group;
+        emit LearnerGroupSet(nodeId, group);
     }
 
     /// The paper's setter, with the round, the model file's SHA-256 digest and the number of

@@ -38,6 +38,7 @@ const BUILDS = [
   { source: SOURCE, dir: path.join(here, "artifacts") },
   { source: path.join("history", "Registry-v1.sol"), dir: path.join(here, "artifacts", "v1") },
   { source: path.join("history", "Registry-v2.sol"), dir: path.join(here, "artifacts", "v2") },
+  { source: path.join("history", "Registry-v3.sol"), dir: path.join(here, "artifacts", "v3") },
 ];
 
 function compile(source) {

@@ -53,6 +53,21 @@ pub mod v2 {
     }
 }
 
+/// Version 3 of the registry (asynchronous rounds, no model spec): its events and functions
+/// are version 4's, so only its bytecode is kept, for tests that deploy it to check that a
+/// registry without a spec reads as the built-in model (`contracts/history/`).
+pub mod v3 {
+    use super::*;
+
+    pub const REGISTRY_BIN_HEX: &str = include_str!("../artifacts/v3/Registry.bin");
+
+    /// The version-3 creation bytecode (its constructor takes the sample cap, buffer and
+    /// staleness bound).
+    pub fn registry_bytecode() -> Bytes {
+        bytecode(REGISTRY_BIN_HEX, "contracts/artifacts/v3/Registry.bin")
+    }
+}
+
 /// Committed hex bytecode; checked by this crate's tests, so a bad file is a build defect.
 fn bytecode(hex: &str, file: &str) -> Bytes {
     Bytes::from(ethers_core::utils::hex::decode(hex.trim()).unwrap_or_else(|_| panic!("{file} is hex")))
@@ -248,6 +263,10 @@ mod tests {
             "pendingOwner()",
             "asyncBuffer()",
             "maxStaleness()",
+            "modelSpec()",
+            "modelGroups()",
+            "learnerGroup(uint256)",
+            "setLearnerGroup(uint256,uint256)",
         ];
         let abi = registry_abi();
         assert_eq!(abi.functions().count(), signatures.len(), "every function is checked");
@@ -258,6 +277,7 @@ mod tests {
         let events = [
             "LearnerAdded(uint256,address,uint256)",
             "LearnerRemoved(uint256,address)",
+            "LearnerGroupSet(uint256,uint256)",
             "LocalWeightSet(uint256,uint256,bytes,bytes32,uint256)",
             "GlobalWeightSet(uint256,bytes,bytes32,bytes32,uint256[],bytes)",
             "LearnerAccountChanged(uint256,address,address)",

@@ -10,7 +10,7 @@ use ethers_core::abi::{RawLog, Token};
 use ethers_core::types::{Address, BlockNumber, Filter, TransactionReceipt, H256, U256};
 
 /// The registry interface version this crate writes to (`version()` of `Registry.sol`).
-pub const REGISTRY_VERSION: u64 = 3;
+pub const REGISTRY_VERSION: u64 = 4;
 
 /// How a federation's rounds close, fixed at deployment (`asyncBuffer` and `maxStaleness`
 /// of a version-3 registry; older ones are synchronous).
@@ -131,6 +131,11 @@ pub enum Event {
         previous: Address,
         owner: Address,
     },
+    /// Version 4, model groups: the learner trains group `group` (0-based).
+    LearnerGroupSet {
+        node_id: u64,
+        group: u64,
+    },
     LocalWeightSet(LocalUpdate),
     GlobalWeightSet(GlobalUpdate),
 }
@@ -199,7 +204,20 @@ impl<'a> Registry<'a> {
 
     /// [`Registry::deploy`] for a federation whose rounds close as `mode` says.
     pub fn deploy_with_mode(client: &'a Client, max_samples: u64, mode: Mode) -> Result<(Registry<'a>, TransactionReceipt)> {
-        Registry::deploy_bytecode(client, creation_code(&registry_bytecode(), max_samples, mode)?)
+        Registry::deploy_federation(client, max_samples, mode, None, 1)
+    }
+
+    /// [`Registry::deploy_with_mode`] for a federation that trains the model of digest
+    /// `spec` (`None`: the built-in paper CNN): one spec (`groups` 1), or the list of
+    /// `groups` model groups' specs.
+    pub fn deploy_federation(
+        client: &'a Client,
+        max_samples: u64,
+        mode: Mode,
+        spec: Option<[u8; 32]>,
+        groups: u64,
+    ) -> Result<(Registry<'a>, TransactionReceipt)> {
+        Registry::deploy_bytecode(client, creation_code(&registry_bytecode(), max_samples, mode, spec, groups)?)
     }
 
     /// [`Registry::deploy`] with other creation code (e.g. compiled for another EVM version,
@@ -263,7 +281,7 @@ impl<'a> Registry<'a> {
         let version = self.version()?;
         if version != REGISTRY_VERSION {
             return Err(Error::Invalid(format!(
-                "registry {:?} is version {version}, this program writes to version {REGISTRY_VERSION} (sample caps, round records, asynchronous rounds): deploy a new registry with `fl-aggregator deploy` and use its address (the old one's rounds still verify)",
+                "registry {:?} is version {version}, this program writes to version {REGISTRY_VERSION} (sample caps, round records, asynchronous rounds, model specs): deploy a new registry with `fl-aggregator deploy` and use its address (the old one's rounds still verify)",
                 self.address
             )));
         }
@@ -282,6 +300,39 @@ impl<'a> Registry<'a> {
             0 => Mode::Sync,
             buffer => Mode::Async { buffer, max_staleness },
         })
+    }
+
+    /// The digest of the federation's model spec, fixed at deployment: `None` for the
+    /// built-in paper CNN (a zero digest, or a registry older than version 4).
+    pub fn model_spec(&self) -> Result<Option<[u8; 32]>> {
+        if self.version()? < 4 {
+            return Ok(None);
+        }
+        let digest = bytes32(&self.view("modelSpec", &[])?[0], "modelSpec")?;
+        Ok((digest != [0; 32]).then_some(digest))
+    }
+
+    /// How many model groups the federation declares (1 for one model, and for registries
+    /// older than version 4).
+    pub fn model_groups(&self) -> Result<u64> {
+        if self.version()? < 4 {
+            return Ok(1);
+        }
+        uint(&self.view("modelGroups", &[])?[0], "modelGroups")
+    }
+
+    /// The model group learner `node_id` is registered to (0 unless set).
+    pub fn learner_group(&self, node_id: u64) -> Result<u64> {
+        if self.version()? < 4 {
+            return Ok(0);
+        }
+        uint(&self.view("learnerGroup", &[Token::Uint(node_id.into())])?[0], "learnerGroup")
+    }
+
+    /// Registers learner `node_id` to model group `group` (owner only; before its first
+    /// update).
+    pub fn set_learner_group(&self, node_id: u64, group: u64) -> Result<TransactionReceipt> {
+        self.write("setLearnerGroup", &[Token::Uint(node_id.into()), Token::Uint(group.into())])
     }
 
     /// The federation-wide sample cap set at deployment.
@@ -554,9 +605,16 @@ impl<'a> Registry<'a> {
 }
 
 /// Creation code: the registry's bytecode followed by its ABI-encoded constructor
-/// arguments, the federation-wide sample cap and the mode (buffer and staleness bound, 0 and
-/// 0 for synchronous rounds).
-pub fn creation_code(bytecode: &[u8], max_samples: u64, mode: Mode) -> Result<ethers_core::types::Bytes> {
+/// arguments, the federation-wide sample cap, the mode (buffer and staleness bound, 0 and
+/// 0 for synchronous rounds), the model spec's digest (zero for the built-in model) and the
+/// number of model groups (1: one model).
+pub fn creation_code(
+    bytecode: &[u8],
+    max_samples: u64,
+    mode: Mode,
+    spec: Option<[u8; 32]>,
+    groups: u64,
+) -> Result<ethers_core::types::Bytes> {
     if max_samples == 0 {
         return Err(Error::Invalid("deploy: a federation-wide sample cap of 0 would refuse every update".into()));
     }
@@ -567,8 +625,19 @@ pub fn creation_code(bytecode: &[u8], max_samples: u64, mode: Mode) -> Result<et
     if buffer > u64::from(u32::MAX) || staleness > u64::from(u32::MAX) {
         return Err(Error::Invalid(format!("deploy: buffer {buffer} and staleness bound {staleness} must each be below 2^32")));
     }
+    if groups == 0 || groups > 16 || (groups > 1 && (spec.is_none() || mode != Mode::Sync)) {
+        return Err(Error::Invalid(format!(
+            "deploy: {groups} model groups: a federation has 1 model, or 2 to 16 groups named by a digest, in synchronous rounds"
+        )));
+    }
     let mut code = bytecode.to_vec();
-    code.extend(ethers_core::abi::encode(&[Token::Uint(max_samples.into()), Token::Uint(buffer.into()), Token::Uint(staleness.into())]));
+    code.extend(ethers_core::abi::encode(&[
+        Token::Uint(max_samples.into()),
+        Token::Uint(buffer.into()),
+        Token::Uint(staleness.into()),
+        Token::FixedBytes(spec.unwrap_or([0; 32]).to_vec()),
+        Token::Uint(groups.into()),
+    ]));
     Ok(code.into())
 }
 
@@ -619,6 +688,7 @@ pub fn decode_log(log: &ethers_core::types::Log) -> Result<Logged> {
             previous: address(param("previousOwner")?, "previousOwner")?,
             owner: address(param("owner")?, "owner")?,
         },
+        "LearnerGroupSet" => Event::LearnerGroupSet { node_id: uint(param("nodeId")?, "nodeId")?, group: uint(param("group")?, "group")? },
         "LocalWeightSet" => Event::LocalWeightSet(LocalUpdate {
             node_id: uint(param("nodeId")?, "nodeId")?,
             round: uint(param("round")?, "round")?,
