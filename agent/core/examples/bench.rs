@@ -22,6 +22,7 @@ use fl_core::kernels;
 use fl_core::model::Model;
 use fl_core::network::Trainer;
 use fl_core::rng::Rng;
+use fl_core::spec::ModelSpec;
 use fl_core::train::{evaluate, train, TrainConfig};
 use fl_core::weights::ModelFile;
 
@@ -104,17 +105,17 @@ fn speed(args: &Args) -> Result<()> {
     for &bs in &args.batch_sizes {
         // Warm-up: thread pool, allocator, caches; at least 10 steps.
         let warm = first(&mnist.train, 10 * bs);
-        train(&start, &warm, None, &quiet(bs), &mut |_| {})?;
+        train(&ModelSpec::paper_cnn(), &start, &warm, None, &quiet(bs), &mut |_| {})?;
         let set = first(&mnist.train, args.train_images.max(bs));
         let t0 = Instant::now();
-        train(&start, &set, None, &quiet(bs), &mut |_| {})?;
+        train(&ModelSpec::paper_cnn(), &start, &set, None, &quiet(bs), &mut |_| {})?;
         let rate = set.len() as f64 / t0.elapsed().as_secs_f64();
         println!("train bs={bs} images_per_s={rate:.0}");
     }
     let test = first(&mnist.test, args.eval_images);
-    evaluate(&start, &first(&mnist.test, 1000))?;
+    evaluate(&ModelSpec::paper_cnn(), &start, &first(&mnist.test, 1000))?;
     let t0 = Instant::now();
-    let evaluation = evaluate(&start, &test)?;
+    let evaluation = evaluate(&ModelSpec::paper_cnn(), &start, &test)?;
     let rate = test.len() as f64 / t0.elapsed().as_secs_f64();
     println!("eval bs={} images_per_s={rate:.0} (accuracy {:.4} of an untrained model)", fl_core::train::EVAL_BATCH, evaluation.accuracy);
     Ok(())
@@ -141,7 +142,7 @@ fn rss(args: &Args) -> Result<()> {
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS via /proc/self/clear_refs")?;
     let bs = args.batch_sizes[0];
     let t0 = Instant::now();
-    let trained = train(&ModelFile::initial(1)?, &shard, Some(&test), &quiet(bs), &mut |_| {})?;
+    let trained = train(&ModelSpec::paper_cnn(), &ModelFile::initial(1)?, &shard, Some(&test), &quiet(bs), &mut |_| {})?;
     let seconds = t0.elapsed().as_secs_f64();
     let peak = peak_rss_kb()?;
     let accuracy = trained.epochs.last().and_then(|e| e.test).map(|t| t.accuracy).unwrap_or(f64::NAN);
@@ -177,7 +178,7 @@ fn profile(args: &Args) -> Result<()> {
         let indices: Vec<usize> = (0..bs).collect();
         let mut rng = Rng::new(1);
         // The network's step (what `train` runs): batch, forward, backward and Adam.
-        let mut trainer = Trainer::new(&start, params.clone())?;
+        let mut trainer = Trainer::with_adam(&ModelSpec::paper_cnn(), &start, params.clone())?;
         let step = time_ms(20, || {
             trainer.step(&mnist.train, &indices, &mut rng);
             Ok(())
@@ -218,7 +219,7 @@ fn profile(args: &Args) -> Result<()> {
             let stock_all = time_ms(5, || Ok(stock()?.sum_all()?.backward().map(|_| ())?))?;
             // The kernels on NHWC slices, as the network calls them (the first layer's
             // input needs no gradient).
-            let d = kernels::ConvDims { n: bs, c_in, c_out, h: side, w: side };
+            let d = kernels::ConvDims { n: bs, c_in, c_out, h: side, w: side, pool: true };
             let xs = x.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             let ws = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             let bias = b.as_tensor().to_vec1::<f32>()?;

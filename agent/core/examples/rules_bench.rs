@@ -94,6 +94,7 @@ fn update(start: &ModelFile, k: u64) -> ModelFile {
     ModelFile {
         format_version: start.format_version,
         architecture: start.architecture.clone(),
+        spec: start.spec,
         round: 1,
         n_samples: 1000 + 37 * k,
         tensors,

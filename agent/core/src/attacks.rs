@@ -81,7 +81,7 @@ impl Attack {
                         }
                     })
                     .collect();
-                Dataset::from_raw(data.images().to_vec(), labels)
+                data.with_labels(labels)
             }
             Attack::Scale(_) | Attack::Noise => Ok(data.clone()),
         }

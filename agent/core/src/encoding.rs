@@ -14,12 +14,13 @@
 //! | field            | postcard type        | meaning                                          |
 //! |------------------|----------------------|--------------------------------------------------|
 //! | `format_version` | varint u32           | 2 (a version-1 file starts with 1: see [`crate::weights`]) |
-//! | `architecture`   | string               | [`ARCHITECTURE_ID`]                              |
+//! | `architecture`   | string               | [`crate::model::ARCHITECTURE_ID`], or [`crate::spec::SPEC_ARCHITECTURE`] with a `spec` |
 //! | `round`          | varint u64           | as in version 1                                  |
 //! | `n_samples`      | varint u64           | as in version 1                                  |
-//! | `base`           | option, 32 bytes     | SHA-256 of the base model's version-1 bytes; none: the values are the weights themselves |
-//! | `spec`           | option, 32 bytes     | digest of the model spec the file follows; none: the built-in [`ARCHITECTURE_ID`] |
-//! | `tensors`        | seq                  | one entry per parameter, in [`PARAMS`] order     |
+//! | `base`           | option, 32 bytes     | SHA-256 of the base model's file ([`ModelFile::to_bytes`]); none: the values are the weights themselves |
+//! | `spec`           | option, 32 bytes     | digest of the model spec the file follows ([`crate::spec`]); none: the built-in [`crate::model::ARCHITECTURE_ID`] |
+//! | `tensors`        | seq                  | one entry per parameter, in the spec's order     |
+//! | `report`         | absent, or option tag 1 then struct | a learner's own evaluation of the model it sends (below) |
 //!
 //! Each tensor is `name`, `shape` (as in version 1), `encoding` (varint enum) and `data`
 //! (bytes):
@@ -32,7 +33,11 @@
 //!   zero), so the error is at most half a step, `scale / 2`.
 //!
 //! With a `base`, a tensor's decoded value is `base + value` in f32; without, it is `value`.
-//! The writer uses `Int8` for tensors of rank 2 or more and f32 for biases (490 values:
+//! - `Zero` (3): no data; every value is 0 (in a file relative to a base: the tensor is the
+//!   base's, as for the tensors of model groups a learner does not train).
+//!
+//! The writer uses `Zero` for a tensor whose difference from the base is +0.0 throughout,
+//! else `Int8` for tensors of rank 2 or more and f32 for biases (490 values:
 //! int8 with a scale per value would save nothing), and `F16` for every tensor under
 //! `f16`. The digest recorded on chain is the SHA-256 of the file's bytes, as for version 1.
 //!
@@ -41,9 +46,22 @@
 //! non-negative scales, finite f16 values, that the base is the one named), and names the
 //! tensor at fault.
 //!
+//! # The learner's report
+//! A learner's update may end with its own evaluation of the model it sends, on its own
+//! test set: after `tensors`, the postcard `Some` tag (byte 1) and `accuracy` (f32, in
+//! [0, 1]), `loss` (f32, mean cross-entropy, finite and >= 0) and `examples` (varint u64,
+//! at least 1). A file without a report ends with `tensors`, so every file written before
+//! the field existed reads exactly as before (no report), a file's digest is still the
+//! SHA-256 of its bytes, and adding a report ([`with_report`]) only appends bytes: the
+//! model is the same. A trailing `None` tag (byte 0) is refused, so a report-less file has
+//! one form. The aggregator records the figures and never uses them to aggregate (the
+//! board is not trusted; `verify` only checks the record says what the files say). Version
+//! 1 has no room for a report: an `f32` update of the built-in model carries none.
+//!
 //! # Which encoding
 //! `f32` writes the exact version-1 file (absolute weights, no base), as before this format
-//! existed; `f16` and `int8` write version 2 deltas. Measured on MNIST (README, `make
+//! existed, except for a model that names a spec: version 1 has no room for it, so its
+//! absolute weights are a version-2 file of f32 tensors ([`ModelFile::to_bytes`]); `f16` and `int8` write version 2 deltas. Measured on MNIST (README, `make
 //! bench-compression`): an update is 2.48 MB in f32, 1.24 MB in f16 and 0.62 MB in int8.
 
 use std::fmt;
@@ -53,8 +71,10 @@ use anyhow::{bail, ensure, Context, Result};
 use half::f16;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ARCHITECTURE_ID, PARAMS};
-use crate::weights::{check_tensor_list, hex, ModelFile, NamedTensor, FORMAT_VERSION};
+#[cfg(test)]
+use crate::model::PARAMS;
+use crate::spec::describe;
+use crate::weights::{check_tensor_list, expected_tensors, hex, ModelFile, NamedTensor, FORMAT_VERSION};
 
 /// The format version this module writes.
 pub const FORMAT_VERSION_2: u32 = 2;
@@ -106,7 +126,11 @@ impl FromStr for Encoding {
 enum TensorEncoding {
     F32,
     F16,
-    Int8 { scales: Vec<f32> },
+    Int8 {
+        scales: Vec<f32>,
+    },
+    /// Every value is zero (no data): a tensor an update leaves as its base had it.
+    Zero,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +152,29 @@ struct FileV2 {
     tensors: Vec<EncodedTensor>,
 }
 
+/// A learner's own evaluation of the model it sends, on its own test set (the trailing
+/// `report` of a version-2 file; see the module docs): recorded, never trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Fraction of the learner's test examples classified correctly, in [0, 1].
+    pub accuracy: f32,
+    /// Mean cross-entropy per test example, finite and >= 0.
+    pub loss: f32,
+    /// Test examples evaluated, at least 1.
+    pub examples: u64,
+}
+
+impl Report {
+    /// Checks the figures are in range; the error names the field.
+    pub fn check(&self) -> Result<()> {
+        ensure!((0.0..=1.0).contains(&self.accuracy), "report: accuracy {} is not in [0, 1]", self.accuracy);
+        ensure!(self.loss.is_finite() && self.loss >= 0.0, "report: loss {} is not a finite number >= 0", self.loss);
+        ensure!(self.examples >= 1, "report: examples is 0, expected at least 1 test example");
+        Ok(())
+    }
+}
+
 /// What [`decode`] read: the f32 model and how it was written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
@@ -138,6 +185,8 @@ pub struct Decoded {
     pub encoding: Encoding,
     /// The digest of the base model the file is relative to, if any.
     pub base: Option<[u8; 32]>,
+    /// The learner's own evaluation of the model, if the file carries one (version 2 only).
+    pub report: Option<Report>,
 }
 
 /// The base a version-2 file names, read without decoding the rest (`None` for a version-1
@@ -145,8 +194,22 @@ pub struct Decoded {
 pub fn base_of(bytes: &[u8]) -> Result<Option<[u8; 32]>> {
     match format_version(bytes)? {
         FORMAT_VERSION => Ok(None),
-        _ => Ok(parse_v2(bytes)?.base),
+        _ => Ok(parse_v2(bytes)?.0.base),
     }
+}
+
+/// `bytes` (a version-2 file without a report) with `report` appended: the same model, now
+/// carrying the learner's figures. `None` for a version-1 file, which has no room for one.
+pub fn with_report(bytes: &[u8], report: &Report) -> Result<Option<Vec<u8>>> {
+    if format_version(bytes)? == FORMAT_VERSION {
+        return Ok(None);
+    }
+    report.check()?;
+    ensure!(parse_v2(bytes)?.1.is_none(), "model file: already carries a report");
+    let mut out = bytes.to_vec();
+    // Serialising a plain struct into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(&Some(report)).unwrap_or_default());
+    Ok(Some(out))
 }
 
 /// Writes `model` in `encoding`: `F32` gives the version-1 file of the absolute weights;
@@ -159,6 +222,14 @@ pub fn encode(model: &ModelFile, base: Option<&ModelFile>, encoding: Encoding) -
     if let Some(base) = base {
         crate::weights::check_layout(model, Some(base), "encoding", "the model", "its base")?;
     }
+    Ok(encode_v2(model, base, encoding))
+}
+
+/// The version-2 file of `model` in `encoding` relative to `base` (whose layout the caller
+/// checked), or of the absolute f32 weights for `F32` (how a model that names a spec is
+/// written whole: version 1 has no room for the spec).
+pub(crate) fn encode_v2(model: &ModelFile, base: Option<&ModelFile>, encoding: Encoding) -> Vec<u8> {
+    let base = if encoding == Encoding::F32 { None } else { base };
     let mut tensors = Vec::with_capacity(model.tensors.len());
     for (i, tensor) in model.tensors.iter().enumerate() {
         let mut values = tensor.to_f32();
@@ -168,6 +239,9 @@ pub fn encode(model: &ModelFile, base: Option<&ModelFile>, encoding: Encoding) -
             }
         }
         let (encoding, data) = match encoding {
+            // A delta that is zero throughout (the tensors of another model group, which a
+            // learner does not train) costs nothing.
+            _ if base.is_some() && values.iter().all(|v| v.to_bits() == 0) => (TensorEncoding::Zero, Vec::new()),
             Encoding::Int8 if tensor.shape.len() >= 2 => {
                 let (scales, data) = quantize(&values, tensor.shape[0] as usize);
                 (TensorEncoding::Int8 { scales }, data)
@@ -183,11 +257,11 @@ pub fn encode(model: &ModelFile, base: Option<&ModelFile>, encoding: Encoding) -
         round: model.round,
         n_samples: model.n_samples,
         base: base.map(ModelFile::sha256),
-        spec: None,
+        spec: model.spec,
         tensors,
     };
     // Serialising plain structs into a Vec cannot fail.
-    Ok(postcard::to_stdvec(&file).unwrap_or_default())
+    postcard::to_stdvec(&file).unwrap_or_default()
 }
 
 /// Symmetric int8 per output channel: the scales and the bytes (see the module docs).
@@ -214,11 +288,20 @@ fn format_version(bytes: &[u8]) -> Result<u32> {
     Ok(version)
 }
 
-fn parse_v2(bytes: &[u8]) -> Result<FileV2> {
+/// The file and its report: a file that ends with its tensors has none (every file written
+/// before reports existed), else what follows must be exactly one valid report.
+fn parse_v2(bytes: &[u8]) -> Result<(FileV2, Option<Report>)> {
     let (file, rest): (FileV2, &[u8]) = postcard::take_from_bytes(bytes)
         .map_err(|e| anyhow::anyhow!("decoding model file ({} bytes): {e} (truncated or not a model file)", bytes.len()))?;
-    ensure!(rest.is_empty(), "decoding model file: {} unexpected bytes after the model", rest.len());
-    Ok(file)
+    if rest.is_empty() {
+        return Ok((file, None));
+    }
+    let (report, after): (Option<Report>, &[u8]) = postcard::take_from_bytes(rest)
+        .map_err(|e| anyhow::anyhow!("decoding model file: the {} bytes after the model are not a report: {e}", rest.len()))?;
+    let report = report.context("decoding model file: an empty report after the model (a file without a report ends with the model)")?;
+    ensure!(after.is_empty(), "decoding model file: {} unexpected bytes after the report", after.len());
+    report.check().context("model file")?;
+    Ok((file, Some(report)))
 }
 
 /// Decodes a model file of either version. A file relative to a base needs that base
@@ -227,17 +310,13 @@ pub fn decode(bytes: &[u8], base: Option<&ModelFile>) -> Result<Decoded> {
     let version = format_version(bytes)?;
     if version == FORMAT_VERSION {
         let model = ModelFile::from_v1_bytes(bytes)?;
-        return Ok(Decoded { model, encoding: Encoding::F32, base: None });
+        return Ok(Decoded { model, encoding: Encoding::F32, base: None, report: None });
     }
     ensure!(
         version == FORMAT_VERSION_2,
         "model file: format version {version} is not supported (this program reads {FORMAT_VERSION} and {FORMAT_VERSION_2})"
     );
-    let file = parse_v2(bytes)?;
-    ensure!(file.architecture == ARCHITECTURE_ID, "model file: architecture {:?} is not {ARCHITECTURE_ID:?}", file.architecture);
-    if let Some(spec) = file.spec {
-        bail!("model file: follows model spec {}, but this program knows only the built-in {ARCHITECTURE_ID}", hex(&spec));
-    }
+    let (file, report) = parse_v2(bytes)?;
     let base = match (file.base, base) {
         (None, _) => None,
         (Some(named), None) => {
@@ -254,11 +333,22 @@ pub fn decode(bytes: &[u8], base: Option<&ModelFile>) -> Result<Decoded> {
             Some(base)
         }
     };
-    let mut tensors = Vec::with_capacity(PARAMS.len());
-    let mut kind = Encoding::F32;
     let listed: Vec<(&str, &[u64])> = file.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
-    check_tensor_list(&listed)?;
-    for (i, (tensor, (name, shape))) in file.tensors.iter().zip(PARAMS).enumerate() {
+    let expected = expected_tensors(&file.architecture, file.spec, &listed)?;
+    check_tensor_list(&listed, &expected)?;
+    if let Some(base) = base {
+        ensure!(
+            base.spec == file.spec,
+            "model file: follows {}, but its base model follows {}",
+            describe(&file.architecture, file.spec),
+            describe(&base.architecture, base.spec)
+        );
+        let base_list: Vec<(&str, &[u64])> = base.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+        check_tensor_list(&base_list, &expected).context("model file: its base model has other tensors")?;
+    }
+    let mut tensors = Vec::with_capacity(expected.len());
+    let mut kind = Encoding::F32;
+    for (i, (tensor, (name, shape))) in file.tensors.iter().zip(&expected).enumerate() {
         let count: usize = shape.iter().product();
         let mut values = decode_tensor(name, tensor, count)?;
         match tensor.encoding {
@@ -279,11 +369,12 @@ pub fn decode(bytes: &[u8], base: Option<&ModelFile>) -> Result<Decoded> {
     let model = ModelFile {
         format_version: FORMAT_VERSION,
         architecture: file.architecture,
+        spec: file.spec,
         round: file.round,
         n_samples: file.n_samples,
         tensors,
     };
-    Ok(Decoded { model, encoding: kind, base: file.base })
+    Ok(Decoded { model, encoding: kind, base: file.base, report })
 }
 
 /// One tensor's stored values as f32 (before the base is added).
@@ -323,6 +414,10 @@ fn decode_tensor(name: &str, tensor: &EncodedTensor, count: usize) -> Result<Vec
             }
             let per_channel = count / channels;
             Ok(tensor.data.chunks(per_channel).zip(scales).flat_map(|(qs, s)| qs.iter().map(move |&q| f32::from(q as i8) * s)).collect())
+        }
+        TensorEncoding::Zero => {
+            expect_len(0, 0)?;
+            Ok(vec![0.0; count])
         }
     }
 }
@@ -469,7 +564,7 @@ mod tests {
         assert!(format!("{:#}", ModelFile::from_bytes(&bytes).unwrap_err()).contains("which is needed to decode it"));
         assert!(err(&bytes[..bytes.len() / 2], Some(&base)).contains("truncated"));
 
-        let file = parse_v2(&bytes).unwrap();
+        let (file, _) = parse_v2(&bytes).unwrap();
         let rewrite = |change: &dyn Fn(&mut FileV2)| {
             let mut f = file.clone();
             change(&mut f);
@@ -481,7 +576,7 @@ mod tests {
         };
         case(&|f| f.format_version = 3, "format version 3 is not supported");
         case(&|f| f.architecture = "resnet".into(), "architecture \"resnet\"");
-        case(&|f| f.spec = Some([7; 32]), "follows model spec 0707");
+        case(&|f| f.spec = Some([7; 32]), "names model spec 0707");
         case(&|f| f.tensors.swap(0, 1), "expected conv1.weight in that position");
         case(&|f| f.tensors[9].shape = vec![11], "tensor fc2.bias has shape [11], expected [10]");
         case(&|f| f.tensors[6].data.pop().map(drop).unwrap_or(()), "tensor fc1.weight has 524287 bytes of data, expected 524288");
@@ -512,7 +607,7 @@ mod tests {
         );
         case(&|f| f.tensors.truncate(9), "tensor fc2.bias is missing");
 
-        let f16 = parse_v2(&encode(&model, Some(&base), Encoding::F16).unwrap()).unwrap();
+        let (f16, _) = parse_v2(&encode(&model, Some(&base), Encoding::F16).unwrap()).unwrap();
         let mut bad = f16.clone();
         bad.tensors[1].data[2..4].copy_from_slice(&f16::NAN.to_le_bytes());
         let text = err(&postcard::to_stdvec(&bad).unwrap(), Some(&base));
@@ -525,5 +620,49 @@ mod tests {
         let text = format!("{:#}", bases.decode(&encode(&base, Some(&model), Encoding::Int8).unwrap()).unwrap_err());
         assert!(text.contains("which is neither the global model of round 2"), "{text}");
         assert!("int4".parse::<Encoding>().unwrap_err().to_string().contains("unknown encoding \"int4\""));
+    }
+
+    #[test]
+    fn a_report_rides_after_the_model_and_files_without_one_read_as_before() {
+        let (model, base) = pair();
+        let report = Report { accuracy: 0.9712, loss: 0.0931, examples: 500 };
+        for encoding in [Encoding::F16, Encoding::Int8] {
+            let plain = encode(&model, Some(&base), encoding).unwrap();
+            let with = with_report(&plain, &report).unwrap().unwrap();
+            // Appended: the tag, two f32 and the varint 500 (2 bytes).
+            assert_eq!((&with[..plain.len()], with.len() - plain.len()), (&plain[..], 1 + 4 + 4 + 2));
+            let (bare, carrying) = (decode(&plain, Some(&base)).unwrap(), decode(&with, Some(&base)).unwrap());
+            // A file written before the field existed: no report, the same model.
+            assert_eq!(bare.report, None);
+            assert_eq!(carrying.report, Some(report));
+            assert_eq!((&carrying.model, carrying.encoding, carrying.base), (&bare.model, bare.encoding, bare.base));
+            assert_eq!(carrying.model.to_bytes(), bare.model.to_bytes());
+            assert_eq!(base_of(&with).unwrap(), Some(base.sha256()));
+            assert!(format!("{:#}", with_report(&with, &report).unwrap_err()).contains("already carries a report"));
+        }
+        // A version-1 file (f32 update of the built-in model) has no room for one.
+        assert_eq!(with_report(&encode(&model, Some(&base), Encoding::F32).unwrap(), &report).unwrap(), None);
+        // Out of range: refused when written and when read, naming the field.
+        let plain = encode(&model, Some(&base), Encoding::Int8).unwrap();
+        let bad = [
+            (Report { accuracy: 1.5, ..report }, "report: accuracy 1.5 is not in [0, 1]"),
+            (Report { accuracy: f32::NAN, ..report }, "report: accuracy NaN is not in [0, 1]"),
+            (Report { loss: -0.5, ..report }, "report: loss -0.5 is not a finite number >= 0"),
+            (Report { loss: f32::INFINITY, ..report }, "report: loss inf is not a finite number >= 0"),
+            (Report { examples: 0, ..report }, "report: examples is 0"),
+        ];
+        for (bad, needle) in bad {
+            assert!(format!("{:#}", with_report(&plain, &bad).unwrap_err()).contains(needle), "{needle}");
+            let mut bytes = plain.clone();
+            bytes.extend(postcard::to_stdvec(&Some(bad)).unwrap());
+            let text = format!("{:#}", decode(&bytes, Some(&base)).unwrap_err());
+            assert!(text.contains(needle), "{text}");
+        }
+        let err = |tail: &[u8]| format!("{:#}", decode(&[&plain[..], tail].concat(), Some(&base)).unwrap_err());
+        assert!(err(&[0]).contains("an empty report after the model"));
+        assert!(err(&[1, 0, 0]).contains("3 bytes after the model are not a report"));
+        let mut two = postcard::to_stdvec(&Some(report)).unwrap();
+        two.push(9);
+        assert!(err(&two).contains("1 unexpected bytes after the report"));
     }
 }

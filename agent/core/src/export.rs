@@ -1,17 +1,20 @@
 //! The model leaves the federation: a model file written so that other tools can use it.
+//! Any spec's model ([`crate::spec`]); below, the paper's CNN as the example.
 //!
-//! - **safetensors** ([`safetensors`]): the ten tensors under their names
-//!   (`conv1.weight` ... `fc2.bias`), f32, shapes as in [`crate::model::PARAMS`]:
-//!   convolution weights `(out, in, 3, 3)` (PyTorch's layout), dense weights `(out, in)`
-//!   (so `y = x @ W.T + b`), and the flatten before `fc1` is channel-major: `(n, 128, 4, 4)`
-//!   reshaped to `(n, 2048)` (PyTorch's `flatten(1)`, not Keras' NHWC order).
+//! - **safetensors** ([`safetensors`]): every tensor under its name (`conv1.weight` ...
+//!   `fc2.bias` for the paper's CNN; the spec's [`crate::spec::ModelSpec::params`] in
+//!   general), f32: convolution weights `(out, in, 3, 3)` (PyTorch's layout), dense weights
+//!   `(out, in)` (so `y = x @ W.T + b`), and the flatten before the first dense layer is
+//!   channel-major: `(n, 128, 4, 4)` reshaped to `(n, 2048)` (PyTorch's `flatten(1)`, not
+//!   Keras' NHWC order).
 //! - **ONNX** ([`onnx`], opset 13, IR version 8): the whole network as a graph with the
-//!   weights inside. Input `images`: `(n, 1, 28, 28)` f32, pixels scaled to 0..1 (byte /
-//!   255), NCHW; output `probabilities`: `(n, 10)`, the softmax. Nodes: for each of the
-//!   three convolutions `Conv` (3x3, pads 1) → `Relu` → `MaxPool` (2x2, stride 2,
-//!   `ceil_mode` 1, which is Keras' "same" pooling: 28 → 14 → 7 → 4), then `Flatten`, `Gemm`
-//!   (`transB` 1) → `Relu` → `Gemm` → `Softmax` (axis 1). Dropout is training only and
-//!   not in the graph.
+//!   weights inside. Input `images`: `(n, C, H, W)` f32 (NCHW; an IDX or image-folder pixel
+//!   is byte / 255), or for a spec with a feature input `features`: `(n, F)` f32 as the CSV
+//!   holds them; output `probabilities`: `(n, classes)`, the softmax. Nodes: each
+//!   convolution is `Conv` (3x3, pads 1) → `Relu`, then if pooled `MaxPool` (2x2, stride 2,
+//!   `ceil_mode` 1, which is Keras' "same" pooling: 28 → 14 → 7 → 4); a `Flatten` before
+//!   the first dense layer of an image input; each dense layer `Gemm` (`transB` 1) → `Relu`
+//!   but the last, then `Softmax` (axis 1). Dropout is training only and not in the graph.
 //!
 //! The ONNX file is protobuf, written here field by field from `onnx.proto` (the message
 //! and field numbers are cited at each writer), so no protobuf crate is needed.
@@ -20,12 +23,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::model::PARAMS;
+use crate::data::InputShape;
+use crate::spec::{ModelSpec, Stage};
 use crate::weights::ModelFile;
 
-/// Writes `model` as safetensors (the tensors only; round and sample count stay behind).
-pub fn safetensors(model: &ModelFile, path: &Path) -> Result<()> {
+/// Writes `model` of `spec` as safetensors (the tensors only; round and sample count stay
+/// behind).
+pub fn safetensors(spec: &ModelSpec, model: &ModelFile, path: &Path) -> Result<()> {
     model.validate()?;
+    spec.check_model(model)?;
     model.save_safetensors(path)
 }
 
@@ -34,42 +40,76 @@ pub const OPSET: i64 = 13;
 /// The ONNX IR version of the file (IR 8 came with opset 17; readers of opset 13 accept it).
 const IR_VERSION: i64 = 8;
 
-/// `model` as an ONNX model (see the module documentation).
-pub fn onnx(model: &ModelFile) -> Result<Vec<u8>> {
+/// `model` of `spec` as an ONNX model (see the module documentation).
+pub fn onnx(spec: &ModelSpec, model: &ModelFile) -> Result<Vec<u8>> {
     model.validate()?;
+    spec.check_model(model)?;
     let mut graph = Vec::new();
+    let (input, input_dims) = match spec.input {
+        InputShape::Image { height, width, channels } => {
+            ("images", vec![None, Some(channels as u64), Some(height as u64), Some(width as u64)])
+        }
+        InputShape::Features(n) => ("features", vec![None, Some(n as u64)]),
+    };
     // Nodes, in order (GraphProto.node = 1).
-    let mut x = "images".to_string();
-    for (i, conv) in ["conv1", "conv2", "conv3"].iter().enumerate() {
-        let (c, r, p) = (format!("{conv}_out"), format!("{conv}_relu"), format!("pool{}", i + 1));
-        let conv_attrs = [attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1]), attr_ints("strides", &[1, 1])];
-        field_bytes(&mut graph, 1, &node("Conv", conv, &[&x, &format!("{conv}.weight"), &format!("{conv}.bias")], &c, &conv_attrs));
-        field_bytes(&mut graph, 1, &node("Relu", &format!("{conv}_relu"), &[&c], &r, &[]));
-        let pool_attrs = [attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2]), attr_int("ceil_mode", 1)];
-        field_bytes(&mut graph, 1, &node("MaxPool", &p, &[&r], &p, &pool_attrs));
-        x = p;
+    let mut x = input.to_string();
+    let mut image_shaped = matches!(spec.input, InputShape::Image { .. });
+    for stage in spec.stages() {
+        match stage {
+            Stage::Conv { index, pool, .. } => {
+                let conv = format!("conv{index}");
+                let (c, r) = (format!("{conv}_out"), format!("{conv}_relu"));
+                let conv_attrs = [attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1]), attr_ints("strides", &[1, 1])];
+                field_bytes(
+                    &mut graph,
+                    1,
+                    &node("Conv", &conv, &[&x, &format!("{conv}.weight"), &format!("{conv}.bias")], &c, &conv_attrs),
+                );
+                field_bytes(&mut graph, 1, &node("Relu", &r, &[&c], &r, &[]));
+                x = r;
+                if pool {
+                    let p = format!("pool{index}");
+                    let pool_attrs = [attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2]), attr_int("ceil_mode", 1)];
+                    field_bytes(&mut graph, 1, &node("MaxPool", &p, &[&x], &p, &pool_attrs));
+                    x = p;
+                }
+            }
+            Stage::Dense { index, relu, .. } => {
+                if image_shaped {
+                    field_bytes(&mut graph, 1, &node("Flatten", "flatten", &[&x], "flat", &[attr_int("axis", 1)]));
+                    x = "flat".into();
+                    image_shaped = false;
+                }
+                let fc = format!("fc{index}");
+                let out = if relu { format!("{fc}_out") } else { "logits".to_string() };
+                let gemm_inputs = [x.as_str(), &format!("{fc}.weight"), &format!("{fc}.bias")];
+                field_bytes(&mut graph, 1, &node("Gemm", &fc, &gemm_inputs, &out, &[attr_int("transB", 1)]));
+                x = out;
+                if relu {
+                    let r = format!("{fc}_relu");
+                    field_bytes(&mut graph, 1, &node("Relu", &r, &[&x], &r, &[]));
+                    x = r;
+                }
+            }
+        }
     }
-    field_bytes(&mut graph, 1, &node("Flatten", "flatten", &[&x], "flat", &[attr_int("axis", 1)]));
-    field_bytes(&mut graph, 1, &node("Gemm", "fc1", &["flat", "fc1.weight", "fc1.bias"], "fc1_out", &[attr_int("transB", 1)]));
-    field_bytes(&mut graph, 1, &node("Relu", "fc1_relu", &["fc1_out"], "hidden", &[]));
-    field_bytes(&mut graph, 1, &node("Gemm", "fc2", &["hidden", "fc2.weight", "fc2.bias"], "logits", &[attr_int("transB", 1)]));
-    field_bytes(&mut graph, 1, &node("Softmax", "softmax", &["logits"], "probabilities", &[attr_int("axis", 1)]));
+    field_bytes(&mut graph, 1, &node("Softmax", "softmax", &[&x], "probabilities", &[attr_int("axis", 1)]));
     // GraphProto.name = 2.
-    field_bytes(&mut graph, 2, crate::model::ARCHITECTURE_ID.as_bytes());
+    field_bytes(&mut graph, 2, spec.name.as_bytes());
     // Weights: GraphProto.initializer = 5, TensorProto.
-    for ((name, shape), tensor) in PARAMS.iter().zip(&model.tensors) {
+    for tensor in &model.tensors {
         let mut t = Vec::new();
-        for &d in *shape {
-            field_varint(&mut t, 1, d as u64); // TensorProto.dims = 1
+        for &d in &tensor.shape {
+            field_varint(&mut t, 1, d); // TensorProto.dims = 1
         }
         field_varint(&mut t, 2, 1); // TensorProto.data_type = 2: FLOAT = 1
-        field_bytes(&mut t, 8, name.as_bytes()); // TensorProto.name = 8
+        field_bytes(&mut t, 8, tensor.name.as_bytes()); // TensorProto.name = 8
         field_bytes(&mut t, 9, &tensor.data); // TensorProto.raw_data = 9: little-endian f32
         field_bytes(&mut graph, 5, &t);
     }
     // GraphProto.input = 11 and output = 12, ValueInfoProto.
-    field_bytes(&mut graph, 11, &value_info("images", &[None, Some(1), Some(28), Some(28)]));
-    field_bytes(&mut graph, 12, &value_info("probabilities", &[None, Some(10)]));
+    field_bytes(&mut graph, 11, &value_info(input, &input_dims));
+    field_bytes(&mut graph, 12, &value_info("probabilities", &[None, Some(spec.classes as u64)]));
 
     let mut out = Vec::new();
     field_varint(&mut out, 1, IR_VERSION as u64); // ModelProto.ir_version = 1
@@ -191,7 +231,7 @@ mod tests {
     #[test]
     fn the_graph_holds_every_weight_byte_for_byte() {
         let model = ModelFile::initial(3).unwrap();
-        let bytes = onnx(&model).unwrap();
+        let bytes = onnx(&ModelSpec::paper_cnn(), &model).unwrap();
         for tensor in &model.tensors {
             let at = bytes.windows(tensor.data.len().min(64)).position(|w| w == &tensor.data[..tensor.data.len().min(64)]);
             assert!(at.is_some(), "{} is not in the file", tensor.name);

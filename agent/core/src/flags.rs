@@ -32,3 +32,96 @@ pub fn positive(value: usize, flag: &str) -> Result<usize> {
     }
     Ok(value)
 }
+
+/// Help for the data flags every command that reads data shares ([`DataFlags`]).
+pub const DATA_HELP: &str = "\
+  --data PATH          the data: the MNIST or IDX folder, the CSV file, or the root of the
+                       class folders of images
+  --data-format F      mnist (default), idx, csv or images (agent/core/src/data/mod.rs
+                       documents each)
+  --test-data PATH     the test set in the same format (idx, csv, images)
+  --test-fraction X    or: hold out this share of the data for testing (0 < X < 1)
+  --label-column C     csv: the label column, by name or 1-based number (default: the one
+                       named `label`, else the last)
+";
+
+/// The data flags as given ([`DATA_HELP`]); the agent's configuration file sets the same
+/// fields from its keys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataFlags {
+    /// `--data`.
+    pub path: Option<std::path::PathBuf>,
+    /// `--data-format`.
+    pub format: Option<String>,
+    /// `--test-data`.
+    pub test: Option<std::path::PathBuf>,
+    /// `--test-fraction`.
+    pub test_fraction: Option<f64>,
+    /// `--label-column`.
+    pub label_column: Option<String>,
+}
+
+impl DataFlags {
+    /// Whether `flag` (without the dashes) is one of the data flags.
+    pub fn handles(flag: &str) -> bool {
+        matches!(flag, "data" | "data-format" | "test-data" | "test-fraction" | "label-column")
+    }
+
+    /// Reads the value of the data flag `flag`.
+    pub fn set(&mut self, flag: &str, parser: &mut lexopt::Parser) -> Result<()> {
+        match flag {
+            "data" => self.path = Some(parser.value()?.into()),
+            "data-format" => self.format = Some(number::<String>(parser, "--data-format")?),
+            "test-data" => self.test = Some(parser.value()?.into()),
+            "test-fraction" => self.test_fraction = Some(number(parser, "--test-fraction")?),
+            "label-column" => self.label_column = Some(number::<String>(parser, "--label-column")?),
+            other => bail!("--{other} is not a data flag"),
+        }
+        Ok(())
+    }
+
+    /// Values given here win over those of `lower` (flags over a configuration file).
+    pub fn or(self, lower: DataFlags) -> DataFlags {
+        DataFlags {
+            path: self.path.or(lower.path),
+            format: self.format.or(lower.format),
+            test: self.test.or(lower.test),
+            test_fraction: self.test_fraction.or(lower.test_fraction),
+            label_column: self.label_column.or(lower.label_column),
+        }
+    }
+
+    /// The data source for a model whose input is `input` (an image's channels tell how
+    /// images are decoded); `seed` seeds the held-out split. `what` names where the path
+    /// may be given, for the error when it is missing.
+    pub fn source(&self, input: crate::data::InputShape, seed: u64, what: &str) -> Result<crate::data::DataSource> {
+        use crate::data::{CsvOptions, DataFormat, DataSource, InputShape, LabelColumn};
+        let path = self.path.clone().with_context(|| format!("no data: {what}"))?;
+        let format: DataFormat = self.format.as_deref().unwrap_or("mnist").parse()?;
+        let label_column = match self.label_column.as_deref() {
+            None => LabelColumn::Auto,
+            Some("last") => LabelColumn::Last,
+            Some(text) => match text.parse::<usize>() {
+                Ok(0) => bail!("--label-column 0: columns are numbered from 1"),
+                Ok(n) => LabelColumn::Index(n - 1),
+                Err(_) => LabelColumn::Name(text.to_string()),
+            },
+        };
+        if self.label_column.is_some() && format != DataFormat::Csv {
+            bail!("--label-column goes with --data-format csv only");
+        }
+        let channels = match input {
+            InputShape::Image { channels, .. } => channels,
+            InputShape::Features(_) => 1,
+        };
+        Ok(DataSource {
+            format,
+            train: path,
+            test: self.test.clone(),
+            test_fraction: self.test_fraction,
+            csv: CsvOptions { label_column },
+            channels,
+            seed,
+        })
+    }
+}

@@ -10,6 +10,7 @@
 pub mod attacks;
 pub mod data;
 pub mod encoding;
+pub mod ensemble;
 pub mod export;
 pub mod fedavg;
 pub mod files;
@@ -21,6 +22,7 @@ pub mod record;
 pub mod rng;
 pub mod rounds;
 pub mod rules;
+pub mod spec;
 pub mod staleness;
 pub mod train;
 pub mod weights;

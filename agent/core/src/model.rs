@@ -156,44 +156,18 @@ impl Model {
     /// probability 1 - [`DROPOUT`] and scaled by 1/(1 - rate), as Keras does.
     pub fn dropout_mask(n: usize, rng: &mut Rng, device: &Device) -> Result<Tensor> {
         let mut values = vec![0f32; n * HIDDEN];
-        fill_dropout_mask(rng, &mut values);
+        fill_dropout_mask(rng, DROPOUT, &mut values);
         Tensor::from_vec(values, (n, HIDDEN), device)
     }
 }
 
 /// Fills `mask` with an inverted-dropout mask drawn from `rng`, one draw per value:
-/// 0 with probability [`DROPOUT`], 1/(1 - rate) otherwise (Keras' scaling).
-pub fn fill_dropout_mask(rng: &mut Rng, mask: &mut [f32]) {
-    let scale = 1.0 / (1.0 - DROPOUT);
+/// 0 with probability `rate`, 1/(1 - rate) otherwise (Keras' scaling).
+pub fn fill_dropout_mask(rng: &mut Rng, rate: f32, mask: &mut [f32]) {
+    let scale = 1.0 / (1.0 - rate);
     for m in mask {
-        *m = if rng.next_f32() < DROPOUT { 0.0 } else { scale };
+        *m = if rng.next_f32() < rate { 0.0 } else { scale };
     }
-}
-
-/// A human-readable table of the layers, output shapes and parameter counts, ending with
-/// `total params: 619786`.
-pub fn summary() -> String {
-    let rows: &[(&str, &str, usize)] = &[
-        ("input", "(1, 28, 28)", 0),
-        ("conv1 3x3 same + relu", "(32, 28, 28)", 32 * 9 + 32),
-        ("maxpool 2x2", "(32, 14, 14)", 0),
-        ("conv2 3x3 same + relu", "(64, 14, 14)", 64 * 32 * 9 + 64),
-        ("maxpool 2x2", "(64, 7, 7)", 0),
-        ("conv3 3x3 same + relu", "(128, 7, 7)", 128 * 64 * 9 + 128),
-        ("maxpool 2x2 same", "(128, 4, 4)", 0),
-        ("flatten", "(2048)", 0),
-        ("fc1 dense + relu", "(256)", 2048 * 256 + 256),
-        ("dropout 0.5 (training)", "(256)", 0),
-        ("fc2 dense (logits)", "(10)", 256 * 10 + 10),
-    ];
-    let mut out = format!("architecture: {ARCHITECTURE_ID}\n{:<26} {:<14} {:>8}\n", "layer", "output shape", "params");
-    for (layer, shape, params) in rows {
-        out.push_str(&format!("{layer:<26} {shape:<14} {params:>8}\n"));
-    }
-    let total: usize = rows.iter().map(|r| r.2).sum();
-    debug_assert_eq!(total, param_count());
-    out.push_str(&format!("total params: {total}\n"));
-    out
 }
 
 #[cfg(test)]
@@ -208,7 +182,6 @@ mod tests {
         let varmap = init_varmap(1, &Device::Cpu).unwrap();
         let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
         assert_eq!(total, 619_786);
-        assert!(summary().ends_with("total params: 619786\n"));
     }
 
     #[test]

@@ -35,20 +35,34 @@
 //!   the same learner's newer update, or any reason of version 1), so no update is used
 //!   twice or lost between two global models, and `verify` checks both.
 //!
-//! Later features add optional fields (model group); a reader
+//! Version 4 adds (declared models: boards' own evaluations, `fl_core::encoding::Report`,
+//! and model groups, `fl_core::ensemble`):
+//! - `reported`: per input node id (only inputs whose file carries a report), the accuracy,
+//!   loss and test-example count its learner reported for the model it sent, on its own
+//!   test set: `"reported":{"1":{"accuracy":0.97,"loss":0.09,"examples":500}}`. Recorded,
+//!   never trusted: the figures never influence aggregation; `verify` recomputes the map
+//!   from the files and flags any difference.
+//! - `groups` (a federation of model groups only): per group, in group order, the node ids
+//!   of its inputs (ascending; every input in exactly one group, the group the registry
+//!   registered its learner to). Each group's inputs are combined by the round's rule on
+//!   their own; a group without inputs keeps its previous model; `selected` and `clipped`
+//!   are the union over the groups. `verify` checks the grouping against the registry and
+//!   recomputes each group.
+//!
+//! Later features add optional fields; a reader
 //! refuses a record whose version is newer than it knows rather than misread it. A round
 //! published by a version-1 registry has no record: it was FedAvg of its inputs, without
 //! clipping.
 
 use std::collections::BTreeMap;
 
-use crate::encoding::Encoding;
+use crate::encoding::{Encoding, Report};
 use crate::rules::{parse_clip_norm, Recipe, Rule};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The record version this code writes and the newest it reads.
-pub const RECORD_VERSION: u32 = 3;
+pub const RECORD_VERSION: u32 = 4;
 
 /// Longest reason kept per left-out update (the record is calldata: it costs gas).
 const MAX_REASON_CHARS: usize = 160;
@@ -114,8 +128,14 @@ pub struct RoundRecord {
     pub encodings: BTreeMap<String, Vec<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_encoded: Option<EncodedGlobal>,
+    /// Version 4: what each input's file reported, by node id (recorded, never used).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reported: BTreeMap<u64, Report>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asynchronous: Option<AsyncRound>,
+    /// Version 4, model groups: each group's inputs (node ids, ascending), in group order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Vec<u64>>,
 }
 
 impl RoundRecord {
@@ -217,7 +237,7 @@ mod tests {
         record.global_encoded = Some(EncodedGlobal { encoding: "int8".into(), cid: "bafk".into(), sha256: "00".into() });
         let bytes = record.to_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with(r#"{"version":3,"rule":"trimmed-mean:0.2","clip_norm":"5","closed_at_block":42"#), "{text}");
+        assert!(text.starts_with(r#"{"version":4,"rule":"trimmed-mean:0.2","clip_norm":"5","closed_at_block":42"#), "{text}");
         assert!(text.contains(r#""encodings":{"f32":[2],"int8":[1,3]},"global_encoded":{"encoding":"int8""#), "{text}");
         assert_eq!((record.encoding_of(3), record.encoding_of(2), record.encoding_of(9)), (Some("int8"), Some("f32"), None));
         // A version-1 record (no encodings) still reads.
@@ -229,8 +249,8 @@ mod tests {
         assert_eq!(back.left_out[0].reason.chars().count(), MAX_REASON_CHARS + 3);
         assert_eq!(RoundRecord::from_bytes(&RoundRecord::initial(7).to_bytes()).unwrap().seed, Some(7));
 
-        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":4,"rule":"fedavg"}"#).unwrap_err());
-        assert!(err.contains("round record version 4 is newer than this program reads (3)"), "{err}");
+        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":5,"rule":"fedavg"}"#).unwrap_err());
+        assert!(err.contains("round record version 5 is newer than this program reads (4)"), "{err}");
         // Version 3: an asynchronous round, with the rounds of its inputs and left-out updates.
         let mut async_record = RoundRecord::aggregated(&recipe, 50);
         async_record.asynchronous = Some(AsyncRound {
@@ -253,6 +273,21 @@ mod tests {
         assert_eq!(back, async_record);
         assert!(back.leaves_out(7, 1, 6) && !back.leaves_out(7, 6, 6));
         assert!(record.leaves_out(4, 9, 9), "a version-2 entry is of the record's round");
+        // Version 4: the inputs' reported figures, by node id, exactly as the files say.
+        let mut reporting = RoundRecord::aggregated(&recipe, 60);
+        reporting.reported.insert(2, Report { accuracy: 0.9712, loss: 0.0931, examples: 500 });
+        reporting.reported.insert(10, Report { accuracy: 0.1, loss: 2.5, examples: 1 });
+        let text = String::from_utf8(reporting.to_bytes()).unwrap();
+        assert!(
+            text.ends_with(
+                r#""reported":{"2":{"accuracy":0.9712,"loss":0.0931,"examples":500},"10":{"accuracy":0.1,"loss":2.5,"examples":1}}}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(RoundRecord::from_bytes(text.as_bytes()).unwrap(), reporting);
+        assert!(RoundRecord::from_bytes(&record.to_bytes()).unwrap().reported.is_empty(), "a record without reports");
+        let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":4,"reported":{"1":{"accuracy":1}}}"#).unwrap_err());
+        assert!(err.contains("missing field `loss`"), "{err}");
         let err = format!("{:#}", RoundRecord::from_bytes(b"\x00\x01").unwrap_err());
         assert!(err.starts_with("round record is not JSON"), "{err}");
         let err = format!("{:#}", RoundRecord::from_bytes(br#"{"version":1,"colour":"red"}"#).unwrap_err());

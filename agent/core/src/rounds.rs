@@ -1,7 +1,7 @@
 //! How a federated round's training follows from one seed, the same in the learner
 //! (`fl-agent run`) and in the in-process experiment (`fl-aggregator simulate`): which
 //! shard of the training set each learner holds, and how learner `node_id` trains in
-//! round `round` (its own seed stream, the paper's learning rate). Changing anything here
+//! round `round` (its own seed stream). Changing anything here
 //! changes every federated model's bytes.
 
 use anyhow::Result;
@@ -9,9 +9,6 @@ use anyhow::Result;
 use crate::data::{partition, Split};
 use crate::rng::derive_seed;
 use crate::train::TrainConfig;
-
-/// Adam's step size: Keras' default, which the paper uses.
-pub const LEARNING_RATE: f64 = 0.001;
 
 /// The training set's split into `count` shards (indices in ascending order) for the base
 /// `seed`; every board and the simulation cut the same shards from the same labels.
@@ -28,7 +25,7 @@ pub fn local_seed(seed: u64, round: u64, node_id: u64) -> u64 {
 
 /// How learner `node_id` trains in round `round`; `progress` labels its progress lines.
 pub fn local_train_config(seed: u64, round: u64, node_id: u64, epochs: usize, batch_size: usize, progress: String) -> TrainConfig {
-    TrainConfig { epochs, batch_size, learning_rate: LEARNING_RATE, seed: local_seed(seed, round, node_id), progress: Some(progress) }
+    TrainConfig { epochs, batch_size, seed: local_seed(seed, round, node_id), progress: Some(progress) }
 }
 
 #[cfg(test)]
@@ -43,6 +40,6 @@ mod tests {
         }
         assert_eq!(local_seed(7, 2, 1), derive_seed(derive_seed(7, 2), 1));
         let config = local_train_config(7, 2, 1, 3, 32, "learner 1 round 2".into());
-        assert_eq!((config.seed, config.epochs, config.learning_rate), (local_seed(7, 2, 1), 3, 0.001));
+        assert_eq!((config.seed, config.epochs), (local_seed(7, 2, 1), 3));
     }
 }

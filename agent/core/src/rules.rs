@@ -740,6 +740,7 @@ mod tests {
         ModelFile {
             format_version: 1,
             architecture: "test".into(),
+            spec: None,
             round: 1,
             n_samples,
             tensors: vec![NamedTensor::from_f32("a", &[2, 2], &a), NamedTensor::from_f32("b", &[1], &[b])],

@@ -1,12 +1,11 @@
-//! Training and evaluation: Adam (lr 0.001, default betas) on cross-entropy, mini-batches
+//! Training and evaluation: Adam (the spec's settings) on cross-entropy, mini-batches
 //! shuffled per epoch by a seed, test accuracy and loss after each epoch. The same model
 //! file, data and config give bit-identical weights.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
-use candle_nn::optim::ParamsAdamW;
+use anyhow::{ensure, Context, Result};
 
 use crate::data::Dataset;
 // Defined beside the network that computes it, so that `network` needs nothing from
@@ -14,6 +13,7 @@ use crate::data::Dataset;
 pub use crate::network::Evaluation;
 use crate::network::{Network, Trainer};
 use crate::rng::Rng;
+use crate::spec::ModelSpec;
 use crate::weights::ModelFile;
 
 /// Batch size of evaluation (no gradients, so larger than training's). 256, not more:
@@ -28,8 +28,6 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Examples per gradient step (the paper's Keras default, 32).
     pub batch_size: usize,
-    /// Adam step size (Keras' default, 0.001).
-    pub learning_rate: f64,
     /// Seeds the per-epoch shuffles and the dropout masks.
     pub seed: u64,
     /// Prefix of progress lines on stderr, e.g. `learner 2`; progress is off if `None`.
@@ -38,7 +36,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 1, batch_size: 32, learning_rate: crate::rounds::LEARNING_RATE, seed: 1, progress: Some("training".into()) }
+        TrainConfig { epochs: 1, batch_size: 32, seed: 1, progress: Some("training".into()) }
     }
 }
 
@@ -63,9 +61,11 @@ pub struct Trained {
     pub epochs: Vec<EpochReport>,
 }
 
-/// Trains `config.epochs` epochs starting from `start` on `train_set`, evaluating on
-/// `test_set` after each epoch if given; `on_epoch` sees each report as it happens.
+/// Trains the network of `spec` for `config.epochs` epochs starting from `start` on
+/// `train_set`, with the spec's Adam settings, evaluating on `test_set` after each epoch if
+/// given; `on_epoch` sees each report as it happens.
 pub fn train(
+    spec: &ModelSpec,
     start: &ModelFile,
     train_set: &Dataset,
     test_set: Option<&Dataset>,
@@ -74,10 +74,11 @@ pub fn train(
 ) -> Result<Trained> {
     ensure!(config.batch_size > 0, "batch size must be at least 1");
     ensure!(!train_set.is_empty(), "the training set is empty");
-    // Adam with Keras' defaults (the paper's framework): betas 0.9 / 0.999, eps 1e-7,
-    // no weight decay; the same formula as candle_nn's AdamW.
-    let adam = ParamsAdamW { lr: config.learning_rate, beta1: 0.9, beta2: 0.999, eps: 1e-7, weight_decay: 0.0 };
-    let mut trainer = Trainer::new(start, adam)?;
+    let mut trainer = Trainer::new(spec, start)?;
+    trainer.check_data(train_set).context("the training set")?;
+    if let Some(test_set) = test_set {
+        trainer.check_data(test_set).context("the test set")?;
+    }
     let mut rng = Rng::new(config.seed);
     let mut order: Vec<usize> = (0..train_set.len()).collect();
     let mut reports = Vec::with_capacity(config.epochs);
@@ -113,9 +114,9 @@ pub fn train(
     Ok(Trained { model, epochs: reports })
 }
 
-/// Accuracy and loss of a model file on `test_set`.
-pub fn evaluate(model: &ModelFile, test_set: &Dataset) -> Result<Evaluation> {
-    Network::from_model(model)?.evaluate(test_set, EVAL_BATCH)
+/// Accuracy and loss of a model file of `spec` on `test_set`.
+pub fn evaluate(spec: &ModelSpec, model: &ModelFile, test_set: &Dataset) -> Result<Evaluation> {
+    Network::new(spec, model)?.evaluate(test_set, EVAL_BATCH)
 }
 
 /// Progress of an epoch on stderr: a redrawn bar on a terminal, a log line every
@@ -188,7 +189,7 @@ mod tests {
     }
 
     fn quiet(seed: u64, batch_size: usize) -> TrainConfig {
-        TrainConfig { epochs: 1, batch_size, learning_rate: 0.001, seed, progress: None }
+        TrainConfig { epochs: 1, batch_size, seed, progress: None }
     }
 
     #[test]
@@ -196,7 +197,7 @@ mod tests {
         let mnist = mnist();
         let train_set = mnist.train.take(192);
         let start = ModelFile::initial(11).unwrap();
-        let run = |seed| train(&start, &train_set, None, &quiet(seed, 32), &mut |_| {}).unwrap().model.to_bytes();
+        let run = |seed| train(&ModelSpec::paper_cnn(), &start, &train_set, None, &quiet(seed, 32), &mut |_| {}).unwrap().model.to_bytes();
         let first = run(5);
         assert_eq!(first, run(5), "two runs with the same seed differ");
         assert_ne!(first, run(6), "the seed does not reach shuffling and dropout");
@@ -218,12 +219,13 @@ mod tests {
         let test_set = mnist.test.take(1_000);
         let start = ModelFile::initial(1).unwrap();
         let mut reports = Vec::new();
-        let trained = train(&start, &train_set, Some(&test_set), &quiet(1, 32), &mut |r| reports.push(*r)).unwrap();
+        let trained =
+            train(&ModelSpec::paper_cnn(), &start, &train_set, Some(&test_set), &quiet(1, 32), &mut |r| reports.push(*r)).unwrap();
         let test = reports[0].test.unwrap();
         assert_eq!(test.n, 1_000);
         assert!(test.accuracy >= 0.90, "test accuracy {:.2}% after one epoch on 3,000 images", 100.0 * test.accuracy);
         // evaluate() on the saved weights agrees with the in-training evaluation.
-        let again = evaluate(&trained.model, &test_set).unwrap();
+        let again = evaluate(&ModelSpec::paper_cnn(), &trained.model, &test_set).unwrap();
         assert_eq!(again.accuracy, test.accuracy);
     }
 
@@ -236,7 +238,7 @@ mod tests {
         let start = ModelFile::initial(4).unwrap();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| train(&start, &train_set, None, &quiet(8, 32), &mut |_| {}).unwrap().model.to_bytes())
+            pool.install(|| train(&ModelSpec::paper_cnn(), &start, &train_set, None, &quiet(8, 32), &mut |_| {}).unwrap().model.to_bytes())
         };
         let one = run(1);
         assert_eq!(one, run(2), "1 and 2 threads differ");
@@ -268,7 +270,7 @@ mod tests {
         let train_set = mnist.train.take(96);
         let start = ModelFile::initial(3).unwrap();
         assert_eq!(payload_sha256(&start), PINNED_INITIAL_SEED_3, "the initial model of seed 3 changed");
-        let trained = train(&start, &train_set, None, &quiet(5, 32), &mut |_| {}).unwrap().model;
+        let trained = train(&ModelSpec::paper_cnn(), &start, &train_set, None, &quiet(5, 32), &mut |_| {}).unwrap().model;
         let digest = payload_sha256(&trained);
         assert!(PINNED_TRAINED_SEED_5.contains(&digest.as_str()), "three steps from seed 3 with seed 5 changed: {digest}");
     }
@@ -288,7 +290,7 @@ mod tests {
         let mnist = mnist();
         let start = ModelFile::initial(1).unwrap();
         let mut reports = Vec::new();
-        train(&start, &mnist.train, Some(&mnist.test), &quiet(1, 32), &mut |r| reports.push(*r)).unwrap();
+        train(&ModelSpec::paper_cnn(), &start, &mnist.train, Some(&mnist.test), &quiet(1, 32), &mut |r| reports.push(*r)).unwrap();
         let test = reports[0].test.unwrap();
         assert_eq!(test.n, 10_000);
         assert!(test.accuracy >= 0.98, "test accuracy {:.2}% after one epoch on 60,000 images", 100.0 * test.accuracy);

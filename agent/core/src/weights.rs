@@ -99,7 +99,12 @@ pub struct ModelFile {
     pub round: u64,
     /// Number of training examples behind these weights (the FedAvg weight).
     pub n_samples: u64,
-    /// Parameters in [`PARAMS`] order.
+    /// The digest of the model spec the weights follow ([`crate::spec`]), `None` for the
+    /// built-in [`ARCHITECTURE_ID`]. Not part of a version-1 file: a model with a spec is
+    /// always written as version 2 ([`ModelFile::to_bytes`]).
+    #[serde(skip)]
+    pub spec: Option<[u8; 32]>,
+    /// Parameters in [`PARAMS`] order (or the spec's).
     pub tensors: Vec<NamedTensor>,
 }
 
@@ -164,12 +169,13 @@ pub fn check_layout(model: &ModelFile, reference: Option<&ModelFile>, what: &str
 }
 
 /// The one check of a file's list of tensors (name and shape, in file order) against
-/// [`PARAMS`], for both format versions: every parameter present, in its place, with its
-/// shape, and nothing more. Errors name the tensor.
-pub(crate) fn check_tensor_list(tensors: &[(&str, &[u64])]) -> Result<()> {
-    for (i, (name, shape)) in PARAMS.iter().enumerate() {
+/// the parameters of its spec (`expected`, from [`crate::spec::ModelSpec::params`]), for
+/// both format versions: every parameter present, in its place, with its shape, and
+/// nothing more. Errors name the tensor.
+pub(crate) fn check_tensor_list(tensors: &[(&str, &[u64])], expected: &[(String, Vec<usize>)]) -> Result<()> {
+    for (i, (name, shape)) in expected.iter().enumerate() {
         let Some((found, dims)) = tensors.get(i) else {
-            bail!("model file: tensor {name} is missing (found {} tensors, expected {})", tensors.len(), PARAMS.len());
+            bail!("model file: tensor {name} is missing (found {} tensors, expected {})", tensors.len(), expected.len());
         };
         if found != name {
             if tensors.iter().any(|(t, _)| t == name) {
@@ -182,10 +188,46 @@ pub(crate) fn check_tensor_list(tensors: &[(&str, &[u64])]) -> Result<()> {
             "model file: tensor {name} has shape {dims:?}, expected {shape:?}"
         );
     }
-    if let Some((extra, _)) = tensors.get(PARAMS.len()) {
+    if let Some((extra, _)) = tensors.get(expected.len()) {
         bail!("model file: unexpected extra tensor {extra:?}");
     }
     Ok(())
+}
+
+/// The tensors a model file must hold, as far as the file alone says: the built-in
+/// architecture's parameters, or for a file that names a spec by digest (which the
+/// reader may not have yet) its own list, checked for sanity only (unique names, ranks 1
+/// to 4, at most 256 tensors, a size a model file can hold); [`crate::spec::ModelSpec::check_model`]
+/// then checks it against the spec.
+pub(crate) fn expected_tensors(architecture: &str, spec: Option<[u8; 32]>, listed: &[(&str, &[u64])]) -> Result<Vec<(String, Vec<usize>)>> {
+    let Some(digest) = spec else {
+        ensure!(architecture == ARCHITECTURE_ID, "model file: architecture {architecture:?} is not {ARCHITECTURE_ID:?}");
+        return Ok(builtin_params().to_vec());
+    };
+    ensure!(
+        architecture == crate::spec::SPEC_ARCHITECTURE,
+        "model file: names model spec {} but architecture {architecture:?}, not {:?}",
+        hex(&digest),
+        crate::spec::SPEC_ARCHITECTURE
+    );
+    ensure!((1..=256).contains(&listed.len()), "model file: {} tensors (a model has 1 to 256)", listed.len());
+    let mut total = 0u64;
+    for (i, (name, shape)) in listed.iter().enumerate() {
+        ensure!(!name.is_empty() && name.len() <= 64, "model file: tensor {i} has a name of {} bytes (1 to 64)", name.len());
+        ensure!(!listed[..i].iter().any(|(n, _)| n == name), "model file: tensor {name:?} appears twice");
+        ensure!((1..=4).contains(&shape.len()), "model file: tensor {name} has rank {} (1 to 4)", shape.len());
+        total = f32_byte_len(shape)
+            .and_then(|b| total.checked_add(b))
+            .filter(|&t| t <= MAX_MODEL_BYTES)
+            .with_context(|| format!("model file: tensor {name} of shape {shape:?} makes the model larger than {MAX_MODEL_BYTES} bytes"))?;
+    }
+    Ok(listed.iter().map(|(n, s)| (n.to_string(), s.iter().map(|&d| d as usize).collect())).collect())
+}
+
+/// The built-in architecture's parameters (the paper's CNN), as a spec lists them.
+pub(crate) fn builtin_params() -> &'static [(String, Vec<usize>)] {
+    static PARAMS_OWNED: std::sync::OnceLock<Vec<(String, Vec<usize>)>> = std::sync::OnceLock::new();
+    PARAMS_OWNED.get_or_init(|| PARAMS.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect())
 }
 
 /// SHA-256 of `bytes` (the digest recorded on chain for a model file).
@@ -210,7 +252,12 @@ pub fn digest_from_hex(text: &str) -> Result<[u8; 32]> {
 
 impl ModelFile {
     /// Encodes the model (see the module documentation for the layout).
+    /// A model that names a spec is written as version 2 (absolute f32 weights): version 1
+    /// has no room for the spec.
     pub fn to_bytes(&self) -> Vec<u8> {
+        if self.spec.is_some() {
+            return crate::encoding::encode_v2(self, None, crate::encoding::Encoding::F32);
+        }
         // Serialising plain structs into a Vec cannot fail.
         postcard::to_stdvec(self).unwrap_or_default()
     }
@@ -238,10 +285,10 @@ impl ModelFile {
             "model file: format version {} is not supported (expected {FORMAT_VERSION})",
             self.format_version
         );
-        ensure!(self.architecture == ARCHITECTURE_ID, "model file: architecture {:?} is not {ARCHITECTURE_ID:?}", self.architecture);
         let listed: Vec<(&str, &[u64])> = self.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
-        check_tensor_list(&listed)?;
-        for (tensor, (name, shape)) in self.tensors.iter().zip(PARAMS) {
+        let expected = expected_tensors(&self.architecture, self.spec, &listed)?;
+        check_tensor_list(&listed, &expected)?;
+        for (tensor, (name, shape)) in self.tensors.iter().zip(&expected) {
             ensure!(tensor.dtype == Dtype::F32, "model file: tensor {name} is not f32");
             let expected = 4 * shape.iter().product::<usize>();
             ensure!(
@@ -288,7 +335,7 @@ impl ModelFile {
             let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             tensors.push(NamedTensor::from_f32(name, shape, &values));
         }
-        Ok(ModelFile { format_version: FORMAT_VERSION, architecture: ARCHITECTURE_ID.to_string(), round, n_samples, tensors })
+        Ok(ModelFile { format_version: FORMAT_VERSION, architecture: ARCHITECTURE_ID.to_string(), spec: None, round, n_samples, tensors })
     }
 
     /// A fresh `VarMap` holding these weights as trainable variables.

@@ -235,6 +235,14 @@ impl Client {
         Ok(bytes)
     }
 
+    /// The bytes of a file of one chunk (at most [`CHUNK_SIZE`] bytes, such as a model spec)
+    /// named by its SHA-256 alone: such a file is one raw block, so its CID follows from
+    /// the digest (`add` writes it so); the bytes are checked against the digest.
+    pub fn fetch_by_sha256(&self, sha256: &[u8; 32], max_bytes: u64) -> Result<Vec<u8>, Error> {
+        let cid = crate::cid::Cid::from_sha256(crate::cid::RAW, *sha256).to_string();
+        self.fetch_verified(&cid, sha256, max_bytes.min(CHUNK_SIZE as u64))
+    }
+
     /// Pins `cid` recursively (fetching it from peers if needed, within the time limit).
     pub fn pin_add(&self, cid: &str) -> Result<(), Error> {
         let cid = normalize(cid)?;

@@ -110,7 +110,7 @@ mod testutil;
 pub use csv::{load_csv, CsvOptions, LabelColumn};
 pub use idx::{load_idx, read_idx_images, read_images, read_labels, Mnist};
 pub use images::{class_folders, load_image_folder};
-pub use source::{load_source, split_off_test, DataFormat, DataSource};
+pub use source::{load_eval, load_source, split_off_test, DataFormat, DataSource};
 
 /// MNIST images are 28 x 28 grey levels.
 pub const IMAGE_SIDE: usize = 28;

@@ -159,6 +159,36 @@ pub fn load_source(source: &DataSource) -> Result<(Dataset, Dataset)> {
     Ok((train, test))
 }
 
+/// The evaluation set of `source` alone, as the aggregator reads it: MNIST's or an IDX
+/// folder's t10k files, or the whole CSV file or image folders at `source.train` (its test
+/// set and fraction, which split a learner's own data, do not apply and must be unset).
+pub fn load_eval(source: &DataSource) -> Result<Dataset> {
+    if source.test.is_some() || source.test_fraction.is_some() {
+        bail!("evaluation data in {}: the whole set is the test set; give no test set or test fraction", source.train.display());
+    }
+    match source.format {
+        DataFormat::Mnist => Mnist::load_test(&source.train),
+        DataFormat::Idx => {
+            let (images, labels) = idx::find_idx_set(&source.train, "t10k")?;
+            load_idx(&images, &labels)
+        }
+        DataFormat::Csv => load_csv(&source.train, &source.csv),
+        DataFormat::Images => load_image_folder(&source.train, source.channels),
+    }
+}
+
+impl fmt::Display for DataSource {
+    /// `csv data in sensors.csv (test: sensors-test.csv)` and the like, for messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} data in {}", self.format, self.train.display())?;
+        match (&self.test, self.test_fraction) {
+            (Some(test), _) => write!(f, " (test: {})", test.display()),
+            (None, Some(fraction)) => write!(f, " ({fraction} held out for testing)"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,9 @@ pub struct Dims {
     pub h: usize,
     /// Width of the input (and of the convolution's output).
     pub w: usize,
+    /// Whether the 2x2 "same" max-pool follows (without it the output is the
+    /// convolution's, after bias and ReLU).
+    pub pool: bool,
 }
 
 impl Dims {
@@ -50,9 +53,13 @@ impl Dims {
     fn k(&self) -> usize {
         self.c_in * 9
     }
-    /// Height and width after the 2x2 "same" max-pool.
+    /// Height and width of the output: after the 2x2 "same" max-pool if there is one.
     pub fn pooled(&self) -> (usize, usize) {
-        (self.h.div_ceil(2), self.w.div_ceil(2))
+        if self.pool {
+            (self.h.div_ceil(2), self.w.div_ceil(2))
+        } else {
+            (self.h, self.w)
+        }
     }
     /// Values per image after the pool.
     pub fn pooled_per_image(&self) -> usize {
@@ -265,6 +272,34 @@ fn pool_image_body(conv: &[f32], c: usize, h: usize, w: usize, bias: &[f32], y: 
     }
 }
 
+/// Without a pool: `y = relu(conv + bias)` per pixel, and `am` 0 where the ReLU is open,
+/// [`NO_GRADIENT`] where it is closed.
+#[inline(always)]
+fn relu_image_body(conv: &[f32], c: usize, bias: &[f32], y: &mut [f32], am: &mut [u8]) {
+    for ((src, out), at) in conv.chunks_exact(c).zip(y.chunks_exact_mut(c)).zip(am.chunks_exact_mut(c)) {
+        for (((o, a), &v), b) in out.iter_mut().zip(at.iter_mut()).zip(src).zip(bias) {
+            let s = v + b;
+            *o = s.max(0.0);
+            *a = if s > 0.0 { 0 } else { NO_GRADIENT };
+        }
+    }
+}
+
+/// The backward of [`relu_image_body`]: the gradient where the ReLU was open, 0 elsewhere
+/// (all of `g_img` overwritten), and its sum per channel added to `bias`.
+#[inline(always)]
+fn unrelu_body(grad: &[f32], am: &[u8], c: usize, g_img: &mut [f32], bias: &mut [f32]) {
+    for ((gq, aq), row) in grad.chunks_exact(c).zip(am.chunks_exact(c)).zip(g_img.chunks_exact_mut(c)) {
+        for (((r, &g), &a), b) in row.iter_mut().zip(gq).zip(aq).zip(bias.iter_mut()) {
+            let open = if a != NO_GRADIENT { g } else { 0.0 };
+            *r = open;
+            *b += open;
+        }
+    }
+}
+
+multiversion!(fn relu_image(conv: &[f32], c: usize, bias: &[f32], y: &mut [f32], am: &mut [u8]) => relu_image_body);
+multiversion!(fn unrelu(grad: &[f32], am: &[u8], c: usize, g_img: &mut [f32], bias: &mut [f32]) => unrelu_body);
 multiversion!(fn im2row(image: &[f32], c: usize, h: usize, w: usize, rows: &mut [f32]) => im2row_body);
 multiversion!(fn row2im(rows: &[f32], c: usize, h: usize, w: usize, image: &mut [f32]) => row2im_body);
 multiversion!(fn pool_image(conv: &[f32], c: usize, h: usize, w: usize, bias: &[f32], y: &mut [f32], am: &mut [u8]) => pool_image_body);
@@ -342,7 +377,11 @@ pub fn conv_relu_pool_forward(d: Dims, xs: &[f32], weight: &[f32], bias: &[f32],
                 for ((conv, y), am) in
                     conv.chunks_exact(hw * c_out).zip(y.chunks_exact_mut(out_per_image)).zip(am.chunks_exact_mut(out_per_image))
                 {
-                    pool_image(conv, c_out, d.h, d.w, bias, y, am);
+                    if d.pool {
+                        pool_image(conv, c_out, d.h, d.w, bias, y, am);
+                    } else {
+                        relu_image(conv, c_out, bias, y, am);
+                    }
                 }
             });
         });
@@ -408,7 +447,11 @@ pub fn conv_relu_pool_backward(
                     let gp = &grad[image * pooled_per_image..][..pooled_per_image];
                     let am = &argmax[image * pooled_per_image..][..pooled_per_image];
                     let gi = &mut g_conv[i * hw * c_out..][..hw * c_out];
-                    unpool(gp, am, c_out, d.h, w, gi, &mut partial_b);
+                    if d.pool {
+                        unpool(gp, am, c_out, d.h, w, gi, &mut partial_b);
+                    } else {
+                        unrelu(gp, am, c_out, gi, &mut partial_b);
+                    }
                     let x = &xs[image * d.c_in * hw..][..d.c_in * hw];
                     if direct {
                         weight_grad_direct32(x, d.h, w, gi, &mut taps_w);
@@ -496,7 +539,7 @@ fn dims(op: &str, xs: &Layout, weight: &Layout) -> Result<Dims> {
     if n == 0 || c_in == 0 || c_out == 0 || h == 0 || w == 0 {
         bail!("{op}: empty tensor (input {:?}, weight {:?})", xs.shape(), weight.shape())
     }
-    Ok(Dims { n, c_in, c_out, h, w })
+    Ok(Dims { n, c_in, c_out, h, w, pool: true })
 }
 
 fn lock_error<T>(_: T) -> candle_core::Error {
@@ -546,7 +589,7 @@ impl CustomOp3 for ConvReluPool {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c_in, h, w) = xs.dims4()?;
         let c_out = weight.dim(0)?;
-        let d = Dims { n, c_in, c_out, h, w };
+        let d = Dims { n, c_in, c_out, h, w, pool: true };
         let (oh, ow) = d.pooled();
         let saved = self.saved.lock().map_err(lock_error)?;
         let Some((xs_nhwc, argmax)) = saved.as_ref() else { bail!("{}: backward before forward", self.name()) };
@@ -655,7 +698,7 @@ mod tests {
     /// The gradients do not depend on the number of threads (fixed groups, fixed order).
     #[test]
     fn backward_is_deterministic_across_thread_counts() {
-        let d = Dims { n: 13, c_in: 3, c_out: 5, h: 6, w: 6 };
+        let d = Dims { n: 13, c_in: 3, c_out: 5, h: 6, w: 6, pool: true };
         let mut rng = crate::rng::Rng::new(1);
         let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f32() - 0.5).collect() };
         let (xs, weight, bias) = (random(13 * 3 * 36), random(5 * 27), random(5));
