@@ -18,7 +18,7 @@ use lexopt::prelude::*;
 use serde::Deserialize;
 
 pub(crate) const USAGE: &str = "\
-usage: fl-aggregator run --rounds R --data DIR [flags]
+usage: fl-aggregator run --rounds R [--data DIR] [flags]
        fl-aggregator run --config FILE [flags]
 
 aggregates federated rounds published through the registry and IPFS; whether rounds wait
@@ -32,8 +32,15 @@ is the registry's mode, set by `fl-aggregator deploy --mode`
                          which overrides the file
   --print-config         print the settings a run would use, as TOML, and exit
   --rounds R             stop after publishing the global model of round R
-  --data DIR             MNIST folder; its test set evaluates every model
-  --test-limit N         evaluate on only the first N test images
+  --data PATH            the data whose test set evaluates every model: the MNIST folder (its
+                         t10k files), or as --data-format says. Optional: without it nothing
+                         is evaluated here, and the table, results, dashboard and metrics show
+                         the accuracy each board reported for its update on its own test set
+                         (the global model: their examples-weighted mean), marked as reported
+  --data-format F        mnist (default), idx (the folder's t10k files), csv (the whole file)
+                         or images (every image under the class folders)
+  --label-column C       csv: the label column, by name or 1-based number
+  --test-limit N         evaluate on only the first N test examples
   --seed N               seeds the initial model of round 0 (default 1)
   --rule RULE            how updates are combined: fedavg (default), median, trimmed-mean:B,
                          krum:F or multi-krum:F (see the README's \"Aggregation rules\")
@@ -60,7 +67,13 @@ is the registry's mode, set by `fl-aggregator deploy --mode`
 pub struct RunConfig {
     pub endpoints: Endpoints,
     pub rounds: u64,
-    pub data: PathBuf,
+    /// The aggregator's evaluation data; `None`: nothing is evaluated here, the boards'
+    /// reported figures are shown instead.
+    pub data: Option<PathBuf>,
+    /// How `data` is read (`mnist`, `idx`, `csv`, `images`).
+    pub data_format: String,
+    /// CSV: the label column.
+    pub label_column: Option<String>,
     pub test_limit: Option<usize>,
     pub seed: u64,
     pub recipe: Recipe,
@@ -95,6 +108,8 @@ struct FileConfig {
     confirmations: Option<u64>,
     rounds: Option<u64>,
     data_dir: Option<PathBuf>,
+    data_format: Option<String>,
+    label_column: Option<String>,
     test_limit: Option<usize>,
     seed: Option<u64>,
     rule: Option<String>,
@@ -118,6 +133,8 @@ struct Settings {
     endpoints: EndpointSettings,
     rounds: Option<u64>,
     data: Option<PathBuf>,
+    data_format: Option<String>,
+    label_column: Option<String>,
     test_limit: Option<usize>,
     seed: Option<u64>,
     rule: Option<Rule>,
@@ -142,6 +159,8 @@ impl Settings {
             endpoints: self.endpoints.or(lower.endpoints),
             rounds: self.rounds.or(lower.rounds),
             data: self.data.or(lower.data),
+            data_format: self.data_format.or(lower.data_format),
+            label_column: self.label_column.or(lower.label_column),
             test_limit: self.test_limit.or(lower.test_limit),
             seed: self.seed.or(lower.seed),
             rule: self.rule.or(lower.rule),
@@ -186,6 +205,8 @@ impl Settings {
             },
             rounds: file.rounds,
             data: file.data_dir,
+            data_format: file.data_format,
+            label_column: file.label_column,
             test_limit: file.test_limit.map(|n| positive(n, &at("test_limit"))).transpose()?,
             seed: file.seed,
             rule: file.rule.map(|text| text.parse::<Rule>().with_context(|| at("rule"))).transpose()?,
@@ -237,6 +258,8 @@ impl RunConfig {
                 Long("print-config") => print = true,
                 Long("rounds") => flags.rounds = Some(number(&mut parser, "--rounds")?),
                 Long("data") => flags.data = Some(PathBuf::from(parser.value()?)),
+                Long("data-format") => flags.data_format = Some(number(&mut parser, "--data-format")?),
+                Long("label-column") => flags.label_column = Some(number(&mut parser, "--label-column")?),
                 Long("test-limit") => flags.test_limit = Some(positive(number(&mut parser, "--test-limit")?, "--test-limit")?),
                 Long("seed") => flags.seed = Some(number(&mut parser, "--seed")?),
                 Long("rule") => flags.rule = Some(number(&mut parser, "--rule")?),
@@ -286,9 +309,13 @@ impl RunConfig {
         Ok(RunConfig {
             endpoints,
             rounds: s.rounds.with_context(|| format!("--rounds R (rounds{in_file}) is required"))?,
-            data: s.data.with_context(|| {
-                format!("--data DIR (data_dir{in_file}, FL_DATA_DIR) is required: the MNIST folder whose test set evaluates every model")
-            })?,
+            data: s.data,
+            data_format: {
+                let format = s.data_format.unwrap_or_else(|| "mnist".into());
+                format.parse::<fl_core::data::DataFormat>().with_context(|| format!("--data-format (data_format{in_file})"))?;
+                format
+            },
+            label_column: s.label_column,
             test_limit: s.test_limit,
             seed: s.seed.unwrap_or(1),
             recipe: Recipe { rule: s.rule.unwrap_or(Rule::FedAvg), clip_norm: s.clip_norm },
@@ -321,7 +348,9 @@ impl RunConfig {
             ("ipfs_api", Some(string(&e.ipfs_api))),
             ("confirmations", Some(e.confirmations.to_string())),
             ("rounds", Some(self.rounds.to_string())),
-            ("data_dir", Some(path(&self.data))),
+            ("data_dir", self.data.as_deref().map(path)),
+            ("data_format", Some(string(&self.data_format))),
+            ("label_column", self.label_column.as_deref().map(string)),
             ("test_limit", self.test_limit.map(|n| n.to_string())),
             ("seed", Some(self.seed.to_string())),
             ("rule", Some(string(&self.recipe.rule.to_string()))),
@@ -389,6 +418,8 @@ mod tests {
             "confirmations" => "3",
             "rounds" => "7",
             "data" => "/srv/mnist",
+            "data-format" => "idx",
+            "label-column" => "reading",
             "test-limit" => "500",
             "seed" => "9",
             "rule" => "trimmed-mean:0.2",
@@ -462,7 +493,7 @@ mod tests {
         }
         // The registry is the one required key it cannot know.
         let config = parse(&["--config", template.to_str().unwrap(), "--registry", REGISTRY]).unwrap();
-        assert_eq!(config.data, PathBuf::from("/var/lib/fl-aggregator/data"));
+        assert_eq!(config.data, Some(PathBuf::from("/var/lib/fl-aggregator/data")));
         assert_eq!(config.recipe.rule, Rule::FedAvg);
         assert!(config.verify && config.local_eval && config.listen.is_none());
         // Uncommenting every optional line gives a file the reader accepts as well.
@@ -499,6 +530,15 @@ mod tests {
         std::fs::write(&path, printed.as_bytes()).unwrap();
         assert_eq!(parse(&["--config", path.to_str().unwrap()]).unwrap().to_toml(), printed);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_evaluation_data_is_optional() {
+        let config = parse(&["--registry", REGISTRY, "--rounds", "2"]).unwrap();
+        assert_eq!(config.data, None);
+        assert!(config.to_toml().contains("# data_dir (not set)\n"), "{}", config.to_toml());
+        let config = parse(&["--registry", REGISTRY, "--rounds", "2", "--data", "/srv/mnist"]).unwrap();
+        assert_eq!(config.data, Some(PathBuf::from("/srv/mnist")));
     }
 
     #[test]

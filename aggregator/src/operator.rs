@@ -1,15 +1,17 @@
-//! Operator commands on the registry: `deploy`, `learners add|remove|list`, `status`.
+//! Operator commands on the registry: `deploy` (with the federation's model spec), `learners add|remove|list`, `status`.
 //! Flags follow Foundry's: `--rpc-url` (else `ETH_RPC_URL`), `--keystore` (else
 //! `ETH_KEYSTORE`) with `ETH_PASSWORD` or `--password-file`, or `ETH_PRIVATE_KEY` for
 //! development; the registry is `--registry ADDRESS` (else `FL_REGISTRY`).
 
 use std::ffi::OsString;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use fl_contracts::endpoints::{parse_address, EndpointSettings, Endpoints, Missing, CHAIN_HELP};
 use fl_contracts::{Address, Mode, Registry};
+use fl_core::ensemble::{Ensemble, FederationModel};
 use fl_core::flags::number;
-use fl_core::weights::hex;
+use fl_core::spec::ModelSpec;
+use fl_core::weights::{hex, sha256};
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
@@ -31,6 +33,11 @@ usage: fl-aggregator deploy --max-samples N [FLAGS]        deploy a registry, pr
   --buffer K             deploy --mode async: publish a global model once K updates are in
   --max-staleness S      deploy --mode async: accept an update trained on a global model at
                          most S rounds older than the latest (default 4)
+  --model FILE           deploy: the model spec the federation trains (model.toml; default:
+                         the built-in paper CNN); added to IPFS (--ipfs-api), its digest
+                         fixed in the registry. Given N times (2 to 16): model groups, whose
+                         global model is their ensemble (synchronous rounds only)
+  --group N              learners add: the learner trains model group N (1-based; default 1)
 
 flags:
 ";
@@ -41,10 +48,10 @@ Keys are never taken from the command line.
 ";
 
 /// What to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Deploy { max_samples: u64, mode: Mode },
-    AddLearner { node_id: u64, account: Address, max_samples: Option<u64> },
+    Deploy { max_samples: u64, mode: Mode, model: Option<FederationModel> },
+    AddLearner { node_id: u64, account: Address, max_samples: Option<u64>, group: Option<u64> },
     RemoveLearner { node_id: u64 },
     ReplaceLearner { node_id: u64, account: Address },
     TransferOwnership { to: Address },
@@ -57,17 +64,27 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
     pub action: Action,
-    /// The chain, the registry and the key (the IPFS API is not used).
+    /// The chain, the registry, the key and IPFS (`deploy --model` only).
     pub endpoints: Endpoints,
 }
 
 /// Parses the flags of an operator command and runs it.
 pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
+    match parse(command, args)? {
+        Some(config) => run(&config),
+        None => Ok(()),
+    }
+}
+
+/// The flags of an operator command, checked; `None` when `--help` was printed.
+pub fn parse(command: &str, args: Vec<OsString>) -> Result<Option<OperatorConfig>> {
     let mut parser = lexopt::Parser::from_args(args);
     let mut positional: Vec<String> = Vec::new();
     let mut endpoints = EndpointSettings::default();
     let mut max_samples = None;
     let mut mode = ModeFlags::default();
+    let mut models: Vec<std::path::PathBuf> = Vec::new();
+    let mut group: Option<u64> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long(flag) if EndpointSettings::handles(flag) => {
@@ -78,9 +95,11 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
             Long("mode") => mode.mode = Some(parser.value()?.string()?),
             Long("buffer") => mode.buffer = Some(number(&mut parser, "--buffer")?),
             Long("max-staleness") => mode.max_staleness = Some(number(&mut parser, "--max-staleness")?),
+            Long("model") => models.push(parser.value()?.into()),
+            Long("group") => group = Some(number(&mut parser, "--group")?),
             Short('h') | Long("help") => {
                 print!("{USAGE}{CHAIN_HELP}{KEYS_NOTE}");
-                return Ok(());
+                return Ok(None);
             }
             Value(value) => positional.push(value.string()?),
             _ => return Err(arg.unexpected().into()),
@@ -88,15 +107,29 @@ pub fn main(command: &str, args: Vec<OsString>) -> Result<()> {
     }
     let mut action = parse_action(command, &positional, max_samples)?;
     match &mut action {
-        Action::Deploy { mode: chosen, .. } => *chosen = mode.finish()?,
-        _ if mode != ModeFlags::default() => bail!("--mode, --buffer and --max-staleness go with `deploy` only"),
+        Action::Deploy { mode: chosen, model, .. } => {
+            *chosen = mode.finish()?;
+            let specs = models.iter().map(|path| ModelSpec::load(path)).collect::<Result<Vec<_>>>()?;
+            *model = match specs.len() {
+                0 => None,
+                1 => specs.into_iter().next().map(FederationModel::Single),
+                _ => Some(FederationModel::Groups(Ensemble::new(specs).context("--model (given more than once: model groups)")?)),
+            };
+        }
+        _ if mode != ModeFlags::default() || !models.is_empty() => {
+            bail!("--mode, --buffer, --max-staleness and --model go with `deploy` only")
+        }
+        Action::AddLearner { group: chosen, .. } => *chosen = group,
         _ => {}
+    }
+    if group.is_some() && !matches!(action, Action::AddLearner { .. }) {
+        bail!("--group goes with `learners add` only");
     }
     let endpoints = endpoints.or(EndpointSettings::from_env()?).finish(Missing::Loopback, "")?;
     if !matches!(action, Action::Deploy { .. }) && endpoints.registry.is_none() {
         bail!("{command}: no registry address: pass --registry ADDRESS or set FL_REGISTRY");
     }
-    run(&OperatorConfig { action, endpoints })
+    Ok(Some(OperatorConfig { action, endpoints }))
 }
 
 fn parse_action(command: &str, positional: &[String], max_samples: Option<u64>) -> Result<Action> {
@@ -111,11 +144,12 @@ fn parse_action(command: &str, positional: &[String], max_samples: Option<u64>) 
                 "deploy: --max-samples N is required: the federation-wide cap on the samples one update may claim (its weight in FedAvg)",
             )?,
             mode: Mode::Sync,
+            model: None,
         },
         ("status", []) => Action::Status,
         ("learners", ["list"]) => Action::ListLearners,
         ("learners", ["add", node_id, account]) => {
-            Action::AddLearner { node_id: parse_node_id(node_id)?, account: parse_address(account, "ADDRESS")?, max_samples }
+            Action::AddLearner { node_id: parse_node_id(node_id)?, account: parse_address(account, "ADDRESS")?, max_samples, group: None }
         }
         ("learners", ["remove", node_id]) => Action::RemoveLearner { node_id: parse_node_id(node_id)? },
         ("learners", ["replace", node_id, account]) => {
@@ -180,10 +214,12 @@ fn parse_cap(text: &str) -> Result<u64> {
 pub fn run(config: &OperatorConfig) -> Result<()> {
     let needs_key = !matches!(config.action, Action::ListLearners | Action::Status);
     let client = if needs_key { config.endpoints.signing_client()? } else { config.endpoints.read_only_client()? };
-    if let Action::Deploy { max_samples, mode } = config.action {
-        let (registry, receipt) = Registry::deploy_with_mode(&client, max_samples, mode)?;
+    if let Action::Deploy { max_samples, mode, model } = &config.action {
+        let model = model.clone().unwrap_or(FederationModel::Single(ModelSpec::paper_cnn()));
+        let digest = publish_model(&model, &fl_ipfs::Client::new(&config.endpoints.ipfs_api))?;
+        let (registry, receipt) = Registry::deploy_federation(&client, *max_samples, *mode, digest, model.groups() as u64)?;
         eprintln!(
-            "deployed registry from {:?} on chain {} (tx {:?}, gas {}), sample cap {max_samples}, {mode}",
+            "deployed registry from {:?} on chain {} (tx {:?}, gas {}), sample cap {max_samples}, {mode}, model {model}",
             client.address(),
             client.chain_id(),
             receipt.transaction_hash,
@@ -197,10 +233,20 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
     let registry = Registry::at(&client, address);
     match &config.action {
         Action::Deploy { .. } => unreachable!("handled above"),
-        Action::AddLearner { node_id, account, max_samples } => {
+        Action::AddLearner { node_id, account, max_samples, group } => {
+            let groups = registry.model_groups()?;
+            if let Some(group) = group {
+                ensure!(*group >= 1 && *group <= groups, "--group {group}: the federation has model groups 1 to {groups}");
+            }
             let receipt = registry.add_learner(*node_id, *account, *max_samples)?;
             let cap = registry.local_update(*node_id)?.max_samples;
             eprintln!("node {node_id} bound to {account:?}, sample cap {cap} (tx {:?})", receipt.transaction_hash);
+            if let Some(group) = group {
+                let receipt = registry.set_learner_group(*node_id, group - 1)?;
+                eprintln!("node {node_id} trains model group {group} (tx {:?})", receipt.transaction_hash);
+            } else if groups > 1 {
+                eprintln!("node {node_id} trains model group 1 (give --group N for another)");
+            }
         }
         Action::RemoveLearner { node_id } => {
             let receipt = registry.remove_learner(*node_id)?;
@@ -232,6 +278,11 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
         }
         Action::Status => {
             println!("registry {:?} version {}, {}", registry.address(), registry.version()?, registry.mode()?);
+            match (registry.model_spec()?, registry.model_groups()?) {
+                (None, _) => println!("model {}", ModelSpec::paper_cnn()),
+                (Some(digest), 1) => println!("model spec {} (on IPFS as {})", hex(&digest), spec_cid(&digest)),
+                (Some(digest), groups) => println!("model groups {groups} {} (on IPFS as {})", hex(&digest), spec_cid(&digest)),
+            }
             println!("owner {:?}", registry.owner()?);
             let pending = registry.pending_owner()?;
             if !pending.is_zero() {
@@ -248,12 +299,38 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
                 ),
                 None => println!("global none"),
             }
+            let groups = registry.model_groups()?;
             for learner in registry.learners()? {
                 print_learner(&learner);
+                if groups > 1 {
+                    println!("learner {} group {}", learner.node_id, registry.learner_group(learner.node_id)? + 1);
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Adds the canonical bytes of the federation's model (its spec, or every group's spec and
+/// the groups' list) to IPFS (each one raw block: its CID follows from its digest), keeps
+/// them in the node's MFS so that garbage collection never drops them, and returns the
+/// digest the registry records (`None` for the built-in model).
+pub fn publish_model(model: &FederationModel, ipfs: &fl_ipfs::Client) -> Result<Option<[u8; 32]>> {
+    let ipfs_api = ipfs.api_url();
+    for (what, text) in model.canonical_texts() {
+        let digest = sha256(text.as_bytes());
+        let cid = ipfs.add(text.as_bytes()).with_context(|| format!("adding {what} to IPFS at {ipfs_api}"))?;
+        ensure!(cid == spec_cid(&digest), "IPFS at {ipfs_api} stored {what} as {cid}, not as the raw block {}", spec_cid(&digest));
+        ipfs.mfs_keep(&cid, &format!("/fl-aggregator/specs/{}", hex(&digest)))
+            .with_context(|| format!("keeping {what} ({cid}) in the MFS of {ipfs_api}"))?;
+        eprintln!("{what} added to IPFS as {cid}");
+    }
+    Ok(model.digest())
+}
+
+/// The CID of the spec of `digest` (one raw block).
+fn spec_cid(digest: &[u8; 32]) -> String {
+    fl_ipfs::Cid::from_sha256(fl_ipfs::cid::RAW, *digest).to_string()
 }
 
 fn print_learner(learner: &fl_contracts::LearnerState) {
@@ -276,12 +353,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn model_groups_and_a_learners_group_parse() {
+        let dir = std::env::temp_dir().join(format!("fl-operator-groups-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.toml"), dir.join("b.toml"));
+        std::fs::write(&a, "name = \"a\"\nfeatures = 4\nclasses = 3\n").unwrap();
+        std::fs::write(&b, "name = \"b\"\nfeatures = 4\nclasses = 3\n[[layer]]\ndense = 5\n").unwrap();
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        let (a_arg, b_arg) = (a.to_str().unwrap(), b.to_str().unwrap());
+        let parsed = parse("deploy", args(&["--max-samples", "9", "--model", a_arg, "--model", b_arg])).unwrap().unwrap();
+        let Action::Deploy { model: Some(FederationModel::Groups(ensemble)), .. } = parsed.action else { panic!("{:?}", parsed.action) };
+        assert_eq!(ensemble.groups.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let one = parse("deploy", args(&["--max-samples", "9", "--model", a_arg])).unwrap().unwrap();
+        assert!(matches!(one.action, Action::Deploy { model: Some(FederationModel::Single(_)), .. }));
+        let err = parse("deploy", args(&["--max-samples", "9", "--model", a_arg, "--model", a_arg])).unwrap_err();
+        assert!(format!("{err:#}").contains("model groups 1 and 2 are the same spec"), "{err:#}");
+        let account = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+        let registry = ["--registry", "0x0000000000000000000000000000000000000abc"];
+        let add = parse("learners", args(&[&["add", "3", account, "--group", "2"][..], &registry[..]].concat())).unwrap().unwrap();
+        assert!(matches!(add.action, Action::AddLearner { node_id: 3, group: Some(2), .. }));
+        let err = parse("status", args(&[&["--group", "2"][..], &registry[..]].concat())).unwrap_err();
+        assert!(err.to_string().contains("--group goes with `learners add` only"), "{err}");
+        let err = parse("status", args(&[&["--model", a_arg][..], &registry[..]].concat())).unwrap_err();
+        assert!(err.to_string().contains("--model go with `deploy` only"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn actions_parse() {
         let add = parse_action("learners", &["add".into(), "3".into(), "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into()], None).unwrap();
         assert!(matches!(add, Action::AddLearner { node_id: 3, max_samples: None, .. }));
         assert!(parse_action("learners", &["add".into(), "x".into(), "0x00".into()], None).is_err());
         assert!(parse_action("deploy", &["extra".into()], Some(5)).is_err());
-        assert_eq!(parse_action("deploy", &[], Some(5)).unwrap(), Action::Deploy { max_samples: 5, mode: Mode::Sync });
+        assert_eq!(parse_action("deploy", &[], Some(5)).unwrap(), Action::Deploy { max_samples: 5, mode: Mode::Sync, model: None });
         let flags = |mode: Option<&str>, buffer, max_staleness| ModeFlags { mode: mode.map(String::from), buffer, max_staleness };
         assert_eq!(flags(None, None, None).finish().unwrap(), Mode::Sync);
         assert_eq!(flags(Some("async"), Some(5), None).finish().unwrap(), Mode::Async { buffer: 5, max_staleness: 4 });

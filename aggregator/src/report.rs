@@ -2,12 +2,18 @@
 //! alike): the table printed as rounds complete,
 //! `results.json` (accuracies, CIDs, transactions, gas, timings) and an SVG plot of
 //! accuracy per round.
+//!
+//! An accuracy is the aggregator's own evaluation on its test set when it has one (`run
+//! --data`); without, the table and plot show what the boards reported for their updates on
+//! their own test sets (`reported`; the global model's is their examples-weighted mean),
+//! marked `r` in the table: recorded, never checked.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use fl_core::encoding::Report;
 use fl_core::files::write_atomic;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +32,47 @@ pub struct Published {
     /// The registering transaction and its gas, when known.
     pub tx: Option<String>,
     pub gas: Option<u64>,
+    /// What the board reported for its update (a learner's model), or the examples-weighted
+    /// mean of the inputs' reports (a global model); absent when no file carried a report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<Reported>,
+}
+
+/// Figures reported by boards on their own test sets (`fl_core::encoding::Report`):
+/// recorded, never checked or used by the aggregator.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reported {
+    /// Test accuracy in [0, 1].
+    pub accuracy: f64,
+    /// Test loss (mean cross-entropy).
+    pub loss: f64,
+    /// Test examples behind the figures.
+    pub examples: u64,
+}
+
+impl Reported {
+    /// One file's report.
+    pub fn of(report: &Report) -> Reported {
+        Reported { accuracy: f64::from(report.accuracy), loss: f64::from(report.loss), examples: report.examples }
+    }
+
+    /// The examples-weighted mean of `reports` (`examples` their sum); `None` for none.
+    pub fn mean(reports: &[Reported]) -> Option<Reported> {
+        let examples: u64 = reports.iter().map(|r| r.examples).sum();
+        if examples == 0 {
+            return None;
+        }
+        let weighted = |figure: fn(&Reported) -> f64| reports.iter().map(|r| figure(r) * r.examples as f64).sum::<f64>() / examples as f64;
+        Some(Reported { accuracy: weighted(|r| r.accuracy), loss: weighted(|r| r.loss), examples })
+    }
+}
+
+impl Published {
+    /// The accuracy shown for this model and whether it is the boards' report: the
+    /// aggregator's evaluation when there is one, else the reported figure.
+    pub fn shown_accuracy(&self) -> Option<(f64, bool)> {
+        self.accuracy.map(|a| (a, false)).or(self.reported.map(|r| (r.accuracy, true)))
+    }
 }
 
 /// A learner's update in one round.
@@ -63,6 +110,9 @@ pub struct RoundResult {
     pub round: u64,
     pub learners: Vec<LearnerResult>,
     pub global: Published,
+    /// Model groups: each group's model alone on the test set (`global` is their ensemble).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_accuracy: Vec<f64>,
     pub timings: Timings,
     /// Unix time at which the global model was published.
     pub published_at: f64,
@@ -117,6 +167,11 @@ impl Results {
             out.push_str(&row(round, &ids));
             out.push('\n');
         }
+        let models = self.rounds.iter().flat_map(|r| r.learners.iter().map(|l| &l.model).chain([&r.global]));
+        if models.filter_map(Published::shown_accuracy).any(|(_, reported)| reported) {
+            out.push_str(REPORTED_NOTE);
+            out.push('\n');
+        }
         out
     }
 
@@ -134,8 +189,12 @@ impl Results {
         let rounds: Vec<u64> = plotted.iter().map(|r| r.round).collect();
         let min_round = rounds.iter().copied().min().unwrap_or(0) as f64;
         let max_round = (rounds.iter().copied().max().unwrap_or(1) as f64).max(min_round + 1.0);
-        let accuracies: Vec<f64> =
-            plotted.iter().flat_map(|r| r.learners.iter().filter_map(|l| l.model.accuracy).chain(r.global.accuracy)).collect();
+        let shown: Vec<(f64, bool)> = plotted
+            .iter()
+            .flat_map(|r| r.learners.iter().filter_map(|l| l.model.shown_accuracy()).chain(r.global.shown_accuracy()))
+            .collect();
+        let accuracies: Vec<f64> = shown.iter().map(|(a, _)| *a).collect();
+        let title = if shown.iter().any(|(_, reported)| *reported) { " (reported by the boards)" } else { "" };
         // The y axis starts just below the lowest accuracy, on a tick of a step that gives
         // at most ten ticks, so rounds between 98% and 99.5% are not squashed at the top.
         let low = accuracies.iter().copied().fold(1.0f64, f64::min).clamp(0.0, 0.995);
@@ -151,7 +210,7 @@ impl Results {
         let _ = writeln!(svg, r##"<rect width="100%" height="100%" fill="white"/>"##);
         let _ = writeln!(
             svg,
-            r##"<text x="{}" y="22" text-anchor="middle" font-size="15">Test accuracy per round</text>"##,
+            r##"<text x="{}" y="22" text-anchor="middle" font-size="15">Test accuracy per round{title}</text>"##,
             (left + width - right) / 2.0
         );
         // Axes, grid and ticks.
@@ -201,11 +260,13 @@ impl Results {
             let points = self
                 .rounds
                 .iter()
-                .filter_map(|r| r.learners.iter().find(|l| l.node_id == *id).and_then(|l| l.model.accuracy).map(|a| (r.round as f64, a)))
+                .filter_map(|r| {
+                    r.learners.iter().find(|l| l.node_id == *id).and_then(|l| l.model.shown_accuracy()).map(|(a, _)| (r.round as f64, a))
+                })
                 .collect();
             series.push(Series { name: format!("learner {id}"), color: palette[i % palette.len()].to_string(), stroke: 1.5, points });
         }
-        let global_points = plotted.iter().filter_map(|r| r.global.accuracy.map(|a| (r.round as f64, a))).collect();
+        let global_points = plotted.iter().filter_map(|r| r.global.shown_accuracy().map(|(a, _)| (r.round as f64, a))).collect();
         series.push(Series { name: "global".into(), color: "#d62728".into(), stroke: 3.0, points: global_points });
         for (i, Series { name, color, stroke, points }) in series.iter().enumerate() {
             let path: Vec<String> = points.iter().map(|(r, a)| format!("{:.1},{:.1}", x(*r), y(*a))).collect();
@@ -231,9 +292,9 @@ impl Results {
 }
 
 /// The lowest, median (the upper one of an even count) and highest accuracy of a round's
-/// evaluated learners, or `None` if none was evaluated.
+/// evaluated (or reporting) learners, or `None` if there is none.
 fn spread(round: &RoundResult) -> Option<[f64; 3]> {
-    let mut accuracies: Vec<f64> = round.learners.iter().filter_map(|l| l.model.accuracy).collect();
+    let mut accuracies: Vec<f64> = round.learners.iter().filter_map(|l| l.model.shown_accuracy().map(|(a, _)| a)).collect();
     accuracies.sort_by(f64::total_cmp);
     Some([*accuracies.first()?, accuracies[accuracies.len() / 2], *accuracies.last()?])
 }
@@ -250,6 +311,9 @@ struct Series {
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
+
+/// What the table's `r` marks, printed below a table that has one.
+pub const REPORTED_NOTE: &str = "r: reported by the board(s) on their own test sets (the global model: the examples-weighted mean of its inputs' reports), not evaluated by the aggregator";
 
 /// Fleets wider than this get a summary table (lowest, median and highest learner
 /// accuracy) instead of a column per learner.
@@ -270,21 +334,25 @@ pub fn header(ids: &[u64]) -> String {
 }
 
 /// One table row; learners missing from the round show as `-` (in the summary, the
-/// updates column counts those evaluated).
+/// updates column counts those evaluated); a figure the boards reported is marked `r`.
 pub fn row(round: &RoundResult, ids: &[u64]) -> String {
     let percent = |a: Option<f64>| a.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into());
+    let shown = |model: &Published| match model.shown_accuracy() {
+        Some((a, true)) => format!("{:.2}%r", 100.0 * a),
+        other => percent(other.map(|(a, _)| a)),
+    };
     let mut out = format!("{:>5}", round.round);
     if ids.len() > MAX_LEARNER_COLUMNS {
-        let evaluated = round.learners.iter().filter(|l| l.model.accuracy.is_some()).count();
+        let evaluated = round.learners.iter().filter(|l| l.model.shown_accuracy().is_some()).count();
         let [lowest, median, highest] = spread(round).map(|s| s.map(Some)).unwrap_or_default();
         let _ = write!(out, "  {evaluated:>7}  {:>8}  {:>8}  {:>8}", percent(lowest), percent(median), percent(highest));
     } else {
         for id in ids {
-            let cell = round.learners.iter().find(|l| l.node_id == *id).map(|l| percent(l.model.accuracy)).unwrap_or_else(|| "-".into());
+            let cell = round.learners.iter().find(|l| l.node_id == *id).map(|l| shown(&l.model)).unwrap_or_else(|| "-".into());
             let _ = write!(out, "  {cell:>10}");
         }
     }
-    let _ = write!(out, "  {:>8}", percent(round.global.accuracy));
+    let _ = write!(out, "  {:>8}", shown(&round.global));
     out
 }
 
@@ -293,11 +361,21 @@ mod tests {
     use super::*;
 
     fn published(accuracy: f64) -> Published {
-        Published { accuracy: Some(accuracy), loss: None, cid: "bafk".into(), digest: "00".into(), samples: 1, tx: None, gas: None }
+        Published {
+            accuracy: Some(accuracy),
+            loss: None,
+            cid: "bafk".into(),
+            digest: "00".into(),
+            samples: 1,
+            tx: None,
+            gas: None,
+            reported: None,
+        }
     }
 
     fn round(round: u64, learners: &[(u64, f64)], global: f64) -> RoundResult {
         RoundResult {
+            group_accuracy: Vec::new(),
             round,
             learners: learners.iter().map(|&(id, a)| LearnerResult { node_id: id, model: published(a), used: true, note: None }).collect(),
             global: published(global),
@@ -338,6 +416,33 @@ mod tests {
         let svg = results.svg();
         assert_eq!(svg.matches("<polyline").count(), 4, "three summary lines and the global model");
         assert!(svg.contains("median learner") && !svg.contains("learner 7<"), "{svg}");
+    }
+
+    #[test]
+    fn without_server_figures_the_reported_ones_are_shown_and_marked() {
+        let reported = |accuracy: f64, examples: u64| Reported { accuracy, loss: 1.0 - accuracy, examples };
+        // Examples-weighted: (0.9 x 100 + 0.6 x 300) / 400.
+        let mean = Reported::mean(&[reported(0.9, 100), reported(0.6, 300)]).unwrap();
+        assert_eq!((mean.examples, (mean.accuracy * 1e6).round(), (mean.loss * 1e6).round()), (400, 675_000.0, 325_000.0));
+        assert_eq!(Reported::mean(&[]), None);
+        let mut r = round(1, &[(1, 0.9), (2, 0.6)], 0.0);
+        for (learner, (a, n)) in r.learners.iter_mut().zip([(0.9, 100), (0.6, 300)]) {
+            learner.model = Published { accuracy: None, reported: Some(reported(a, n)), ..learner.model.clone() };
+        }
+        r.global = Published { accuracy: None, reported: Some(mean), ..r.global.clone() };
+        let mut results = Results::default();
+        results.record(r);
+        let table = results.table();
+        let cells: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(cells, ["1", "90.00%r", "60.00%r", "67.50%r"], "{table}");
+        assert!(table.ends_with(&format!("{REPORTED_NOTE}\n")), "{table}");
+        assert!(results.svg().contains("Test accuracy per round (reported by the boards)"));
+        let json = serde_json::to_string(&results).unwrap();
+        assert!(json.contains(r#""accuracy":null,"#) && json.contains(r#""reported":{"accuracy":0.675"#), "{json}");
+        // A server figure wins, unmarked, and the JSON of a run without reports is as before.
+        results.rounds[0].global.accuracy = Some(0.5);
+        assert!(results.table().lines().nth(1).unwrap().ends_with(" 50.00%"));
+        assert!(!serde_json::to_string(&round(1, &[(1, 0.5)], 0.5)).unwrap().contains("reported"));
     }
 
     #[test]

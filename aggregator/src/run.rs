@@ -5,6 +5,12 @@
 //! FedAvg by default, streaming; see `fl_core::rules`), evaluates the result and publishes
 //! it with its round record ([`crate::record`]) and the commitment to both.
 //!
+//! The accuracy, loss and example count each board reported for its update on its own test
+//! set (`fl_core::encoding::Report`) go into the round record (`reported`), whatever the
+//! flags, and never into aggregation. Without `--data` the aggregator has no test set and
+//! evaluates nothing: the outputs show the boards' figures, marked as reported (the global
+//! model's: the examples-weighted mean of its inputs').
+//!
 //! All progress lives on the chain: a restarted aggregator reads the current round and
 //! carries on; the contract refuses a round published twice. By default a round waits for
 //! every registered learner; `--min-learners K --round-timeout S` lets it close without
@@ -31,19 +37,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fl_contracts::{commitment, is_transient, Event, LocalUpdate, Mode, Registry, TransactionReceipt, H256};
-use fl_core::data::{Dataset, Mnist};
-use fl_core::encoding::{self, Bases, Decoded, Encoding};
+use fl_core::data::{load_eval, Dataset};
+use fl_core::encoding::{self, Bases, Decoded, Encoding, Report};
+use fl_core::ensemble::FederationModel;
 use fl_core::files::write_atomic;
+use fl_core::flags::DataFlags;
 use fl_core::rules::Aggregation;
+use fl_core::spec::MAX_SPEC_BYTES;
 use fl_core::staleness;
-use fl_core::train::{evaluate, Evaluation};
+use fl_core::train::Evaluation;
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
 
 pub use crate::config::{Parsed, RunConfig};
 use crate::fetch::fetch_in_order;
 use crate::record::{AsyncRound, EncodedGlobal, RoundRecord};
-use crate::report::{header, row, unix_now, LearnerResult, Published, Results, RoundResult, Timings};
+use crate::report::{header, row, unix_now, LearnerResult, Published, Reported, Results, RoundResult, Timings, REPORTED_NOTE};
 use crate::service::{LeftOut, Monitor, Probe, Waiting};
 
 /// Parses the flags of `fl-aggregator run` and runs it.
@@ -60,7 +69,6 @@ fn log(message: &str) {
 
 /// Runs rounds until global round `config.rounds` is published.
 pub fn run(config: &RunConfig) -> Result<()> {
-    let test_set = Mnist::load_test(&config.data)?.take(config.test_limit.unwrap_or(usize::MAX));
     let client = config.endpoints.signing_client()?;
     let registry = Registry::at(&client, config.endpoints.registry()?);
     let owner = registry.owner()?;
@@ -73,17 +81,24 @@ pub fn run(config: &RunConfig) -> Result<()> {
         bail!("registry {:?} runs {mode}: --min-learners and --round-timeout apply to synchronous rounds only", registry.address());
     }
     let ipfs = config.endpoints.ipfs_logging_retries(log);
+    let model = FederationModel::resolve(registry.model_spec()?, |digest| Ok(ipfs.fetch_by_sha256(digest, MAX_SPEC_BYTES as u64)?))?;
+    let set = match &config.data {
+        Some(path) => Some(test_set(config, path, &model)?),
+        None => None,
+    };
+    let eval = Evaluator { model, set };
     let mut results = Results::load_or_default(config.results.as_deref())?;
     results.registry = format!("{:?}", registry.address());
     results.chain_id = client.chain_id();
     log(&format!(
-        "aggregating on chain {} registry {:?} ({mode}) as {:?} ({} confirmations), IPFS {}, {} test images, rule {}{}",
+        "aggregating on chain {} registry {:?} ({mode}, model {}) as {:?} ({} confirmations), IPFS {}, {} test examples, rule {}{}",
         client.chain_id(),
         registry.address(),
+        eval.model,
         client.address(),
         client.confirmations(),
         config.endpoints.ipfs_api,
-        test_set.len(),
+        eval.set.as_ref().map_or("no --data: the boards' reported".into(), |set| set.len().to_string()),
         config.recipe.rule,
         config.recipe.clip_norm.map(|c| format!(" clipped to {c}")).unwrap_or_default()
     ));
@@ -110,7 +125,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
     // progress is on chain); any other error ends the run with its cause.
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     loop {
-        let mut record = match step(config, &registry, &ipfs, &test_set, mode, &mut cursor, &monitor) {
+        let mut record = match step(config, &registry, &ipfs, &eval, mode, &mut cursor, &monitor) {
             Ok(Step::Done(round)) => {
                 log(&format!("global model of round {} is published; done", round - 1));
                 monitor.phase("done");
@@ -142,6 +157,9 @@ pub fn run(config: &RunConfig) -> Result<()> {
         };
         if !header_printed {
             println!("{}", header(&ids));
+            if eval.set.is_none() {
+                println!("{REPORTED_NOTE}");
+            }
             header_printed = true;
         }
         println!("{}", row(&record, &ids));
@@ -184,11 +202,49 @@ fn self_verify(config: &RunConfig, from_block: u64, round: u64, monitor: &Monito
     seconds
 }
 
+/// The federation's model and the test set every model is evaluated on.
+pub struct Evaluator {
+    /// The model (one spec, or model groups) every model of the federation follows (read
+    /// from the registry).
+    pub model: FederationModel,
+    /// The aggregator's test set, checked to fit the model (`None`: run without `--data`).
+    pub set: Option<Dataset>,
+}
+
+impl Evaluator {
+    /// Accuracy and loss of `model` (which must follow the federation's model: for model
+    /// groups, of their ensemble) on the test set; `None` without one.
+    pub fn evaluate(&self, model: &ModelFile) -> Result<Option<Evaluation>> {
+        self.set.as_ref().map(|set| self.model.evaluate(model, set)).transpose()
+    }
+
+    /// Accuracy and loss of model group `group`'s part of `model` alone; `None` without a
+    /// test set.
+    pub fn evaluate_group(&self, model: &ModelFile, group: usize) -> Result<Option<Evaluation>> {
+        self.set.as_ref().map(|set| self.model.evaluate_group(model, group, set)).transpose()
+    }
+}
+
+/// The aggregator's test set from `--data` (`path`), checked to fit the federation's model.
+fn test_set(config: &RunConfig, path: &std::path::Path, model: &FederationModel) -> Result<Dataset> {
+    let data = DataFlags {
+        path: Some(path.to_path_buf()),
+        format: Some(config.data_format.clone()),
+        label_column: config.label_column.clone(),
+        ..DataFlags::default()
+    };
+    let source = data.source(model.input(), config.seed, "--data PATH")?;
+    let set = load_eval(&source)?.take(config.test_limit.unwrap_or(usize::MAX));
+    set.check_fits(model.input(), model.classes(), &source.to_string())
+        .with_context(|| format!("the aggregator's test data does not fit the federation's model {model}"))?;
+    Ok(set)
+}
+
 fn step(
     config: &RunConfig,
     registry: &Registry,
     ipfs: &fl_ipfs::Client,
-    test_set: &Dataset,
+    eval: &Evaluator,
     mode: Mode,
     cursor: &mut Cursor,
     monitor: &Monitor,
@@ -199,9 +255,9 @@ fn step(
     }
     if round == 0 {
         monitor.phase("publishing");
-        return publish_initial(config, registry, ipfs, test_set).map(|record| Step::Record(Box::new(record), Vec::new()));
+        return publish_initial(config, registry, ipfs, eval).map(|record| Step::Record(Box::new(record), Vec::new()));
     }
-    Ok(match aggregate_round(config, registry, ipfs, test_set, round, mode, cursor, monitor)? {
+    Ok(match aggregate_round(config, registry, ipfs, eval, round, mode, cursor, monitor)? {
         Some((record, left_out)) => Step::Record(Box::new(record), left_out),
         None => Step::Again,
     })
@@ -218,10 +274,10 @@ fn save_outputs(config: &RunConfig, results: &Results) -> Result<()> {
 }
 
 /// Publishes the seeded initial model as global round 0.
-fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Client, test_set: &Dataset) -> Result<RoundResult> {
-    let model = ModelFile::initial(config.seed)?;
+fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Client, eval: &Evaluator) -> Result<RoundResult> {
+    let model = eval.model.initial_model(config.seed);
     let started = Instant::now();
-    let evaluation = evaluate(&model, test_set)?;
+    let evaluation = eval.evaluate(&model)?;
     let evaluate_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut record = RoundRecord::initial(config.seed);
@@ -232,7 +288,8 @@ fn publish_initial(config: &RunConfig, registry: &Registry, ipfs: &fl_ipfs::Clie
     Ok(RoundResult {
         round: 0,
         learners: Vec::new(),
-        global: Published { accuracy: Some(evaluation.accuracy), loss: Some(evaluation.loss), ..global },
+        global: Published { accuracy: evaluation.map(|e| e.accuracy), loss: evaluation.map(|e| e.loss), ..global },
+        group_accuracy: Vec::new(),
         timings: Timings { evaluate_s, publish_s: started.elapsed().as_secs_f64(), ..Timings::default() },
         published_at: unix_now(),
     })
@@ -275,6 +332,7 @@ fn publish(
         samples: model.n_samples,
         tx: Some(format!("{:?}", receipt.transaction_hash)),
         gas: receipt.gas_used.map(|g| g.as_u64()),
+        reported: None,
     };
     Ok((published, receipt))
 }
@@ -486,7 +544,7 @@ fn aggregate_round(
     config: &RunConfig,
     registry: &Registry,
     ipfs: &fl_ipfs::Client,
-    test_set: &Dataset,
+    eval: &Evaluator,
     round: u64,
     mode: Mode,
     cursor: &mut Cursor,
@@ -523,10 +581,24 @@ fn aggregate_round(
     }
     let bases = &cursor.bases;
     let previous = bases[&round].global();
+    // Model groups: each input goes to its learner's group, and each group's inputs are
+    // combined on their own (one group for a federation of one model).
+    let groups = eval.model.groups();
+    let mut group_of = BTreeMap::new();
+    if groups > 1 {
+        for (update, _) in &inputs {
+            group_of.insert(update.node_id, registry.learner_group(update.node_id)? as usize);
+        }
+    }
+    let group = |node_id: u64| group_of.get(&node_id).copied().unwrap_or(0);
     // Models are fetched and fed to the rule one at a time: FedAvg keeps a running sum and
     // the other rules spill to disk, so memory does not grow with the fleet.
-    let mut aggregation = Aggregation::new(&config.recipe, config.recipe.clip_norm.map(|_| previous))?;
+    let mut aggregations =
+        (0..groups).map(|_| Aggregation::new(&config.recipe, config.recipe.clip_norm.map(|_| previous))).collect::<Result<Vec<_>>>()?;
+    let mut group_inputs: Vec<Vec<u64>> = vec![Vec::new(); groups];
     let mut encodings: Vec<(u64, Encoding)> = Vec::new();
+    // What each input's file reported: recorded and shown, never used to aggregate.
+    let mut reports: Vec<(u64, Report)> = Vec::new();
     let mut used: Vec<LocalUpdate> = Vec::new();
     let mut learners = Vec::new();
     let mut timings = Timings { wait_s, ..Timings::default() };
@@ -543,7 +615,7 @@ fn aggregate_round(
                 e => (LeftOut::Unavailable, anyhow::Error::from(e)),
             })
             .and_then(|bytes| bases.decode(&bytes).map_err(|e| (LeftOut::InvalidFile, e)))
-            .and_then(|Decoded { model, encoding, base }| {
+            .and_then(|Decoded { model, encoding, base, report }| {
                 if model.n_samples != update.samples || model.round != update.round {
                     let e = anyhow::anyhow!(
                         "the file says round {} with {} samples, the chain says round {} with {}",
@@ -555,13 +627,13 @@ fn aggregate_round(
                     return Err((LeftOut::WrongRoundOrSamples, e));
                 }
                 match mode {
-                    Mode::Sync => Ok((model, encoding)),
+                    Mode::Sync => Ok((model, encoding, report)),
                     // Named bases were checked by decoding; an absolute file's is the f32 model.
                     Mode::Async { .. } => bases
                         .model(base)
                         .context("the update's base is not among its round's")
                         .and_then(|b| staleness::rebase(&model, b, previous, round - update.round))
-                        .map(|m| (m, encoding))
+                        .map(|m| (m, encoding, report))
                         .map_err(|e| (LeftOut::Incompatible, e)),
                 }
             });
@@ -583,24 +655,28 @@ fn aggregate_round(
                 samples: update.samples,
                 tx: Some(format!("{tx:?}")),
                 gas,
+                reported: None,
             },
             used: false,
             note: None,
         };
-        let added = fetched.and_then(|(model, encoding)| {
+        let added = fetched.and_then(|(model, encoding, report)| {
             log(&format!("round {round}: fetched and verified {label} ({}, {encoding})", update.cid));
+            entry.model.reported = report.as_ref().map(Reported::of);
             if config.local_eval {
                 let started = Instant::now();
-                let Evaluation { accuracy, loss, .. } = evaluate(&model, test_set).map_err(|e| (LeftOut::Incompatible, e))?;
+                let evaluation = eval.evaluate_group(&model, group(update.node_id)).map_err(|e| (LeftOut::Incompatible, e))?;
                 timings.evaluate_s += started.elapsed().as_secs_f64();
-                entry.model.accuracy = Some(accuracy);
-                entry.model.loss = Some(loss);
+                entry.model.accuracy = evaluation.map(|e| e.accuracy);
+                entry.model.loss = evaluation.map(|e| e.loss);
             }
             let started = Instant::now();
             // A file that does not fit the others (another architecture) is refused here.
-            aggregation.add(update.node_id, &model, &label).map_err(|e| (LeftOut::Incompatible, e))?;
+            aggregations[group(update.node_id)].add(update.node_id, &model, &label).map_err(|e| (LeftOut::Incompatible, e))?;
             timings.average_s += started.elapsed().as_secs_f64();
+            group_inputs[group(update.node_id)].push(update.node_id);
             encodings.push((update.node_id, encoding));
+            reports.extend(report.map(|r| (update.node_id, r)));
             Ok(())
         });
         match added {
@@ -627,6 +703,17 @@ fn aggregate_round(
         Mode::Sync => config.min_learners.unwrap_or(0).max(rule.min_inputs()),
         Mode::Async { buffer, .. } => (buffer as usize).max(rule.min_inputs()),
     };
+    // A group's rule needs its minimum too (a group without inputs keeps its model).
+    let short_group = group_inputs.iter().position(|ids| !ids.is_empty() && ids.len() < rule.min_inputs());
+    if let Some(g) = short_group {
+        log(&format!(
+            "round {round}: model group {} has {} usable updates, rule {rule} needs at least {}: not publishing yet",
+            g + 1,
+            group_inputs[g].len(),
+            rule.min_inputs()
+        ));
+        return Ok(None);
+    }
     if used.len() < needed {
         // Left-out updates are remembered: the round waits for more rather than refetching.
         let waiting = if used.len() < rule.min_inputs() { Waiting::RuleNeedsMoreUpdates } else { Waiting::MinLearners };
@@ -646,19 +733,35 @@ fn aggregate_round(
     }
     monitor.phase("aggregating");
     let started = Instant::now();
-    let outcome = aggregation.finish()?;
-    let mut global = outcome.model;
-    global.round = round;
+    let (mut members, mut selected, mut clipped, mut n_samples) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for (g, aggregation) in aggregations.into_iter().enumerate() {
+        if group_inputs[g].is_empty() {
+            members.push(eval.model.member(previous, g)?);
+            continue;
+        }
+        let outcome = aggregation.finish()?;
+        selected.extend(outcome.selected);
+        clipped.extend(outcome.clipped);
+        n_samples += outcome.model.n_samples;
+        members.push(eval.model.member(&outcome.model, g)?);
+    }
+    selected.sort_unstable();
+    clipped.sort_unstable();
+    let global = eval.model.assemble(&members, round, n_samples);
     timings.average_s += started.elapsed().as_secs_f64();
 
     // The record accounts for every update read so far that is not an input: of the round
     // (synchronous), or mined since the previous global model closed (asynchronous).
     let mut record = RoundRecord::aggregated(&config.recipe, closed_at_block);
-    record.selected = outcome.selected.clone();
-    record.clipped = outcome.clipped.clone();
+    record.selected = selected.clone();
+    record.clipped = clipped;
+    if groups > 1 {
+        record.groups = group_inputs;
+    }
     for (node_id, encoding) in encodings {
         record.note_encoding(node_id, encoding);
     }
+    record.reported = reports.iter().copied().collect();
     let of_round = |u: &LocalUpdate| match mode {
         Mode::Sync => None,
         Mode::Async { .. } => Some(u.round),
@@ -689,13 +792,21 @@ fn aggregate_round(
             rounds: used.iter().map(|u| u.round).collect(),
         });
     }
-    for entry in learners.iter_mut().filter(|l| l.used && !outcome.selected.contains(&l.node_id)) {
+    for entry in learners.iter_mut().filter(|l| l.used && !selected.contains(&l.node_id)) {
         entry.note = Some(format!("an input of {rule}, not selected"));
     }
     monitor.phase("evaluating");
     let started = Instant::now();
-    let evaluation = evaluate(&global, test_set)?;
+    let evaluation = eval.evaluate(&global)?;
+    let group_accuracy = match groups {
+        1 => Vec::new(),
+        _ => (0..groups)
+            .filter_map(|g| eval.evaluate_group(&global, g).transpose())
+            .map(|e| e.map(|e| e.accuracy))
+            .collect::<Result<Vec<_>>>()?,
+    };
     timings.evaluate_s += started.elapsed().as_secs_f64();
+    let reported = Reported::mean(&reports.iter().map(|(_, r)| Reported::of(r)).collect::<Vec<_>>());
     monitor.phase("publishing");
     let started = Instant::now();
     record.global_encoded = encode_global(config, ipfs, &global, round)?;
@@ -712,25 +823,34 @@ fn aggregate_round(
     };
     keep_for_verify(ipfs, registry, round, &used, &published.cid, record.global_encoded.as_ref());
     timings.publish_s = started.elapsed().as_secs_f64();
-    let staleness_note = match &record.asynchronous {
+    let mut staleness_note = match &record.asynchronous {
         Some(a) => format!(", input rounds {:?}", a.rounds),
         None => String::new(),
     };
+    if groups > 1 {
+        let each: Vec<String> = group_accuracy.iter().enumerate().map(|(g, a)| format!("group {} {:.2}%", g + 1, 100.0 * a)).collect();
+        staleness_note += &format!(", groups' inputs {:?}, alone: {}; the ensemble's", record.groups, each.join(", "));
+    }
     log(&format!(
-        "round {round}: published global model {} by {rule} from {} learners (selected {:?}, clipped {:?}, left out {:?}{staleness_note}), test accuracy {:.2}%, commitment {}",
+        "round {round}: published global model {} by {rule} from {} learners (selected {:?}, clipped {:?}, left out {:?}{staleness_note}), test accuracy {}, commitment {}",
         published.cid,
         used.len(),
         record.selected,
         record.clipped,
         record.left_out.iter().map(|l| l.node_id).collect::<Vec<_>>(),
-        100.0 * evaluation.accuracy,
+        match (evaluation, reported) {
+            (Some(e), _) => format!("{:.2}%", 100.0 * e.accuracy),
+            (None, Some(r)) => format!("{:.2}% (reported by the inputs' boards, on {} examples)", 100.0 * r.accuracy, r.examples),
+            (None, None) => "unknown (no --data, and no input reported one)".into(),
+        },
         hex(&inputs_commitment)
     ));
     let left_out = record.left_out.iter().map(|l| l.node_id).collect();
     let result = RoundResult {
         round,
         learners,
-        global: Published { accuracy: Some(evaluation.accuracy), loss: Some(evaluation.loss), ..published },
+        global: Published { accuracy: evaluation.map(|e| e.accuracy), loss: evaluation.map(|e| e.loss), reported, ..published },
+        group_accuracy,
         timings,
         published_at: unix_now(),
     };

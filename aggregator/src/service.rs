@@ -128,8 +128,14 @@ pub struct Phases {
 pub struct RoundRow {
     pub round: u64,
     pub published_at: f64,
+    /// The aggregator's evaluation, or without a test set (`run` without `--data`) the
+    /// examples-weighted mean of what the inputs' boards reported: `accuracy_source` says.
     pub accuracy: Option<f64>,
     pub loss: Option<f64>,
+    /// `"server"` or `"reported"` (by the boards), when there is an accuracy.
+    pub accuracy_source: Option<&'static str>,
+    /// The inputs' reported mean, whether or not the aggregator evaluated the model too.
+    pub reported_accuracy: Option<f64>,
     pub cid: String,
     pub inputs: Vec<u64>,
     pub left_out: Vec<u64>,
@@ -260,8 +266,13 @@ impl Monitor {
         s.published.push_back(RoundRow {
             round: result.round,
             published_at: result.published_at,
-            accuracy: result.global.accuracy,
-            loss: result.global.loss,
+            accuracy: result.global.shown_accuracy().map(|(a, _)| a),
+            loss: match result.global.accuracy {
+                Some(_) => result.global.loss,
+                None => result.global.reported.map(|r| r.loss),
+            },
+            accuracy_source: result.global.shown_accuracy().map(|(_, reported)| if reported { "reported" } else { "server" }),
+            reported_accuracy: result.global.reported.map(|r| r.accuracy),
             cid: result.global.cid.clone(),
             inputs: result.learners.iter().filter(|l| l.used).map(|l| l.node_id).collect(),
             left_out,
@@ -367,8 +378,16 @@ pub fn metrics(s: &Status) -> String {
         "Seconds the last published round spent fetching (with digest checks), aggregating, evaluating, publishing, and recomputing it with verify.",
         &phases,
     );
-    if let Some(accuracy) = last.and_then(|row| row.accuracy) {
+    if let Some(accuracy) = last.filter(|row| row.accuracy_source == Some("server")).and_then(|row| row.accuracy) {
         family("global_accuracy", "gauge", "Test accuracy of the last published global model, in [0, 1].", &one(accuracy));
+    }
+    if let Some(accuracy) = last.and_then(|row| row.reported_accuracy) {
+        family(
+            "global_reported_accuracy",
+            "gauge",
+            "Examples-weighted mean of the test accuracies the last global model's inputs reported on their own test sets (recorded, not checked), in [0, 1].",
+            &one(accuracy),
+        );
     }
     if let Some(row) = last {
         family("last_published_round", "gauge", "The last round this service published or read back.", &one(row.round as f64));
@@ -473,8 +492,10 @@ mod tests {
             samples: 10,
             tx: None,
             gas: Some(gas),
+            reported: None,
         };
         RoundResult {
+            group_accuracy: Vec::new(),
             round,
             learners: vec![
                 LearnerResult { node_id: 1, model: model("bafy-1"), used: true, note: None },
@@ -518,6 +539,17 @@ mod tests {
         assert_eq!(status.learners[&2].lateness, Some(1), "learner 2 last sent in round 1");
         assert_eq!(status.learners[&3].lateness, None, "learner 3 never sent");
         assert_eq!(status.published[0].inputs, vec![1]);
+        // Without a test set: only the boards' figures, under their own name.
+        let mut reported = published(2, 0.0, 1);
+        reported.global.accuracy = None;
+        reported.global.reported = Some(crate::report::Reported { accuracy: 0.8, loss: 0.5, examples: 100 });
+        monitor.published(&reported, vec![]);
+        let text_reported = metrics(&monitor.snapshot());
+        assert!(text_reported.contains("\nfl_aggregator_global_reported_accuracy 0.8\n"), "{text_reported}");
+        assert!(!text_reported.contains("\nfl_aggregator_global_accuracy "), "{text_reported}");
+        assert!(!text.contains("reported_accuracy"), "{text}");
+        let row = monitor.snapshot().published.back().cloned().unwrap();
+        assert_eq!((row.accuracy, row.loss, row.accuracy_source), (Some(0.8), Some(0.5), Some("reported")));
         monitor.verified(1, Err("fetching the inputs: timed out".into()), 3.0);
         assert!(metrics(&monitor.snapshot()).contains("fl_aggregator_verify_failures_total 1\n"));
         assert!(text.contains(",rule=\"krum:1\",mode=\"async\",buffer=\"5\",max_staleness=\"4\"} 1\n"), "{text}");

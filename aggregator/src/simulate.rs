@@ -20,11 +20,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use fl_core::attacks::Attack;
-use fl_core::data::{Mnist, Split};
+use fl_core::data::{load_source, Split};
 use fl_core::encoding::{self, Encoding};
-use fl_core::flags::{number, positive};
+use fl_core::flags::{number, positive, DataFlags, DATA_HELP};
 use fl_core::rounds;
 use fl_core::rules::{parse_clip_norm, Aggregation, Recipe, Rule};
+use fl_core::spec::ModelSpec;
 use fl_core::train::{evaluate, train, Evaluation};
 use fl_core::weights::{hex, sha256, ModelFile};
 use lexopt::prelude::*;
@@ -32,7 +33,7 @@ use lexopt::prelude::*;
 use crate::report::{header, row, unix_now, LearnerResult, Published, RoundResult, Timings};
 
 const USAGE: &str = "\
-usage: fl-aggregator simulate --data DIR --learners N --rounds R --local-epochs L
+usage: fl-aggregator simulate --data PATH --learners N --rounds R --local-epochs L [--spec FILE]
                               [--split iid|dirichlet:ALPHA] [--seed N] [--batch-size N]
                               [--train-limit N] [--test-limit N] [--rule RULE] [--clip-norm C]
                               [--max-samples N] [--hostile ID:ATTACK]...
@@ -40,15 +41,15 @@ usage: fl-aggregator simulate --data DIR --learners N --rounds R --local-epochs 
 
 runs federated training in one process and prints a table of test accuracies
 
-  --data DIR          folder with the four MNIST IDX files
+  --spec FILE         the model spec (model.toml; default: the built-in paper CNN)
   --learners N        number of learners the training set is split across
   --rounds R          federated rounds
   --local-epochs L    epochs each learner trains per round
   --split S           iid (equal shuffled shards, default) or dirichlet:ALPHA (label-skewed)
   --seed N            seeds the initial model, the split and training (default 1)
   --batch-size N      examples per step (default 32)
-  --train-limit N     split only the first N training images
-  --test-limit N      evaluate on only the first N test images
+  --train-limit N     split only the first N training examples
+  --test-limit N      evaluate on only the first N test examples
   --rule RULE         fedavg (default), median, trimmed-mean:B, krum:F or multi-krum:F;
                       given several times, one simulation per rule, compared at the end
   --no-local-eval     do not evaluate each learner's model
@@ -66,8 +67,10 @@ runs federated training in one process and prints a table of test accuracies
 /// Validated flags of `simulate`.
 #[derive(Debug, Clone)]
 pub struct SimulateConfig {
-    /// MNIST folder.
-    pub data: PathBuf,
+    /// The model every learner trains.
+    pub spec: ModelSpec,
+    /// Where the data is and how to read it.
+    pub data: DataFlags,
     /// Number of learners.
     pub learners: usize,
     /// Federated rounds.
@@ -104,7 +107,8 @@ impl SimulateConfig {
     /// Parses the flags; `Ok(None)` means `--help` was printed.
     pub fn parse(args: Vec<OsString>) -> Result<Option<SimulateConfig>> {
         let mut parser = lexopt::Parser::from_args(args);
-        let (mut data, mut learners, mut rounds, mut local_epochs) = (None, None, None, None);
+        let (mut data, mut spec) = (DataFlags::default(), None);
+        let (mut learners, mut rounds, mut local_epochs) = (None, None, None);
         let mut split = Split::Iid;
         let mut seed = 1;
         let mut batch_size = 32;
@@ -114,7 +118,11 @@ impl SimulateConfig {
         let (mut update_encoding, mut global_encoding) = (Encoding::F32, Encoding::F32);
         while let Some(arg) = parser.next()? {
             match arg {
-                Long("data") => data = Some(PathBuf::from(parser.value()?)),
+                Long(flag) if DataFlags::handles(flag) => {
+                    let flag = flag.to_string();
+                    data.set(&flag, &mut parser)?;
+                }
+                Long("spec") => spec = Some(PathBuf::from(parser.value()?)),
                 Long("learners") => learners = Some(positive(number(&mut parser, "--learners")?, "--learners")?),
                 Long("rounds") => rounds = Some(positive(number(&mut parser, "--rounds")?, "--rounds")?),
                 Long("local-epochs") => local_epochs = Some(positive(number(&mut parser, "--local-epochs")?, "--local-epochs")?),
@@ -131,7 +139,7 @@ impl SimulateConfig {
                 Long("max-samples") => max_samples = Some(positive(number(&mut parser, "--max-samples")?, "--max-samples")? as u64),
                 Long("hostile") => hostile.push(parse_hostile(&parser.value()?.string()?)?),
                 Short('h') | Long("help") => {
-                    print!("{USAGE}");
+                    print!("{USAGE}{DATA_HELP}");
                     return Ok(None);
                 }
                 _ => return Err(arg.unexpected().into()),
@@ -142,7 +150,8 @@ impl SimulateConfig {
             bail!("--hostile {id}: there are only {learners} learners (ids 1 to {learners})");
         }
         Ok(Some(SimulateConfig {
-            data: data.context("--data DIR is required (the MNIST folder, e.g. data/mnist)")?,
+            spec: spec.as_deref().map_or_else(|| Ok(ModelSpec::paper_cnn()), ModelSpec::load)?,
+            data,
             learners,
             rounds: rounds.context("--rounds R is required")?,
             local_epochs: local_epochs.context("--local-epochs L is required")?,
@@ -214,14 +223,18 @@ pub fn run(config: &SimulateConfig) -> Result<Simulation> {
 
 /// [`run`], reusing and filling `cache`.
 pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<Simulation> {
-    let mnist = Mnist::load(&config.data)?;
-    let train_set = mnist.train.take(config.train_limit.unwrap_or(usize::MAX));
-    let test_set = mnist.test.take(config.test_limit.unwrap_or(usize::MAX));
+    let spec = &config.spec;
+    let source = config.data.source(spec.input, config.seed, "--data PATH is required (e.g. the MNIST folder data/mnist)")?;
+    let (train_set, test_set) = load_source(&source)?;
+    train_set.check_fits(spec.input, spec.classes, &source.to_string())?;
+    test_set.check_fits(spec.input, spec.classes, &source.to_string())?;
+    let train_set = train_set.take(config.train_limit.unwrap_or(usize::MAX));
+    let test_set = test_set.take(config.test_limit.unwrap_or(usize::MAX));
     let shards = rounds::shards(train_set.labels(), config.learners, config.split, config.seed)?;
     let shards: Vec<_> = shards.iter().map(|indices| train_set.select(indices)).collect();
     let cap = config.max_samples.unwrap_or_else(|| shards.iter().map(|s| s.len() as u64).max().unwrap_or(1));
     eprintln!(
-        "simulating {} learners ({:?} split, shard sizes {:?}, cap {cap}), {} rounds of {} local epoch(s), rule {}{}, {} updates, {} global models, testing on {} images{}",
+        "simulating {spec}: {} learners ({:?} split, shard sizes {:?}, cap {cap}), {} rounds of {} local epoch(s), rule {}{}, {} updates, {} global models, testing on {} examples{}",
         config.learners,
         config.split,
         shards.iter().map(|s| s.len()).collect::<Vec<_>>(),
@@ -237,7 +250,7 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
     // Learner i (from 0) plays node id i + 1, as on the devnet.
     let node_ids: Vec<u64> = (1..=config.learners as u64).collect();
     println!("{}", header(&node_ids));
-    let mut global = ModelFile::initial(config.seed)?;
+    let mut global = spec.initial_model(config.seed);
     let mut results = Vec::with_capacity(config.rounds);
     for round in 1..=config.rounds as u64 {
         // What the learners start from: the global model, or its encoded form as they decode it.
@@ -263,7 +276,7 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
                         Some(attack) if poisons => attack.poison(shard)?,
                         _ => shard.clone(),
                     };
-                    let model = train(&start, &data, None, &train_config, &mut |_| {})?.model;
+                    let model = train(spec, &start, &data, None, &train_config, &mut |_| {})?.model;
                     cache.0.insert(key, model.clone());
                     model
                 }
@@ -286,8 +299,11 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
             update_bytes += sent.len();
             let local = encoding::decode(&sent, Some(&start))?.model;
             let started = Instant::now();
-            let evaluation =
-                if config.local_eval { evaluate(&local, &test_set)? } else { Evaluation { accuracy: f64::NAN, loss: f64::NAN, n: 0 } };
+            let evaluation = if config.local_eval {
+                evaluate(spec, &local, &test_set)?
+            } else {
+                Evaluation { accuracy: f64::NAN, loss: f64::NAN, n: 0 }
+            };
             timings.evaluate_s += started.elapsed().as_secs_f64();
             let started = Instant::now();
             aggregation.add(node_id, &local, &format!("learner {node_id}"))?;
@@ -308,9 +324,16 @@ pub fn run_cached(config: &SimulateConfig, cache: &mut TrainingCache) -> Result<
         global.round = round;
         timings.average_s += started.elapsed().as_secs_f64();
         let started = Instant::now();
-        let evaluation = evaluate(&global, &test_set)?;
+        let evaluation = evaluate(spec, &global, &test_set)?;
         timings.evaluate_s += started.elapsed().as_secs_f64();
-        let record = RoundResult { round, learners, global: unpublished(&global, evaluation), timings, published_at: unix_now() };
+        let record = RoundResult {
+            round,
+            learners,
+            global: unpublished(&global, evaluation),
+            group_accuracy: Vec::new(),
+            timings,
+            published_at: unix_now(),
+        };
         println!("{}", row(&record, &node_ids));
         eprintln!("round {round}: {} bytes of {} updates", update_bytes, config.update_encoding);
         results.push(record);
@@ -329,6 +352,7 @@ fn unpublished(model: &ModelFile, evaluation: Evaluation) -> Published {
         samples: model.n_samples,
         tx: None,
         gas: None,
+        reported: None,
     }
 }
 
@@ -345,7 +369,8 @@ mod tests {
             data.display()
         );
         let config = SimulateConfig {
-            data,
+            spec: ModelSpec::paper_cnn(),
+            data: DataFlags { path: Some(data), ..DataFlags::default() },
             learners: 2,
             rounds: 2,
             local_epochs: 1,

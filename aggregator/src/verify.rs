@@ -14,6 +14,10 @@
 //! be the previous global model or its encoded copy's decoding, and each input's encoding is
 //! checked against the record's `encodings`; a recorded encoded copy of the global model
 //! (`global_encoded`) is derived again from the model and its digest and CID compared.
+//! What each input's file reports (its board's own accuracy, loss and example count, record
+//! version 4's `reported`) is read from the files and compared with the record: the
+//! figures are not checked for truth (no one but the board has its test set), only that the
+//! record says what the files say.
 //! An asynchronous round (record version 3) takes each input's update of the round the
 //! record names, mined in the round's block range (after the previous global model's
 //! `closed_at_block`); it checks every update mined in that range is an input or left out,
@@ -28,9 +32,11 @@ use std::ffi::OsString;
 use anyhow::{bail, Context, Result};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing, CHAIN_HELP, IPFS_HELP};
 use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Mode, Registry};
-use fl_core::encoding::{Bases, Decoded, Encoding};
+use fl_core::encoding::{Bases, Decoded, Encoding, Report};
+use fl_core::ensemble::FederationModel;
 use fl_core::flags::number;
 use fl_core::rules::{Aggregation, Recipe, Rule};
+use fl_core::spec::MAX_SPEC_BYTES;
 use fl_core::staleness;
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
 use lexopt::prelude::*;
@@ -112,6 +118,23 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     }
     println!("round {round}: verified");
     Ok(())
+}
+
+/// Compares the record's `reported` with what the inputs' files report (`from_files`, by
+/// node id): every difference is a problem.
+fn check_reported(record: &RoundRecord, from_files: &BTreeMap<u64, Report>, problems: &mut Vec<String>) {
+    let figures = |r: &Report| format!("accuracy {}, loss {} on {} examples", r.accuracy, r.loss, r.examples);
+    let ids: std::collections::BTreeSet<u64> = record.reported.keys().chain(from_files.keys()).copied().collect();
+    for id in ids {
+        let (recorded, file) = (record.reported.get(&id), from_files.get(&id));
+        if recorded != file {
+            problems.push(format!(
+                "the record says learner {id} reported {}, its file {}",
+                recorded.map_or("nothing".into(), figures),
+                file.map_or("carries no report".into(), |r| format!("says {}", figures(r)))
+            ));
+        }
+    }
 }
 
 /// The encoded copy of the global model that the record names, derived again from `global`:
@@ -208,6 +231,8 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         None => registry.deployed_at()?,
     };
     let ipfs = endpoints.ipfs();
+    // Every model of the federation follows the spec fixed in the registry.
+    let model = FederationModel::resolve(registry.model_spec()?, |digest| Ok(ipfs.fetch_by_sha256(digest, MAX_SPEC_BYTES as u64)?))?;
     let latest = client.confirmed_head()?;
     // The record says what else to read: an asynchronous round's block range and rounds.
     // Its range ends at the record's closed_at_block: later updates belong to later rounds.
@@ -256,7 +281,7 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     let mut problems = Vec::new();
     if round == 0 {
         let seed = record.as_ref().and_then(|r| r.seed).context("round 0 has no recorded seed to recompute the initial model from")?;
-        let initial = ModelFile::initial(seed)?;
+        let initial = model.initial_model(seed);
         let recomputed = sha256(&initial.to_bytes());
         if recomputed != global.digest {
             problems.push(format!("the initial model is not the one seed {seed} gives"));
@@ -355,7 +380,40 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         bases.insert(base_round + 1, Bases::of(&model)?);
     }
     let previous = bases[&round].global();
-    let mut aggregation = Aggregation::new(&recipe, recipe.clip_norm.map(|_| previous))?;
+    // Model groups: the record says which inputs each group combined; each must be its
+    // learner's group on the registry (fixed before the learner's first update).
+    let groups = model.groups();
+    let mut group_of = BTreeMap::new();
+    if groups > 1 {
+        let listed = record.as_ref().map(|r| r.groups.clone()).unwrap_or_default();
+        if listed.len() != groups {
+            problems.push(format!("the record lists {} model groups' inputs, the federation has {groups} groups", listed.len()));
+        }
+        for (g, ids) in listed.iter().enumerate() {
+            for id in ids {
+                let registered = registry.learner_group(*id)? as usize;
+                if registered != g {
+                    problems.push(format!(
+                        "the record puts learner {id} in model group {}, the registry in group {}",
+                        g + 1,
+                        registered + 1
+                    ));
+                }
+                group_of.insert(*id, g);
+            }
+        }
+        let mut all: Vec<u64> = group_of.keys().copied().collect();
+        all.sort_unstable();
+        let mut inputs_listed = global.node_ids.clone();
+        inputs_listed.sort_unstable();
+        if all != inputs_listed || listed.iter().map(Vec::len).sum::<usize>() != global.node_ids.len() {
+            problems.push(format!("the record's groups {listed:?} are not a partition of the inputs {:?}", global.node_ids));
+        }
+    }
+    let group = |node_id: u64| group_of.get(&node_id).copied().unwrap_or(0);
+    let mut aggregations =
+        (0..groups).map(|_| Aggregation::new(&recipe, recipe.clip_norm.map(|_| previous))).collect::<Result<Vec<_>>>()?;
+    let mut with_inputs = vec![false; groups];
     // Fetched by a few threads, added in node-id order: the same bytes as one at a time.
     let what = |update: &LocalUpdate| format!("learner {}'s round-{} model", update.node_id, update.round);
     let is_async = asynchronous.is_some();
@@ -373,24 +431,43 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         Ok(decoded)
     };
     let mut encodings = Vec::new();
+    let mut reported = BTreeMap::new();
     fetch_in_order(&inputs, FETCH_WORKERS, 2 * FETCH_WORKERS, fetch_update, |index, decoded| {
         let decoded = decoded?;
+        reported.extend(decoded.report.map(|r| (inputs[index].node_id, r)));
         encodings.push((inputs[index].node_id, decoded.encoding));
-        aggregation.add(inputs[index].node_id, &decoded.model, &what(&inputs[index]))
+        let g = group(inputs[index].node_id);
+        with_inputs[g] = true;
+        aggregations[g].add(inputs[index].node_id, &decoded.model, &what(&inputs[index]))
     })?;
-    let outcome = aggregation.finish()?;
-    let mut recomputed = outcome.model;
-    recomputed.round = round;
+    let (mut members, mut selected, mut clipped, mut n_samples) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for (g, aggregation) in aggregations.into_iter().enumerate() {
+        if !with_inputs[g] {
+            members.push(model.member(previous, g)?);
+            continue;
+        }
+        let outcome = aggregation.finish()?;
+        selected.extend(outcome.selected);
+        clipped.extend(outcome.clipped);
+        n_samples += outcome.model.n_samples;
+        members.push(model.member(&outcome.model, g)?);
+    }
+    selected.sort_unstable();
+    clipped.sort_unstable();
+    let recomputed = model.assemble(&members, round, n_samples);
     let recomputed_digest = sha256(&recomputed.to_bytes());
+    if let Err(err) = model.check_model(&recomputed) {
+        problems.push(format!("the inputs do not follow the federation's model {model}: {err:#}"));
+    }
     if recomputed_digest != global.digest {
         problems.push(format!("the published model is not what {recipe_text} gives from the listed inputs"));
     }
     if let Some(record) = &record {
-        if record.selected != outcome.selected {
-            problems.push(format!("the record says the rule selected {:?}, it selects {:?}", record.selected, outcome.selected));
+        if record.selected != selected {
+            problems.push(format!("the record says the rule selected {:?}, it selects {:?}", record.selected, selected));
         }
-        if record.clipped != outcome.clipped {
-            problems.push(format!("the record says {:?} were clipped, clipping changes {:?}", record.clipped, outcome.clipped));
+        if record.clipped != clipped {
+            problems.push(format!("the record says {:?} were clipped, clipping changes {:?}", record.clipped, clipped));
         }
         // An input the record names no encoding for (every input before version 2) is f32.
         for (node_id, encoding) in &encodings {
@@ -404,6 +481,7 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
             problems.push(format!("the record names an encoding for learner {stray}, which is not an input"));
         }
         check_encoded_global(record, &recomputed, &mut problems)?;
+        check_reported(record, &reported, &mut problems);
     }
     Ok(Verdict {
         round,
@@ -413,4 +491,28 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         node_ids: global.node_ids,
         problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_figures_must_be_what_the_files_say() {
+        let report = Report { accuracy: 0.97, loss: 0.1, examples: 500 };
+        let mut record = RoundRecord::default();
+        record.reported.insert(1, report);
+        let mut problems = Vec::new();
+        check_reported(&record, &BTreeMap::from([(1, report)]), &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let files = BTreeMap::from([(1, Report { accuracy: 0.5, ..report }), (2, report)]);
+        check_reported(&record, &files, &mut problems);
+        assert_eq!(
+            problems,
+            [
+                "the record says learner 1 reported accuracy 0.97, loss 0.1 on 500 examples, its file says accuracy 0.5, loss 0.1 on 500 examples",
+                "the record says learner 2 reported nothing, its file says accuracy 0.97, loss 0.1 on 500 examples",
+            ]
+        );
+    }
 }

@@ -6,12 +6,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use fl_contracts::endpoints::{EndpointSettings, Endpoints, Missing};
 use fl_contracts::Address;
 use fl_core::data::Split;
 use fl_core::encoding::Encoding;
-use fl_core::flags::{number, positive};
+use fl_core::flags::{number, positive, DataFlags};
 use lexopt::prelude::*;
 use serde::Deserialize;
 
@@ -31,7 +31,14 @@ pub(super) const FLAGS: &str = "  --config FILE        agent.toml (see cross/pkg
   --password-file FILE keystore password file (ETH_PASSWORD wins over it)
   --chain-id N         refuse to run unless the node is on this chain (overrides chain_id)
   --ipfs-api URL       IPFS RPC API (overrides ipfs_api, FL_IPFS_API)
-  --data DIR           the learner's data folder (overrides data_dir, FL_DATA_DIR)
+  --data PATH          the learner's data (overrides data_dir, FL_DATA_DIR): the MNIST or
+                       IDX folder, the CSV file or the root of the class folders of images
+  --data-format F      mnist (default), idx, csv or images (overrides data_format)
+  --test-data PATH     the test set in the same format (overrides test_data)
+  --test-fraction X    or hold out this share of the data for testing (overrides
+                       test_fraction)
+  --label-column C     csv: the label column, by name or 1-based number (overrides
+                       label_column; default: the one named `label`, else the last)
   --state-dir DIR      where progress is kept (overrides state_dir, FL_STATE_DIR)
   --local-epochs N     epochs per round (overrides local_epochs)
   --batch-size N       examples per step (overrides batch_size)
@@ -81,6 +88,10 @@ struct FileConfig {
     password_file: Option<PathBuf>,
     ipfs_api: Option<String>,
     data_dir: Option<PathBuf>,
+    data_format: Option<String>,
+    test_data: Option<PathBuf>,
+    test_fraction: Option<f64>,
+    label_column: Option<String>,
     state_dir: Option<PathBuf>,
     local_epochs: Option<usize>,
     batch_size: Option<usize>,
@@ -107,8 +118,10 @@ pub struct LearnerConfig {
     pub endpoints: Endpoints,
     /// Registry contract address.
     pub registry: Address,
-    /// Folder with the learner's data (MNIST IDX files).
-    pub data_dir: PathBuf,
+    /// Where the learner's data is and how to read it (`data_dir`, `data_format`,
+    /// `test_data`, `test_fraction`, `label_column`; the path is checked when the data is
+    /// loaded, once the federation's model spec says what an example is).
+    pub data: DataFlags,
     /// Folder for saved models and the pending transaction.
     pub state_dir: PathBuf,
     /// Local epochs per round.
@@ -170,6 +183,7 @@ impl LearnerConfig {
     pub fn parse_with_help(args: Vec<OsString>, help: &str) -> Result<Option<LearnerConfig>> {
         let mut parser = lexopt::Parser::from_args(args);
         let mut flags = FileConfig::default();
+        let mut flag_data = DataFlags::default();
         let mut flag_endpoints = EndpointSettings::default();
         let mut config_path: Option<PathBuf> = None;
         while let Some(arg) = parser.next()? {
@@ -180,7 +194,10 @@ impl LearnerConfig {
                     let flag = flag.to_string();
                     flag_endpoints.set_flag(&flag, parser.value()?)?;
                 }
-                Long("data") => flags.data_dir = Some(PathBuf::from(parser.value()?)),
+                Long(flag) if DataFlags::handles(flag) => {
+                    let flag = flag.to_string();
+                    flag_data.set(&flag, &mut parser)?;
+                }
                 Long("state-dir") => flags.state_dir = Some(PathBuf::from(parser.value()?)),
                 Long("local-epochs") => flags.local_epochs = Some(positive(number(&mut parser, "--local-epochs")?, "--local-epochs")?),
                 Long("batch-size") => flags.batch_size = Some(positive(number(&mut parser, "--batch-size")?, "--batch-size")?),
@@ -219,11 +236,19 @@ impl LearnerConfig {
         let endpoints = flag_endpoints.or(EndpointSettings::from_env()?).or(file_endpoints).finish(Missing::Fail, &where_)?;
         let registry =
             endpoints.registry.with_context(|| format!("no registry address: set registry{where_}, FL_REGISTRY or --registry"))?;
-        let data_dir = flags
-            .data_dir
-            .or(env_path("FL_DATA_DIR"))
-            .or(file.data_dir)
-            .with_context(|| format!("no data folder: set data_dir{where_}, FL_DATA_DIR or --data"))?;
+        let env_data = DataFlags { path: env_path("FL_DATA_DIR"), ..DataFlags::default() };
+        let file_data = DataFlags {
+            path: file.data_dir,
+            format: file.data_format,
+            test: file.test_data,
+            test_fraction: file.test_fraction,
+            label_column: file.label_column,
+        };
+        let data = flag_data.or(env_data).or(file_data);
+        ensure!(data.path.is_some(), "no data: set data_dir{where_}, FL_DATA_DIR or --data");
+        // A mistyped format is reported now, not once the chain is reached.
+        let format = data.format.as_deref().unwrap_or("mnist");
+        format.parse::<fl_core::data::DataFormat>().with_context(|| format!("data_format{where_}"))?;
         let state_dir = flags
             .state_dir
             .or(env_path("FL_STATE_DIR"))
@@ -257,7 +282,7 @@ impl LearnerConfig {
             node_id,
             endpoints,
             registry,
-            data_dir,
+            data,
             state_dir,
             local_epochs,
             batch_size,
@@ -308,7 +333,7 @@ seed = 9
         assert_eq!(config.node_id, 4);
         assert_eq!(config.local_epochs, 2);
         assert_eq!(config.batch_size, 32);
-        assert_eq!(config.data_dir, PathBuf::from("/data"));
+        assert_eq!(config.data.path, Some(PathBuf::from("/data")));
         assert_eq!(config.update_encoding, Encoding::Int8, "the default");
         let f16 = LearnerConfig::parse(args(&["--config", path.to_str().unwrap(), "--update-encoding", "f16"])).unwrap().unwrap();
         assert_eq!(f16.update_encoding, Encoding::F16);

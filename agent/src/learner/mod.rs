@@ -23,6 +23,9 @@
 //! When the round record of the global model names an encoded copy (the aggregator's
 //! `--global-encoding`), the learner downloads that instead and starts from its decoding;
 //! it needs no setting for it, and falls back to the f32 model if the copy is unavailable.
+//! The update file also carries the learner's accuracy, loss and example count of the model
+//! it sends on its own test set (format 2's `report`; not in a version-1 f32 update), which
+//! the aggregator records and shows when it has no test set of its own.
 //!
 //! In an asynchronous federation (the registry's mode, so no setting here) the loop is the
 //! same: the learner trains on the latest global model and sends the update for the round
@@ -44,10 +47,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fl_contracts::{is_transient, Address, GlobalUpdate, Registry, H256};
-use fl_core::data::{Dataset, Mnist, Split};
+use fl_core::data::{load_source, Dataset, Split};
 use fl_core::encoding;
+use fl_core::ensemble::FederationModel;
 use fl_core::record::{EncodedGlobal, RoundRecord};
 use fl_core::rounds;
+use fl_core::spec::{ModelSpec, MAX_SPEC_BYTES};
 use fl_core::train;
 use fl_core::weights::{digest_from_hex, hex, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
@@ -60,11 +65,36 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     run(&config)
 }
 
-/// The learner's training and test data, after sharding.
-pub fn load_data(config: &LearnerConfig) -> Result<(Dataset, Dataset)> {
-    let mnist = Mnist::load(&config.data_dir)?;
-    let train_set = mnist.train.take(config.train_limit.unwrap_or(usize::MAX));
-    let test_set = mnist.test.take(config.test_limit.unwrap_or(usize::MAX));
+/// The federation's model, this learner's model group and spec, and its data, checked to
+/// fit the spec.
+pub struct LocalData {
+    /// What every model of the federation follows (read from the registry).
+    pub model: FederationModel,
+    /// This learner's model group (0-based; 0 with one model).
+    pub group: usize,
+    /// The spec this learner trains: its group's.
+    pub spec: ModelSpec,
+    /// The learner's training set, after sharding.
+    pub train: Dataset,
+    /// The learner's test set.
+    pub test: Dataset,
+}
+
+/// The learner's training and test data for model group `group` of `model`, after
+/// sharding; a clear error if the data does not fit the group's spec (shape, class count).
+pub fn load_data(config: &LearnerConfig, model: &FederationModel, group: usize) -> Result<LocalData> {
+    let spec = model.group_spec(group)?;
+    let source = config.data.source(spec.input, config.seed, "set data_dir, FL_DATA_DIR or --data")?;
+    let (train_set, test_set) = load_source(&source)?;
+    let origin = source.to_string();
+    train_set
+        .check_fits(spec.input, spec.classes, &origin)
+        .with_context(|| format!("learner {}: this board's data does not fit the federation's model {spec}", config.node_id))?;
+    test_set
+        .check_fits(spec.input, spec.classes, &origin)
+        .with_context(|| format!("learner {}: this board's test data does not fit the federation's model {spec}", config.node_id))?;
+    let train_set = train_set.take(config.train_limit.unwrap_or(usize::MAX));
+    let test_set = test_set.take(config.test_limit.unwrap_or(usize::MAX));
     let train_set = match &config.shard {
         None => train_set,
         Some(shard) => {
@@ -76,9 +106,9 @@ pub fn load_data(config: &LearnerConfig) -> Result<(Dataset, Dataset)> {
         }
     };
     if train_set.is_empty() {
-        bail!("learner {}: no training data in {}", config.node_id, config.data_dir.display());
+        bail!("learner {}: no training data in {origin}", config.node_id);
     }
-    Ok((train_set, test_set))
+    Ok(LocalData { model: model.clone(), group, spec: spec.clone(), train: train_set, test: test_set })
 }
 
 fn log(message: &str) {
@@ -98,7 +128,6 @@ pub fn state_folder_name(chain_id: u64, registry: Address) -> String {
 
 /// Runs the learner until global round `config.rounds` is published (or forever).
 pub fn run(config: &LearnerConfig) -> Result<()> {
-    let (train_set, test_set) = load_data(config)?;
     let client = config.endpoints.signing_client()?;
     let state = StateDir::open(&config.state_dir.join(state_folder_name(client.chain_id(), config.registry)))?;
     state.update_status(|s| {
@@ -106,7 +135,7 @@ pub fn run(config: &LearnerConfig) -> Result<()> {
         s.started_at = state::now();
         s.set_activity("starting");
     });
-    let result = run_with_state(config, &client, &state, &train_set, &test_set);
+    let result = federation_data(config, &client).and_then(|data| run_with_state(config, &client, &state, &data));
     if let Err(err) = &result {
         state.update_status(|s| {
             s.set_activity("stopped by the error below");
@@ -116,32 +145,45 @@ pub fn run(config: &LearnerConfig) -> Result<()> {
     result
 }
 
-/// [`run`] once the data, the key and the state folder are there.
-fn run_with_state(
-    config: &LearnerConfig,
-    client: &fl_contracts::Client,
-    state: &StateDir,
-    train_set: &Dataset,
-    test_set: &Dataset,
-) -> Result<()> {
+/// The federation's model spec, read from the registry (and IPFS), and this board's data,
+/// checked to fit it.
+fn federation_data(config: &LearnerConfig, client: &fl_contracts::Client) -> Result<LocalData> {
+    let registry = Registry::at(client, config.registry);
+    registry.require_current_version()?;
+    let ipfs = config.endpoints.ipfs_logging_retries(log);
+    let model = FederationModel::resolve(registry.model_spec()?, |digest| Ok(ipfs.fetch_by_sha256(digest, MAX_SPEC_BYTES as u64)?))?;
+    let group = match model.groups() {
+        1 => 0,
+        _ => registry.learner_group(config.node_id)? as usize,
+    };
+    match &model {
+        FederationModel::Single(spec) => log(&format!("the federation trains {spec}")),
+        FederationModel::Groups(_) => {
+            log(&format!("the federation trains {model}; this learner trains group {}: {}", group + 1, model.group_spec(group)?))
+        }
+    }
+    load_data(config, &model, group)
+}
+
+/// [`run`] once the model spec, the data, the key and the state folder are there.
+fn run_with_state(config: &LearnerConfig, client: &fl_contracts::Client, state: &StateDir, data: &LocalData) -> Result<()> {
     let registry = Registry::at(client, config.registry);
     let ipfs = config.endpoints.ipfs_logging_retries(log);
     log(&format!(
-        "learner {} ({:?}) on chain {} registry {:?} ({} confirmations), IPFS {}, {} training / {} test images",
+        "learner {} ({:?}) on chain {} registry {:?} ({} confirmations), IPFS {}, {} training / {} test examples",
         config.node_id,
         client.address(),
         client.chain_id(),
         config.registry,
         config.endpoints.confirmations,
         config.endpoints.ipfs_api,
-        train_set.len(),
-        test_set.len()
+        data.train.len(),
+        data.test.len()
     ));
     match config.keep_rounds {
         0 => log("keep_rounds 0: every upload stays pinned on the IPFS node"),
         n => log(&format!("keeping the latest {n} uploads pinned; older ones are unpinned and collected")),
     }
-    registry.require_current_version()?;
     let mode = registry.mode()?;
     log(&format!("the federation runs {mode}"));
     wait_until_registered(&registry, config)?;
@@ -154,7 +196,7 @@ fn run_with_state(
     // ends the run with its cause.
     let mut retry = Backoff::new(FIRST_PAUSE, Duration::from_secs(60));
     loop {
-        match step(config, &registry, mode.max_staleness(), &ipfs, state, &mut cursor, train_set, test_set) {
+        match step(config, &registry, mode.max_staleness(), &ipfs, state, &mut cursor, data) {
             Ok(Flow::Done) => return Ok(()),
             Ok(Flow::Continue) => retry.reset(),
             Err(err) if is_transient(&err) => {
@@ -182,8 +224,7 @@ fn step(
     ipfs: &fl_ipfs::Client,
     state: &StateDir,
     cursor: &mut u64,
-    train_set: &Dataset,
-    test_set: &Dataset,
+    data: &LocalData,
 ) -> Result<Flow> {
     let round = registry.current_round()?;
     if round == 0 {
@@ -221,7 +262,7 @@ fn step(
             return Ok(Flow::Continue);
         }
     };
-    submit_round(config, registry, max_staleness, ipfs, state, &global, me.max_samples, train_set, test_set)?;
+    submit_round(config, registry, max_staleness, ipfs, state, &global, me.max_samples, data)?;
     release_old_uploads(config, ipfs, state, round);
     state.prune(round);
     Ok(Flow::Continue)
@@ -238,8 +279,7 @@ fn submit_round(
     state: &StateDir,
     global: &GlobalUpdate,
     max_samples: u64,
-    train_set: &Dataset,
-    test_set: &Dataset,
+    data: &LocalData,
 ) -> Result<()> {
     let round = global.round + 1;
     // The model this round starts from; fetched again after a restart too, since the update
@@ -263,8 +303,12 @@ fn submit_round(
                 format!("learner {} round {round}", config.node_id),
             );
             let started = Instant::now();
-            let mut model = train::train(&start, train_set, None, &train_config, &mut |_| {})?.model;
-            model.round = round;
+            // A learner of a model group trains its group's part of the ensemble and sends
+            // the whole, the other groups' parts unchanged.
+            let mine = data.model.member(&start, data.group)?;
+            let mut trained = train::train(&data.spec, &mine, &data.train, None, &train_config, &mut |_| {})?.model;
+            trained.round = round;
+            let model = data.model.embed(&start, data.group, &trained)?;
             let took = started.elapsed();
             log(&format!("round {round}: trained {} epoch(s) in {:.1}s", config.local_epochs, took.as_secs_f64()));
             if config.slowdown > 1.0 {
@@ -289,7 +333,18 @@ fn submit_round(
     let bytes = encoding::encode(&model, Some(&start), config.update_encoding)?;
     // What the aggregator will decode: the model this learner's accuracy is reported for.
     let sent = encoding::decode(&bytes, Some(&start))?.model;
-    let evaluation = train::evaluate(&sent, test_set)?;
+    let evaluation = data.model.evaluate_group(&sent, data.group, &data.test)?;
+    // The figures travel in the file (recorded by the aggregator, never trusted); a
+    // version-1 file (an f32 update of the built-in model) has no room for them, and
+    // figures out of range (a diverged model's loss) are left out rather than sent.
+    let report = encoding::Report { accuracy: evaluation.accuracy as f32, loss: evaluation.loss as f32, examples: evaluation.n as u64 };
+    let bytes = match encoding::with_report(&bytes, &report) {
+        Ok(with) => with.unwrap_or(bytes),
+        Err(err) => {
+            log(&format!("round {round}: sending the update without its test figures: {err:#}"));
+            bytes
+        }
+    };
     state.update_status(|s| {
         s.trained = Some(Trained {
             round,
