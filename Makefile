@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test demo paper bench bench-rules bench-vs-keras bench-fleet bench-async bench-compression cross package bench-cross check-fresh clean
+.PHONY: all setup build test demo paper bench bench-generic bench-rules bench-vs-keras bench-fleet bench-async bench-ensemble bench-compression cross package bench-cross check-fresh clean
 
 all: build
 
@@ -33,6 +33,10 @@ paper: setup
 bench: setup
 	bash agent/core/bench/bench.sh
 
+## The paper's CNN through the generic (model spec) network against the specialised one it replaced, same run.
+bench-generic: setup
+	bash agent/core/bench/generic.sh
+
 ## Time, peak memory and disk of each aggregation rule (fedavg, median, trimmed mean, krum, multi-krum) for 10-100 updates.
 bench-rules:
 	bash agent/core/bench/rules.sh $(ARGS)
@@ -46,6 +50,10 @@ bench-fleet: setup
 ## Time to 97% global accuracy, 10 learners with a third 4x slower: synchronous rounds against asynchronous ones (K = 5, S = 4).
 bench-async: setup
 	bash tests/devnet/bench-async.sh
+
+## Heterogeneous models: the paper's CNN and a small dense network as two model groups, each alone against their ensemble.
+bench-ensemble: setup
+	bash tests/devnet/bench-ensemble.sh
 
 ## Compressed updates: bytes, encode/decode time and IPFS transfer (loopback and a 1 MB/s link) per encoding, and the paper's 5x5 accuracy per encoding over 3 seeds (long: about 2 hours).
 bench-compression: setup

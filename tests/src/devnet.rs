@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use fl_aggregator::operator::publish_model;
 use fl_contracts::{Address, Client, Mode, Registry, Rpc};
+use fl_core::ensemble::FederationModel;
 
 use crate::anvil::{Anvil, AnvilOptions};
 use crate::ipfs_node::{new_swarm_key, IpfsNode};
@@ -55,12 +57,21 @@ impl Devnet {
     }
 
     /// [`Devnet::start_fleet`] with a registry whose rounds close as `mode` says.
-    pub fn start_fleet_in(
+    pub fn start_fleet_in(n_learners: usize, learner_nodes: usize, dir: &Path, anvil_options: AnvilOptions, mode: Mode) -> Result<Devnet> {
+        Devnet::start_federation(n_learners, learner_nodes, dir, anvil_options, mode, None)
+    }
+
+    /// [`Devnet::start_fleet_in`] for a federation that trains `model` (`None`: the built-in
+    /// paper CNN): its spec (or its groups' specs and list) is added to the aggregator's IPFS
+    /// node and its digest fixed in the registry, as `fl-aggregator deploy --model` does.
+    /// With model groups, learner `i` trains group `(i - 1) % groups`.
+    pub fn start_federation(
         n_learners: usize,
         learner_nodes: usize,
         dir: &Path,
         mut anvil_options: AnvilOptions,
         mode: Mode,
+        model: Option<&FederationModel>,
     ) -> Result<Devnet> {
         if n_learners == 0 {
             bail!("a federation needs at least one learner");
@@ -98,9 +109,17 @@ impl Devnet {
         // anvil mines each transaction milliseconds after taking it: a fleet registers fast.
         let client =
             Client::new(Rpc::new(anvil.url())?, anvil.signer(0)?, Some(anvil.chain_id()))?.with_poll_interval(Duration::from_millis(10));
-        let (registry, _) = Registry::deploy_with_mode(&client, MAX_SAMPLES, mode)?;
+        let (digest, groups) = match model {
+            Some(model) => (publish_model(model, &ipfs[0].client())?, model.groups() as u64),
+            None => (None, 1),
+        };
+        let (registry, _) = Registry::deploy_federation(&client, MAX_SAMPLES, mode, digest, groups)?;
         for node_id in 1..=n_learners {
             registry.add_learner(node_id as u64, anvil.address(node_id), None)?;
+            let group = (node_id as u64 - 1) % groups;
+            if group > 0 {
+                registry.set_learner_group(node_id as u64, group)?;
+            }
         }
         let address = registry.address();
         Ok(Devnet { n_learners, anvil, ipfs, registry: address, dir: dir.to_path_buf() })

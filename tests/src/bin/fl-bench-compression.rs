@@ -79,7 +79,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
     let mnist = Mnist::load(&data)?;
     let base = ModelFile::initial(1)?;
     let config = rounds::local_train_config(1, 1, 1, 1, 32, "update".into());
-    let mut update = train(&base, &mnist.train.take(images), None, &config, &mut |_| {})?.model;
+    let mut update = train(&fl_core::spec::ModelSpec::paper_cnn(), &base, &mnist.train.take(images), None, &config, &mut |_| {})?.model;
     update.round = 1;
     let test = mnist.test.take(2000);
     eprintln!("starting two peered IPFS nodes");
@@ -107,7 +107,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
         let encode_s = time(repeat, || encoding::encode(&update, Some(&base), encoding))?;
         let decode_s = time(repeat, || encoding::decode(&bytes, Some(&base)))?;
         let decoded = encoding::decode(&bytes, Some(&base))?.model;
-        let accuracy = evaluate(&decoded, &test)?.accuracy;
+        let accuracy = evaluate(&fl_core::spec::ModelSpec::paper_cnn(), &decoded, &test)?.accuracy;
         // Each transfer sends different bytes (the round field differs), so no block is
         // shared with an earlier one; the receiver also collects its repository each time.
         let mut salt = 1_000 + 1_000 * encoding as u64;

@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use fl_aggregator::report::Results;
 use fl_contracts::Mode;
 use fl_core::encoding::Encoding;
+use fl_core::ensemble::{Ensemble, FederationModel};
 use fl_core::flags::number;
+use fl_core::spec::ModelSpec;
 use fl_tests::devnet::{Devnet, Running};
 use lexopt::prelude::*;
 
@@ -22,7 +24,7 @@ usage: fl-demo [--learners N] [--ipfs-nodes K] [--rounds R] [--local-epochs L]
                [--train-limit N] [--test-limit N] [--fetch-workers N] [--no-local-eval]
                [--update-encoding f32|f16|int8] [--global-encoding f32|f16|int8]
                [--mode sync|async] [--buffer K] [--max-staleness S]
-               [--slow N] [--slowdown F] [--data DIR] [--out DIR] [--bin-dir DIR]
+               [--slow N] [--slowdown F] [--model FILE]... [--data DIR] [--out DIR] [--bin-dir DIR]
 
 runs the federation on this machine: anvil, IPFS nodes in a private network, the
 aggregator and N learners as separate processes
@@ -45,6 +47,10 @@ aggregator and N learners as separate processes
                      --max-staleness S rounds old, default 4), set on the registry
   --slow N           throttle the last N learners: each waits, after training, --slowdown
                      F - 1 times its training time (default F = 4: boards 4x slower)
+  --model FILE       the model spec the federation trains (default: the paper's CNN);
+                     given N times, model groups whose global model is their ensemble,
+                     learner i training group 1 + (i - 1) mod N (MNIST-shaped specs: 28x28x1
+                     images, 10 classes)
   --data DIR         MNIST folder (default data/mnist)
   --out DIR          results, logs and configs (default demo-out; what an earlier run
                      wrote there is replaced, anything else is left alone)
@@ -102,11 +108,13 @@ struct DemoConfig {
     data: PathBuf,
     out: PathBuf,
     bin_dir: PathBuf,
+    model: Option<FederationModel>,
 }
 
 fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
     let mut parser = lexopt::Parser::from_args(args);
     let exe = std::env::current_exe().context("locating fl-demo")?;
+    let mut specs = Vec::new();
     let mut config = DemoConfig {
         learners: 2,
         ipfs_nodes: None,
@@ -124,6 +132,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
         data: PathBuf::from("data/mnist"),
         out: PathBuf::from("demo-out"),
         bin_dir: exe.parent().context("fl-demo has no folder")?.to_path_buf(),
+        model: None,
     };
     let (mut mode, mut buffer, mut max_staleness) = (None, None, None);
     while let Some(arg) = parser.next()? {
@@ -144,6 +153,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
             Long("update-encoding") => config.update_encoding = Some(number(&mut parser, "--update-encoding")?),
             Long("global-encoding") => config.global_encoding = Some(number(&mut parser, "--global-encoding")?),
             Long("data") => config.data = PathBuf::from(parser.value()?),
+            Long("model") => specs.push(ModelSpec::load(&PathBuf::from(parser.value()?))?),
             Long("out") => config.out = PathBuf::from(parser.value()?),
             Long("bin-dir") => config.bin_dir = PathBuf::from(parser.value()?),
             Short('h') | Long("help") => {
@@ -172,6 +182,11 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
     if config.rounds == 0 || config.local_epochs == 0 {
         bail!("--rounds and --local-epochs must be at least 1");
     }
+    config.model = match specs.len() {
+        0 => None,
+        1 => specs.pop().map(FederationModel::Single),
+        _ => Some(FederationModel::Groups(Ensemble::new(specs).context("--model given more than once: model groups")?)),
+    };
     Ok(Some(config))
 }
 
@@ -204,7 +219,10 @@ fn run(config: &DemoConfig) -> Result<()> {
         ipfs_nodes + 1,
         config.learners
     );
-    let devnet = Devnet::start_fleet_in(config.learners, ipfs_nodes, &out, Default::default(), config.mode)?;
+    let devnet = Devnet::start_federation(config.learners, ipfs_nodes, &out, Default::default(), config.mode, config.model.as_ref())?;
+    if let Some(model) = &config.model {
+        eprintln!("fl-demo: the federation trains {model}");
+    }
     eprintln!(
         "fl-demo: chain {} at {}, registry {:?} ({}), {} learners registered",
         devnet.anvil.chain_id(),

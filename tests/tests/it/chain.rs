@@ -279,8 +279,42 @@ fn wrong_rounds_and_bad_inputs_are_rejected_with_decoded_custom_errors(anvil: &A
     let err = Registry::deploy(&owner, 0).unwrap_err().to_string();
     assert!(err.contains("a federation-wide sample cap of 0"), "{err}");
     let (registry, _) = Registry::deploy(&owner, MAX_SAMPLES)?;
-    assert_eq!(registry.version()?, 3);
-    assert_eq!(registry.mode()?, Mode::Sync);
+    assert_eq!(registry.version()?, 4);
+    assert_eq!((registry.mode()?, registry.model_spec()?), (Mode::Sync, None));
+    // The model spec is fixed at deployment: its digest reads back, a zero one is the
+    // built-in model, and a version-3 registry (no spec) reads as the built-in model.
+    let (declared, _) = Registry::deploy_federation(&owner, MAX_SAMPLES, Mode::Sync, Some([7; 32]), 1)?;
+    assert_eq!(declared.model_spec()?, Some([7; 32]));
+    let (zero, _) = Registry::deploy_federation(&owner, MAX_SAMPLES, Mode::Sync, Some([0; 32]), 1)?;
+    assert_eq!((zero.model_spec()?, zero.model_groups()?), (None, 1));
+    // Model groups: each learner registered to one, before its first update, and never to
+    // a group the federation does not have; groups need a digest and synchronous rounds.
+    let (grouped, _) = Registry::deploy_federation(&owner, MAX_SAMPLES, Mode::Sync, Some([9; 32]), 2)?;
+    assert_eq!((grouped.model_spec()?, grouped.model_groups()?), (Some([9; 32]), 2));
+    for (spec, mode) in [(None, Mode::Sync), (Some([9; 32]), Mode::Async { buffer: 2, max_staleness: 1 })] {
+        let err = Registry::deploy_federation(&owner, MAX_SAMPLES, mode, spec, 2).unwrap_err().to_string();
+        assert!(err.contains("2 model groups: a federation has 1 model, or 2 to 16 groups"), "{err}");
+    }
+    grouped.add_learner(1, anvil.address(1), None)?;
+    expect_revert(grouped.set_learner_group(2, 1), "UnknownLearner")?;
+    let args = expect_revert(grouped.set_learner_group(1, 2), "InvalidGroup")?;
+    assert_eq!(arg(&args, "modelGroups"), "2");
+    assert_eq!(grouped.learner_group(1)?, 0);
+    grouped.set_learner_group(1, 1)?;
+    assert_eq!(grouped.learner_group(1)?, 1);
+    grouped.set_global_weight(0, &cid("seed", true), [1; 32], [0; 32], &[], &[])?;
+    Registry::at(&learner1, grouped.address()).set_local_weight(1, 1, &cid("g", false), [1; 32], 5)?;
+    expect_revert(grouped.set_learner_group(1, 0), "GroupFixed")?;
+    let groups_set: Vec<Event> = grouped.events(0, owner.rpc().block_number()?)?.into_iter().map(|l| l.event).collect();
+    assert!(groups_set.contains(&Event::LearnerGroupSet { node_id: 1, group: 1 }), "{groups_set:?}");
+    let mut creation = fl_contracts::abi::v3::registry_bytecode().to_vec();
+    creation.extend(fl_contracts::ethers_core::abi::encode(&[
+        fl_contracts::ethers_core::abi::Token::Uint(MAX_SAMPLES.into()),
+        fl_contracts::ethers_core::abi::Token::Uint(0.into()),
+        fl_contracts::ethers_core::abi::Token::Uint(0.into()),
+    ]));
+    let (v3, _) = Registry::deploy_bytecode(&owner, creation.into())?;
+    assert_eq!((v3.version()?, v3.mode()?, v3.model_spec()?), (3, Mode::Sync, None));
     registry.add_learner(1, anvil.address(1), None)?;
     registry.add_learner(2, anvil.address(2), None)?;
     let as_learner1 = Registry::at(&learner1, registry.address());
@@ -605,7 +639,8 @@ fn operator_commands_deploy_add_list_and_status_with_a_keystore() -> Result<()> 
     let status = operator(&envs, &["status"])?;
     assert!(status.contains("round 0\nglobal none\n"), "{status}");
     assert!(status.contains(&format!("owner {:?}", anvil.address(0))), "{status}");
-    assert!(status.contains("version 3, synchronous rounds\n"), "{status}");
+    assert!(status.contains("version 4, synchronous rounds\n"), "{status}");
+    assert!(status.contains("model the built-in fl-mnist-cnn-v1 (paper-mnist-cnn)\n"), "{status}");
     // An asynchronous federation, as the operator deploys it; its mode is on the registry.
     let err =
         operator(&[], &[&["deploy", "--max-samples", "30000", "--mode", "async"][..], &owner_flags].concat()).unwrap_err().to_string();
@@ -666,7 +701,7 @@ fn a_transaction_that_fails_after_mining_is_explained_and_receipt_waits_have_a_d
     let pending = client.send(
         "deploy",
         None,
-        fl_contracts::creation_code(&fl_contracts::abi::registry_bytecode(), MAX_SAMPLES, fl_contracts::Mode::Sync)?,
+        fl_contracts::creation_code(&fl_contracts::abi::registry_bytecode(), MAX_SAMPLES, fl_contracts::Mode::Sync, None, 1)?,
     )?;
     let err = client.wait("deploy", pending).unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
@@ -755,7 +790,7 @@ fn cancun_build() -> Result<Bytes> {
 
 #[test]
 fn a_build_for_a_newer_evm_is_refused_before_any_gas_is_spent_and_never_called_a_revert() -> Result<()> {
-    let cancun = fl_contracts::creation_code(&cancun_build()?, MAX_SAMPLES, fl_contracts::Mode::Sync)?;
+    let cancun = fl_contracts::creation_code(&cancun_build()?, MAX_SAMPLES, fl_contracts::Mode::Sync, None, 1)?;
 
     // London has neither PUSH0 (Shanghai) nor MCOPY (Cancun): deploy names both and the
     // rule set needed, and sends nothing.

@@ -219,7 +219,7 @@ fn packaged_config_template_is_what_the_learner_reads() -> Result<()> {
     let shipped = parse(&template_path, &["--node-id", "7", "--registry", registry])
         .with_context(|| format!("parsing the shipped {}", template_path.display()))?;
     assert_eq!(shipped.node_id, 7);
-    assert_eq!(shipped.data_dir, Path::new("/var/lib/fl-agent/data"));
+    assert_eq!(shipped.data.path.as_deref(), Some(Path::new("/var/lib/fl-agent/data")));
     // The systemd unit's StateDirectory= is /var/lib/fl-agent; the agent must write there.
     assert_eq!(shipped.state_dir, Path::new("/var/lib/fl-agent"));
     assert!(shipped.shard.is_none(), "a real board has no [shard] table");

@@ -13,6 +13,7 @@ use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Mode, Registry}
 use fl_core::data::Mnist;
 use fl_core::encoding::Bases;
 use fl_core::record::RoundRecord;
+use fl_core::spec::ModelSpec;
 use fl_core::train::evaluate;
 use fl_core::weights::{sha256, ModelFile, NamedTensor};
 use fl_tests::devnet::{Devnet, Running};
@@ -70,15 +71,40 @@ impl Federation {
     ) -> Result<Federation> {
         let dir = TempDir::new(label)?;
         let devnet = Devnet::start_fleet_in(n, ipfs_nodes, dir.path(), Default::default(), mode)?;
+        Federation::around(devnet, dir, mnist(), train_per_learner, rounds)
+    }
+
+    /// A federation of `n` learners that trains `model` (learner `i` in group `(i - 1) %
+    /// groups`), each board reading its shard of
+    /// `train_per_learner` examples from `data` (its format given in each learner's extra
+    /// keys; the aggregator's data given with its flags).
+    pub(super) fn start_declared(
+        label: &str,
+        n: usize,
+        model: &fl_core::ensemble::FederationModel,
+        data: PathBuf,
+        train_per_learner: usize,
+    ) -> Result<Federation> {
+        let dir = TempDir::new(label)?;
+        let devnet = Devnet::start_federation(n, n, dir.path(), Default::default(), Mode::Sync, Some(model))?;
+        Federation::around(devnet, dir, data, train_per_learner, ROUNDS)
+    }
+
+    fn around(devnet: Devnet, dir: TempDir, data: PathBuf, train_per_learner: usize, rounds: u64) -> Result<Federation> {
         Ok(Federation {
             devnet,
             agent: workspace_bin("fl-agent")?,
             aggregator: workspace_bin("fl-aggregator")?,
-            data: mnist(),
+            data,
             train_per_learner,
             rounds,
             _dir: dir,
         })
+    }
+
+    /// The folder the federation's files and logs go to.
+    pub(super) fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     fn aggregator(&self, log: &str) -> Result<Running> {
@@ -98,7 +124,14 @@ impl Federation {
         Running::spawn("aggregator", self.devnet.aggregator_command(&self.aggregator, &args), &self.devnet.dir.join(log), false)
     }
 
-    fn learner(&self, node_id: usize, log: &str) -> Result<Running> {
+    /// The aggregator without `--data`: it evaluates nothing and shows what the boards report.
+    pub(super) fn aggregator_without_data(&self, log: &str, extra: &[&str]) -> Result<Running> {
+        let mut args: Vec<String> = vec!["--rounds".into(), self.rounds.to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Running::spawn("aggregator", self.devnet.aggregator_command(&self.aggregator, &args), &self.devnet.dir.join(log), false)
+    }
+
+    pub(super) fn learner(&self, node_id: usize, log: &str) -> Result<Running> {
         self.learner_with(node_id, log, "")
     }
 
@@ -116,7 +149,7 @@ impl Federation {
         Running::spawn(&format!("learner {node_id}"), command, &self.devnet.dir.join(log), false)
     }
 
-    fn learner_command(&self, node_id: usize, extra: &str) -> Result<std::process::Command> {
+    pub(super) fn learner_command(&self, node_id: usize, extra: &str) -> Result<std::process::Command> {
         let train_limit = self.train_per_learner * self.devnet.n_learners;
         let extra = format!("train_limit = {train_limit}\ntest_limit = {TEST_LIMIT}\n{extra}");
         let config = self.devnet.write_agent_config(node_id, &self.data, 1, self.rounds, &extra)?;
@@ -194,7 +227,14 @@ pub(super) fn independent_fedavg(models: &[ModelFile], round: u64) -> ModelFile 
             NamedTensor::from_f32(&t.name, &t.dims(), &mean)
         })
         .collect();
-    ModelFile { format_version: first.format_version, architecture: first.architecture.clone(), round, n_samples: total, tensors }
+    ModelFile {
+        format_version: first.format_version,
+        architecture: first.architecture.clone(),
+        spec: first.spec,
+        round,
+        n_samples: total,
+        tensors,
+    }
 }
 
 /// Checks every published round against the chain and IPFS; returns the global models.
@@ -244,8 +284,8 @@ fn federation_two_rounds_publish_the_fedavg_of_the_recorded_updates() -> Result<
 
     // It learns: the last global model beats the seeded initial one by a wide margin.
     let test_set = Mnist::load_test(&federation.data)?.take(TEST_LIMIT);
-    let initial = evaluate(&published[&0], &test_set)?.accuracy;
-    let last = evaluate(&published[&ROUNDS], &test_set)?.accuracy;
+    let initial = evaluate(&ModelSpec::paper_cnn(), &published[&0], &test_set)?.accuracy;
+    let last = evaluate(&ModelSpec::paper_cnn(), &published[&ROUNDS], &test_set)?.accuracy;
     assert!(last > initial + 0.3, "global accuracy went from {initial} to {last}");
 
     // The records name each input's encoding and the int8 copy of every global model; the
@@ -309,7 +349,10 @@ fn federation_of_twenty_learners_sharing_four_ipfs_nodes() -> Result<()> {
     }
     let published = check_rounds(&federation)?;
     let test_set = Mnist::load_test(&federation.data)?.take(TEST_LIMIT);
-    let (initial, last) = (evaluate(&published[&0], &test_set)?.accuracy, evaluate(&published[&ROUNDS], &test_set)?.accuracy);
+    let (initial, last) = (
+        evaluate(&ModelSpec::paper_cnn(), &published[&0], &test_set)?.accuracy,
+        evaluate(&ModelSpec::paper_cnn(), &published[&ROUNDS], &test_set)?.accuracy,
+    );
     assert!(last > initial + 0.3, "global accuracy went from {initial} to {last}");
     // A fleet this wide gets the summary table: every learner evaluated each round.
     let rows = aggregator.stdout_lines();

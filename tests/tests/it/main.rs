@@ -16,6 +16,10 @@ mod finality;
 mod flaky;
 /// The IPFS client against real js-ipfs nodes on a private network.
 mod ipfs;
+/// Declared models and boards' own data: a dense network on CSV data, refusal of data that does not fit.
+mod models;
+/// Boards' own test figures: an aggregator without an evaluation set records and shows what they report.
+mod reported;
 /// A board's IPFS repository stays bounded: unpinning, garbage collection, MFS keeping, `keep_rounds`, `fl-agent status`.
 mod retention;
 /// Hostile learners and a dishonest aggregator: the robust rules, and what `verify` catches.

@@ -46,7 +46,8 @@ fn cache() -> &'static Mutex<TrainingCache> {
 /// sample cap is the devnet's (MNIST's training set), which a hostile learner claims.
 fn simulation(rule: Rule, hostile: Option<Attack>) -> Result<(f64, ModelFile)> {
     let config = SimulateConfig {
-        data: workspace_root().join("data/mnist"),
+        spec: fl_core::spec::ModelSpec::paper_cnn(),
+        data: fl_core::flags::DataFlags { path: Some(workspace_root().join("data/mnist")), ..Default::default() },
         learners: LEARNERS,
         rounds: 1,
         local_epochs: 1,
@@ -113,7 +114,7 @@ fn robust_gaussian_noise_breaks_fedavg_not_the_robust_rules() -> Result<()> {
 fn recall(model: &ModelFile, class: u8) -> Result<f64> {
     let test = Mnist::load_test(&workspace_root().join("data/mnist"))?.take(TEST_IMAGES);
     let indices: Vec<usize> = test.labels().iter().enumerate().filter(|(_, &l)| l == class).map(|(i, _)| i).collect();
-    Ok(evaluate(model, &test.select(&indices))?.accuracy)
+    Ok(evaluate(&fl_core::spec::ModelSpec::paper_cnn(), model, &test.select(&indices))?.accuracy)
 }
 
 #[test]
@@ -478,15 +479,15 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     assert!(!ok && stdout.iter().any(|l| l.contains("is not what fedavg gives")), "{stdout:?}");
     // The learner and the aggregator refuse to write to it, before doing anything.
     let err = Registry::at(&driver.owner, v1_address).require_current_version().unwrap_err().to_string();
-    assert!(err.contains("is version 1, this program writes to version 3"), "{err}");
-    assert_eq!(Registry::at(&driver.owner, devnet.registry).version()?, 3);
+    assert!(err.contains("is version 1, this program writes to version 4"), "{err}");
+    assert_eq!(Registry::at(&driver.owner, devnet.registry).version()?, 4);
 
     // A version-2 registry (the release before asynchronous rounds): same events, so its
     // rounds verify as version 3's synchronous ones, and it reads as synchronous.
     let mut creation = fl_contracts::abi::v2::registry_bytecode().to_vec();
     creation.extend(fl_contracts::ethers_core::abi::encode(&[Token::Uint(MAX_SAMPLES.into())]));
     let (v2, _) = Registry::deploy_bytecode(&driver.owner, creation.into())?;
-    assert_eq!((v2.version()?, v2.mode()?), (2, fl_contracts::Mode::Sync));
+    assert_eq!((v2.version()?, v2.mode()?, v2.model_spec()?), (2, fl_contracts::Mode::Sync, None));
     for id in 1..=2 {
         v2.add_learner(id, devnet.anvil.address(id as usize), None)?;
     }
@@ -509,7 +510,7 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
         assert!(ok && stdout.iter().any(|l| l == &format!("round {round}: verified")), "version 2, round {round}: {stdout:?}");
     }
     let err = v2.require_current_version().unwrap_err().to_string();
-    assert!(err.contains("is version 2, this program writes to version 3"), "{err}");
+    assert!(err.contains("is version 2, this program writes to version 4"), "{err}");
     Ok(())
 }
 
