@@ -143,7 +143,7 @@ fi
 anvil=$root/tests/devnet/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 [[ -x $anvil ]] || die "anvil not found at $anvil: run \`make setup\`"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$anvil" --host 127.0.0.1 --port "$port" >"$work/anvil.log" 2>&1 &
+"$anvil" --host 127.0.0.1 --port "$port" --cache-path "$work/anvil-cache" >"$work/anvil.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q "Listening on" "$work/anvil.log" && break; sleep 0.1; done
 grep -q "Listening on" "$work/anvil.log" || die "anvil did not start: $(cat "$work/anvil.log")"

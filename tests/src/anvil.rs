@@ -1,8 +1,14 @@
 //! anvil: a real local chain for tests, from the pinned npm package
 //! `@foundry-rs/anvil-linux-amd64` that `make setup` installs. Started on a free loopback
 //! port, killed when the handle is dropped.
+//!
+//! anvil keeps the states of its last 490 blocks or so in memory and writes older ones to
+//! disk, by default under `~/.foundry/anvil/tmp/`, and does not remove them when it is
+//! stopped (SIGTERM or SIGKILL): 3,072 mined blocks left 704 MB there (anvil 1.7.1,
+//! measured 2026-12-04), and a day of test runs (17 GB) filled the disk. Every anvil here gets
+//! `--cache-path` inside its own temporary folder, removed after anvil has exited.
 
-use crate::util::{free_port, wait_for_line, workspace_root, ChildGuard};
+use crate::util::{free_port, wait_for_line, workspace_root, ChildGuard, TempDir};
 use anyhow::{bail, Context, Result};
 use fl_contracts::{Address, Signer};
 use std::path::PathBuf;
@@ -49,7 +55,10 @@ pub struct Anvil {
     /// anvil's public development keys (hex), as it printed them.
     keys: Vec<String>,
     addresses: Vec<Address>,
+    /// Declared before `_cache`: fields drop in order, so anvil has exited before its
+    /// state cache is removed.
     _guard: ChildGuard,
+    _cache: TempDir,
 }
 
 impl Anvil {
@@ -70,9 +79,12 @@ impl Anvil {
         if accounts < 4 {
             bail!("anvil needs at least 4 development accounts for the tests, not {accounts}");
         }
+        let cache = TempDir::new("anvil-cache")?;
         let mut command = Command::new(&path);
         command
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", &chain_id.to_string()])
+            .arg("--cache-path")
+            .arg(cache.path())
             .args(["--accounts", &accounts.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -109,7 +121,7 @@ impl Anvil {
             .map(|k| Signer::from_hex(k).map(|s| s.address()))
             .collect::<std::result::Result<Vec<_>, _>>()
             .context("anvil printed an invalid private key")?;
-        Ok(Anvil { url: format!("http://127.0.0.1:{port}"), chain_id, keys, addresses, _guard: guard })
+        Ok(Anvil { url: format!("http://127.0.0.1:{port}"), chain_id, keys, addresses, _guard: guard, _cache: cache })
     }
 
     /// The JSON-RPC URL.
@@ -167,4 +179,36 @@ fn section(lines: &[String], title: &str) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fl_contracts::Rpc;
+    use std::time::Instant;
+
+    fn files_under(dir: &std::path::Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
+    }
+
+    /// The disk-filling leak this module's header describes: anvil must write the states
+    /// it moves out of memory into the folder we gave it, and that folder must go with it.
+    #[test]
+    fn anvils_state_cache_stays_in_its_own_folder_and_goes_with_it() -> Result<()> {
+        let anvil = Anvil::start_with(AnvilOptions { accounts: Some(4), ..Default::default() })?;
+        let cache = anvil._cache.path().to_path_buf();
+        Rpc::new(anvil.url())?.request::<serde_json::Value>("anvil_mine", serde_json::json!(["0x300"]))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while files_under(&cache) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let persisted = files_under(&cache);
+        assert!(persisted > 0, "anvil persisted no state into {} after mining 768 blocks (it keeps about 490 in memory)", cache.display());
+        drop(anvil);
+        if std::env::var_os("FL_KEEP_TEMP").is_none() {
+            assert!(!cache.exists(), "{} outlived anvil ({persisted} state files)", cache.display());
+        }
+        Ok(())
+    }
 }
