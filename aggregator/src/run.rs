@@ -42,7 +42,7 @@ use fl_core::encoding::{self, Bases, Decoded, Encoding, Report};
 use fl_core::ensemble::FederationModel;
 use fl_core::files::write_atomic;
 use fl_core::flags::DataFlags;
-use fl_core::rules::Aggregation;
+use fl_core::rules::{Aggregation, Outcome};
 use fl_core::spec::MAX_SPEC_BYTES;
 use fl_core::staleness;
 use fl_core::train::Evaluation;
@@ -733,21 +733,7 @@ fn aggregate_round(
     }
     monitor.phase("aggregating");
     let started = Instant::now();
-    let (mut members, mut selected, mut clipped, mut n_samples) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    for (g, aggregation) in aggregations.into_iter().enumerate() {
-        if group_inputs[g].is_empty() {
-            members.push(eval.model.member(previous, g)?);
-            continue;
-        }
-        let outcome = aggregation.finish()?;
-        selected.extend(outcome.selected);
-        clipped.extend(outcome.clipped);
-        n_samples += outcome.model.n_samples;
-        members.push(eval.model.member(&outcome.model, g)?);
-    }
-    selected.sort_unstable();
-    clipped.sort_unstable();
-    let global = eval.model.assemble(&members, round, n_samples);
+    let Outcome { model: global, selected, clipped, .. } = eval.model.finish(aggregations, previous, round)?;
     timings.average_s += started.elapsed().as_secs_f64();
 
     // The record accounts for every update read so far that is not an input: of the round

@@ -35,7 +35,7 @@ use fl_contracts::{commitment, Event, GlobalUpdate, LocalUpdate, Mode, Registry}
 use fl_core::encoding::{Bases, Decoded, Encoding, Report};
 use fl_core::ensemble::FederationModel;
 use fl_core::flags::number;
-use fl_core::rules::{Aggregation, Recipe, Rule};
+use fl_core::rules::{Aggregation, Outcome, Recipe, Rule};
 use fl_core::spec::MAX_SPEC_BYTES;
 use fl_core::staleness;
 use fl_core::weights::{hex, sha256, ModelFile, MAX_MODEL_BYTES};
@@ -413,7 +413,6 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
     let group = |node_id: u64| group_of.get(&node_id).copied().unwrap_or(0);
     let mut aggregations =
         (0..groups).map(|_| Aggregation::new(&recipe, recipe.clip_norm.map(|_| previous))).collect::<Result<Vec<_>>>()?;
-    let mut with_inputs = vec![false; groups];
     // Fetched by a few threads, added in node-id order: the same bytes as one at a time.
     let what = |update: &LocalUpdate| format!("learner {}'s round-{} model", update.node_id, update.round);
     let is_async = asynchronous.is_some();
@@ -436,25 +435,9 @@ pub fn verify(endpoints: &Endpoints, round: u64, from_block: Option<u64>) -> Res
         let decoded = decoded?;
         reported.extend(decoded.report.map(|r| (inputs[index].node_id, r)));
         encodings.push((inputs[index].node_id, decoded.encoding));
-        let g = group(inputs[index].node_id);
-        with_inputs[g] = true;
-        aggregations[g].add(inputs[index].node_id, &decoded.model, &what(&inputs[index]))
+        aggregations[group(inputs[index].node_id)].add(inputs[index].node_id, &decoded.model, &what(&inputs[index]))
     })?;
-    let (mut members, mut selected, mut clipped, mut n_samples) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    for (g, aggregation) in aggregations.into_iter().enumerate() {
-        if !with_inputs[g] {
-            members.push(model.member(previous, g)?);
-            continue;
-        }
-        let outcome = aggregation.finish()?;
-        selected.extend(outcome.selected);
-        clipped.extend(outcome.clipped);
-        n_samples += outcome.model.n_samples;
-        members.push(model.member(&outcome.model, g)?);
-    }
-    selected.sort_unstable();
-    clipped.sort_unstable();
-    let recomputed = model.assemble(&members, round, n_samples);
+    let Outcome { model: recomputed, selected, clipped, .. } = model.finish(aggregations, previous, round)?;
     let recomputed_digest = sha256(&recomputed.to_bytes());
     if let Err(err) = model.check_model(&recomputed) {
         problems.push(format!("the inputs do not follow the federation's model {model}: {err:#}"));

@@ -33,6 +33,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::data::{Dataset, InputShape};
 use crate::network::{Evaluation, Network};
 use crate::rng::derive_seed;
+use crate::rules::{Aggregation, Outcome};
 use crate::spec::{ModelSpec, SPEC_ARCHITECTURE};
 use crate::weights::{digest_from_hex, hex, sha256, ModelFile, NamedTensor, FORMAT_VERSION};
 
@@ -304,6 +305,37 @@ impl FederationModel {
         }
     }
 
+    /// The global model of `round` from each group's aggregation of its inputs (one per
+    /// group, in group order): a group without inputs keeps its part of `previous`. The
+    /// aggregator and `verify` both come here, so what one publishes the other recomputes.
+    /// `selected`, `scores` and `clipped` gather every group's, by ascending node id.
+    pub fn finish(&self, aggregations: Vec<Aggregation>, previous: &ModelFile, round: u64) -> Result<Outcome> {
+        ensure!(
+            aggregations.len() == self.groups(),
+            "{} aggregations for a federation of {} model groups",
+            aggregations.len(),
+            self.groups()
+        );
+        let (mut members, mut n_samples) = (Vec::new(), 0u64);
+        let (mut selected, mut scores, mut clipped) = (Vec::new(), Vec::new(), Vec::new());
+        for (g, aggregation) in aggregations.into_iter().enumerate() {
+            if aggregation.is_empty() {
+                members.push(self.member(previous, g)?);
+                continue;
+            }
+            let outcome = aggregation.finish()?;
+            selected.extend(outcome.selected);
+            scores.extend(outcome.scores);
+            clipped.extend(outcome.clipped);
+            n_samples = n_samples.checked_add(outcome.model.n_samples).context("the groups' sample count overflows")?;
+            members.push(self.member(&outcome.model, g)?);
+        }
+        selected.sort_unstable();
+        scores.sort_by_key(|&(id, _)| id);
+        clipped.sort_unstable();
+        Ok(Outcome { model: self.assemble(&members, round, n_samples), selected, scores, clipped })
+    }
+
     /// Accuracy and mean cross-entropy of `model` on `set`: for an ensemble, of the mean of
     /// the group models' softmax outputs.
     pub fn evaluate(&self, model: &ModelFile, set: &Dataset) -> Result<Evaluation> {
@@ -400,6 +432,34 @@ mod tests {
             })
             .count();
         assert_eq!(federation.evaluate(&global, &set).unwrap().accuracy, expected as f64 / 20.0);
+    }
+
+    #[test]
+    fn finishing_a_round_averages_each_group_and_keeps_a_group_without_inputs() {
+        use crate::rules::{Recipe, Rule};
+        let federation = FederationModel::Groups(Ensemble::new(vec![ModelSpec::paper_cnn(), dense()]).unwrap());
+        let previous = federation.initial_model(5);
+        let recipe = Recipe { rule: Rule::FedAvg, clip_norm: None };
+        let new = || Aggregation::new(&recipe, None).unwrap();
+        let mut aggregations = vec![new(), new()];
+        // Two learners of group 2 send their part of the ensemble: 1.0 and 3.0 everywhere,
+        // from 100 and 300 samples.
+        for (node_id, value, samples) in [(4, 1.0f32, 100), (9, 3.0, 300)] {
+            let mut small = federation.member(&previous, 1).unwrap();
+            for t in &mut small.tensors {
+                t.data = value.to_le_bytes().repeat(t.data.len() / 4);
+            }
+            (small.round, small.n_samples) = (1, samples);
+            aggregations[1].add(node_id, &federation.embed(&previous, 1, &small).unwrap(), "update").unwrap();
+        }
+        let outcome = federation.finish(aggregations, &previous, 1).unwrap();
+        assert_eq!((outcome.model.round, outcome.model.n_samples), (1, 400));
+        assert_eq!((outcome.selected, outcome.clipped), (vec![4, 9], vec![]));
+        assert_eq!(federation.member(&outcome.model, 0).unwrap().tensors, federation.member(&previous, 0).unwrap().tensors);
+        let averaged = federation.member(&outcome.model, 1).unwrap();
+        assert!(averaged.tensors.iter().all(|t| t.data.chunks(4).all(|v| v == 2.5f32.to_le_bytes())));
+        let err = federation.finish(vec![new()], &previous, 1).unwrap_err().to_string();
+        assert!(err.contains("1 aggregations for a federation of 2 model groups"), "{err}");
     }
 
     #[test]
