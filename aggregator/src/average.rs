@@ -108,9 +108,9 @@ mod tests {
     fn averages_files_weighted_by_their_sample_counts() {
         let dir = std::env::temp_dir().join(format!("fl-aggregator-average-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut a = ModelFile::initial(1).unwrap();
+        let mut a = ModelFile::initial(1);
         a.n_samples = 1;
-        let mut b = ModelFile::initial(2).unwrap();
+        let mut b = ModelFile::initial(2);
         b.n_samples = 3;
         let (pa, pb, out) = (dir.join("a.bin"), dir.join("b.bin"), dir.join("avg.bin"));
         a.save(&pa).unwrap();

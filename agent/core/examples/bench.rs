@@ -101,7 +101,7 @@ fn quiet(batch_size: usize) -> TrainConfig {
 /// Training images/s per batch size, then evaluation images/s.
 fn speed(args: &Args) -> Result<()> {
     let mnist = load(args)?;
-    let start = ModelFile::initial(1)?;
+    let start = ModelFile::initial(1);
     for &bs in &args.batch_sizes {
         // Warm-up: thread pool, allocator, caches; at least 10 steps.
         let warm = first(&mnist.train, 10 * bs);
@@ -142,7 +142,7 @@ fn rss(args: &Args) -> Result<()> {
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS via /proc/self/clear_refs")?;
     let bs = args.batch_sizes[0];
     let t0 = Instant::now();
-    let trained = train(&ModelSpec::paper_cnn(), &ModelFile::initial(1)?, &shard, Some(&test), &quiet(bs), &mut |_| {})?;
+    let trained = train(&ModelSpec::paper_cnn(), &ModelFile::initial(1), &shard, Some(&test), &quiet(bs), &mut |_| {})?;
     let seconds = t0.elapsed().as_secs_f64();
     let peak = peak_rss_kb()?;
     let accuracy = trained.epochs.last().and_then(|e| e.test).map(|t| t.accuracy).unwrap_or(f64::NAN);
@@ -172,7 +172,7 @@ fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 fn profile(args: &Args) -> Result<()> {
     let mnist = load(args)?;
     let device = Device::Cpu;
-    let start = ModelFile::initial(1)?;
+    let start = ModelFile::initial(1);
     let params = candle_nn::ParamsAdamW { eps: 1e-7, weight_decay: 0.0, ..Default::default() };
     for &bs in &args.batch_sizes {
         let indices: Vec<usize> = (0..bs).collect();

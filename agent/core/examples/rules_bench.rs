@@ -121,7 +121,7 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
 
 /// One configuration: aggregates N generated updates and prints `key=value` figures.
 fn run_child(recipe: &Recipe, n: usize, spill_root: &Path) -> Result<()> {
-    let start = ModelFile::initial(1)?;
+    let start = ModelFile::initial(1);
     let spill_dir = spill_root.join(format!("fl-rules-bench-{}", std::process::id()));
     std::fs::create_dir_all(&spill_dir).with_context(|| format!("creating {}", spill_dir.display()))?;
     let baseline = status_bytes("VmRSS:")?;
@@ -154,7 +154,7 @@ fn run_child(recipe: &Recipe, n: usize, spill_root: &Path) -> Result<()> {
 /// Every configuration, each in a child process, then the table.
 fn run_parent(sizes: &[usize], spill_dir: &Path) -> Result<()> {
     let exe: PathBuf = std::env::current_exe().context("finding this program to run it again")?;
-    let model_bytes = ModelFile::initial(1)?.tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64;
+    let model_bytes = ModelFile::initial(1).tensors.iter().map(|t| t.data.len()).sum::<usize>() as f64;
     let mib = |bytes: f64| bytes / (1 << 20) as f64;
     println!("model: {} values, {:.2} MiB of f32; spill files in {}", model_bytes / 4.0, mib(model_bytes), spill_dir.display());
     let columns = [

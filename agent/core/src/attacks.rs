@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn scale_and_noise_change_the_weights_as_documented() {
-        let model = ModelFile::initial(1).unwrap();
+        let model = ModelFile::initial(1);
         let scaled = Attack::Scale(-4.0).corrupt(&model, 0);
         assert_eq!(scaled.tensors[0].to_f32()[5], -4.0 * model.tensors[0].to_f32()[5]);
         let noisy = Attack::Noise.corrupt(&model, 9);

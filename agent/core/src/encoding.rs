@@ -488,12 +488,10 @@ pub fn sizes(model: &ModelFile, base: &ModelFile) -> Result<Vec<(Encoding, usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::init_varmap;
-    use candle_core::Device;
 
     fn pair() -> (ModelFile, ModelFile) {
-        let base = ModelFile::from_varmap(&init_varmap(4, &Device::Cpu).unwrap(), 2, 0).unwrap();
-        let other = ModelFile::from_varmap(&init_varmap(5, &Device::Cpu).unwrap(), 3, 30_000).unwrap();
+        let base = ModelFile { round: 2, ..ModelFile::initial(4) };
+        let other = ModelFile { round: 3, n_samples: 30_000, ..ModelFile::initial(5) };
         // A trained model is its base plus a small step: mix 99% base, 1% other.
         let mut model = base.clone();
         model.round = 3;

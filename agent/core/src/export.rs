@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn the_graph_holds_every_weight_byte_for_byte() {
-        let model = ModelFile::initial(3).unwrap();
+        let model = ModelFile::initial(3);
         let bytes = onnx(&ModelSpec::paper_cnn(), &model).unwrap();
         for tensor in &model.tensors {
             let at = bytes.windows(tensor.data.len().min(64)).position(|w| w == &tensor.data[..tensor.data.len().min(64)]);

@@ -3,8 +3,10 @@
 //! Dropout 0.5 (training only) and Dense 10 (logits; softmax is folded into the loss).
 //! 619,786 parameters.
 //!
-//! Parameters are initialised from the seeded [`Rng`], never from candle's initialisers
-//! (they use an unseeded thread generator), so a seed fixes the initial model.
+//! Parameters are never initialised by candle (its initialisers use an unseeded thread
+//! generator): the initial model is the built-in spec's
+//! [`crate::spec::ModelSpec::initial_model`] (Glorot-uniform weights from the seeded
+//! [`crate::rng::Rng`], zero biases), loaded with [`crate::weights::ModelFile::to_varmap`].
 //!
 //! Training and evaluation run the same network on [`crate::network`] (no autograd
 //! graph, buffers allocated once); this candle version is its reference in the tests
@@ -46,36 +48,8 @@ pub fn param_count() -> usize {
     PARAMS.iter().map(|(_, shape)| shape.iter().product::<usize>()).sum()
 }
 
-/// A fresh `VarMap` holding every parameter, initialised like Keras' defaults
-/// (Glorot-uniform weights, zero biases; the paper's model is written in Keras), drawn
-/// from `Rng::new(seed)` in [`PARAMS`] order.
-pub fn init_varmap(seed: u64, device: &Device) -> Result<VarMap> {
-    let mut rng = Rng::new(seed);
-    let varmap = VarMap::new();
-    {
-        let mut vars = varmap.data().lock().map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
-        for (name, shape) in PARAMS {
-            let n: usize = shape.iter().product();
-            let values: Vec<f32> = if shape.len() == 1 {
-                vec![0.0; n]
-            } else {
-                // Glorot/Xavier uniform: limit = sqrt(6 / (fan_in + fan_out)), where for
-                // a convolution both fans include the kernel area (Keras' convention).
-                let receptive: usize = shape[2..].iter().product();
-                let fan_in = shape[1] * receptive;
-                let fan_out = shape[0] * receptive;
-                let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-                (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * limit).collect()
-            };
-            let tensor = Tensor::from_vec(values, *shape, device)?;
-            vars.insert(name.to_string(), candle_core::Var::from_tensor(&tensor)?);
-        }
-    }
-    Ok(varmap)
-}
-
 /// The network. Build it over a `VarMap` that already holds every parameter (from
-/// [`init_varmap`] or a model file): `VarBuilder` then only looks the names up.
+/// [`crate::weights::ModelFile::to_varmap`]): `VarBuilder` then only looks the names up.
 // The reference the tests (and the bench's profile mode) check `crate::network` against;
 // training and evaluation never build it, so it stays out of the documented API.
 #[doc(hidden)]
@@ -173,13 +147,14 @@ pub fn fill_dropout_mask(rng: &mut Rng, rate: f32, mask: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::ModelFile;
 
     #[test]
     fn has_the_papers_parameter_count() {
         // 619,786 is the count Keras prints for the paper's model (its Table 1 layers:
         // 320 + 18,496 + 73,856 + 524,544 + 2,570).
         assert_eq!(param_count(), 619_786);
-        let varmap = init_varmap(1, &Device::Cpu).unwrap();
+        let varmap = ModelFile::initial(1).to_varmap(&Device::Cpu).unwrap();
         let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
         assert_eq!(total, 619_786);
     }
@@ -187,14 +162,14 @@ mod tests {
     #[test]
     fn forward_shapes_and_seeded_init() {
         let device = Device::Cpu;
-        let varmap = init_varmap(1, &device).unwrap();
+        let varmap = ModelFile::initial(1).to_varmap(&device).unwrap();
         let model = Model::from_varmap(&varmap, &device).unwrap();
         // The model must not have added parameters of its own (a name typo would).
         assert_eq!(varmap.all_vars().len(), PARAMS.len());
         let xs = Tensor::zeros((3, 1, 28, 28), DType::F32, &device).unwrap();
         let mask = Model::dropout_mask(3, &mut Rng::new(2), &device).unwrap();
         assert_eq!(model.forward(&xs, Some(&mask)).unwrap().dims(), &[3, 10]);
-        let a = init_varmap(1, &device).unwrap().data().lock().unwrap()["fc1.weight"].to_vec2::<f32>().unwrap();
+        let a = ModelFile::initial(1).to_varmap(&device).unwrap().data().lock().unwrap()["fc1.weight"].to_vec2::<f32>().unwrap();
         let b = varmap.data().lock().unwrap()["fc1.weight"].to_vec2::<f32>().unwrap();
         assert_eq!(a, b);
         let limit = (6.0f32 / (2048.0 + 256.0)).sqrt();
@@ -206,7 +181,7 @@ mod tests {
     #[test]
     fn kernels_match_stock_candle_ops() {
         let device = Device::Cpu;
-        let varmap = init_varmap(3, &device).unwrap();
+        let varmap = ModelFile::initial(3).to_varmap(&device).unwrap();
         let model = Model::from_varmap(&varmap, &device).unwrap();
         let xs = Tensor::rand(0f32, 1.0, (5, 1, 28, 28), &device).unwrap();
         let mask = Model::dropout_mask(5, &mut Rng::new(4), &device).unwrap();

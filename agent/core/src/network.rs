@@ -514,7 +514,7 @@ mod tests {
     fn gradients_match_candle_autograd() {
         let device = Device::Cpu;
         let spec = ModelSpec::paper_cnn();
-        let start = ModelFile::initial(7).unwrap();
+        let start = ModelFile::initial(7);
         let set = random_set(6, 3);
         let indices: Vec<usize> = (0..6).collect();
 
@@ -602,7 +602,7 @@ mod tests {
     #[test]
     fn evaluation_matches_the_stock_model() {
         let device = Device::Cpu;
-        let start = ModelFile::initial(5).unwrap();
+        let start = ModelFile::initial(5);
         let set = random_set(37, 4);
         let ours = Network::new(&ModelSpec::paper_cnn(), &start).unwrap().evaluate(&set, 16).unwrap();
         let varmap = start.to_varmap(&device).unwrap();
@@ -622,7 +622,7 @@ mod tests {
     /// built-in spec (a version-1 file) and another (version 2, naming the spec).
     #[test]
     fn model_round_trip() {
-        let start = ModelFile::initial(2).unwrap();
+        let start = ModelFile::initial(2);
         let back = Network::new(&ModelSpec::paper_cnn(), &start).unwrap().to_model(0, 0);
         assert_eq!(back.to_bytes(), start.to_bytes());
         let spec = ModelSpec::parse("name = \"s\"\nfeatures = 3\nclasses = 2\n").unwrap();

@@ -788,7 +788,7 @@ mod tests {
     /// honest ones with noise 0.01 (distance about 4.5 from the start) and two outliers
     /// (nodes 30 and 60) with noise 0.5, with different sample counts.
     fn cnn_round() -> (ModelFile, Vec<(u64, ModelFile)>) {
-        let base = ModelFile::initial(7).unwrap();
+        let base = ModelFile::initial(7);
         let updates = (1..=7u64)
             .map(|k| {
                 let scale = if k == 3 || k == 6 { 0.5 } else { 0.01 };

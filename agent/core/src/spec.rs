@@ -601,11 +601,6 @@ mod tests {
         assert_eq!(spec.param_count(), 619_786);
         assert!(spec.is_builtin());
         assert_eq!(spec.file_digest(), None);
-        // Its initial model is the candle reference's, bit for bit.
-        assert_eq!(
-            spec.initial_model(4).to_bytes(),
-            ModelFile::from_varmap(&crate::model::init_varmap(4, &candle_core::Device::Cpu).unwrap(), 0, 0).unwrap().to_bytes()
-        );
         assert!(spec.summary().ends_with("total params: 619786\n"));
         // The canonical form reads back as itself.
         assert_eq!(ModelSpec::parse(&spec.canonical()).unwrap(), spec);

@@ -67,7 +67,7 @@ mod tests {
     use super::*;
 
     fn model(values: &[f32], n_samples: u64, round: u64) -> ModelFile {
-        let mut m = ModelFile::initial(1).unwrap();
+        let mut m = ModelFile::initial(1);
         m.tensors.truncate(1);
         m.tensors[0] = NamedTensor::from_f32("w", &[values.len()], values);
         m.n_samples = n_samples;

@@ -319,9 +319,10 @@ impl ModelFile {
         ModelFile::from_bytes(&bytes).with_context(|| format!("loading model from {}", path.display()))
     }
 
-    /// The initial model for `seed` (round 0, no samples): see [`crate::model::init_varmap`].
-    pub fn initial(seed: u64) -> Result<ModelFile> {
-        ModelFile::from_varmap(&crate::model::init_varmap(seed, &Device::Cpu)?, 0, 0)
+    /// The paper's CNN's initial model for `seed` (round 0, no samples): the built-in
+    /// spec's [`crate::spec::ModelSpec::initial_model`].
+    pub fn initial(seed: u64) -> ModelFile {
+        crate::spec::ModelSpec::paper_cnn().initial_model(seed)
     }
 
     /// Snapshot of the parameters in `varmap` (which must hold exactly [`PARAMS`]).
@@ -370,10 +371,9 @@ impl ModelFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::init_varmap;
 
     fn model() -> ModelFile {
-        ModelFile::from_varmap(&init_varmap(4, &Device::Cpu).unwrap(), 3, 30_000).unwrap()
+        ModelFile { round: 3, n_samples: 30_000, ..ModelFile::initial(4) }
     }
 
     fn rejects(model: &ModelFile, needle: &str) {

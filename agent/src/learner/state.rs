@@ -301,7 +301,7 @@ mod tests {
         let dir = temp_dir("state");
         let state = StateDir::open(&dir).unwrap();
         assert!(state.local_model(2).is_none());
-        let mut model = ModelFile::initial(5).unwrap();
+        let mut model = ModelFile::initial(5);
         model.round = 2;
         model.n_samples = 10;
         state.save_model(&model).unwrap();

@@ -77,7 +77,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
         }
     }
     let mnist = Mnist::load(&data)?;
-    let base = ModelFile::initial(1)?;
+    let base = ModelFile::initial(1);
     let config = rounds::local_train_config(1, 1, 1, 1, 32, "update".into());
     let mut update = train(&fl_core::spec::ModelSpec::paper_cnn(), &base, &mnist.train.take(images), None, &config, &mut |_| {})?.model;
     update.round = 1;

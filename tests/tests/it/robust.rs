@@ -212,7 +212,7 @@ fn robust_hostile_learner_on_chain_is_left_out_by_multi_krum_and_the_round_verif
 
 /// A learner's update made by the test (no training): the seed model plus seeded noise.
 pub(super) fn crafted_update(node_id: u64, round: u64, spread: f32) -> ModelFile {
-    let mut model = ModelFile::initial(1).expect("the initial model");
+    let mut model = ModelFile::initial(1);
     let mut rng = Rng::new(1_000 * round + node_id);
     model.tensors = model
         .tensors
@@ -306,7 +306,7 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     let devnet = &federation.devnet;
     let driver =
         Driver { devnet, owner: Client::new(Rpc::new(devnet.anvil.url())?, devnet.anvil.signer(0)?, Some(devnet.anvil.chain_id()))? };
-    let initial = ModelFile::initial(1)?;
+    let initial = ModelFile::initial(1);
     driver.publish(&initial, &[], &RoundRecord::initial(1), Some([0; 32]))?;
     let mut previous = initial;
     // Honest rounds, one per rule (learner 5 an outlier), each checked on both CPUs.
@@ -441,7 +441,7 @@ fn robust_every_rule_verifies_on_x86_64_and_aarch64_and_verify_catches_a_dishone
     for id in 1..=2 {
         send_v1("addLearner", &[Token::Uint(id.into()), Token::Address(devnet.anvil.address(id))])?;
     }
-    let seed = ModelFile::initial(1)?;
+    let seed = ModelFile::initial(1);
     let seed_cid = devnet.ipfs[0].client().add(&seed.to_bytes())?;
     let v1_global = |round: u64, model: &ModelFile, committed: [u8; 32], ids: &[u64]| -> Result<()> {
         let cid = if round == 0 { seed_cid.clone() } else { devnet.ipfs[0].client().add(&model.to_bytes())? };
