@@ -12,6 +12,7 @@ use fl_core::ensemble::{Ensemble, FederationModel};
 use fl_core::flags::number;
 use fl_core::spec::ModelSpec;
 use fl_core::weights::{hex, sha256};
+use fl_ipfs::cid::one_chunk_cid;
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
@@ -280,8 +281,8 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
             println!("registry {:?} version {}, {}", registry.address(), registry.version()?, registry.mode()?);
             match (registry.model_spec()?, registry.model_groups()?) {
                 (None, _) => println!("model {}", ModelSpec::paper_cnn()),
-                (Some(digest), 1) => println!("model spec {} (on IPFS as {})", hex(&digest), spec_cid(&digest)),
-                (Some(digest), groups) => println!("model groups {groups} {} (on IPFS as {})", hex(&digest), spec_cid(&digest)),
+                (Some(digest), 1) => println!("model spec {} (on IPFS as {})", hex(&digest), one_chunk_cid(&digest)),
+                (Some(digest), groups) => println!("model groups {groups} {} (on IPFS as {})", hex(&digest), one_chunk_cid(&digest)),
             }
             println!("owner {:?}", registry.owner()?);
             let pending = registry.pending_owner()?;
@@ -320,17 +321,16 @@ pub fn publish_model(model: &FederationModel, ipfs: &fl_ipfs::Client) -> Result<
     for (what, text) in model.canonical_texts() {
         let digest = sha256(text.as_bytes());
         let cid = ipfs.add(text.as_bytes()).with_context(|| format!("adding {what} to IPFS at {ipfs_api}"))?;
-        ensure!(cid == spec_cid(&digest), "IPFS at {ipfs_api} stored {what} as {cid}, not as the raw block {}", spec_cid(&digest));
+        ensure!(
+            cid == one_chunk_cid(&digest),
+            "IPFS at {ipfs_api} stored {what} as {cid}, not as the raw block {}",
+            one_chunk_cid(&digest)
+        );
         ipfs.mfs_keep(&cid, &format!("/fl-aggregator/specs/{}", hex(&digest)))
             .with_context(|| format!("keeping {what} ({cid}) in the MFS of {ipfs_api}"))?;
         eprintln!("{what} added to IPFS as {cid}");
     }
     Ok(model.digest())
-}
-
-/// The CID of the spec of `digest` (one raw block).
-fn spec_cid(digest: &[u8; 32]) -> String {
-    fl_ipfs::Cid::from_sha256(fl_ipfs::cid::RAW, *digest).to_string()
 }
 
 fn print_learner(learner: &fl_contracts::LearnerState) {

@@ -127,6 +127,13 @@ pub fn cid_of(bytes: &[u8]) -> String {
     cid_with_layout(bytes, CHUNK_SIZE, MAX_LINKS).to_string()
 }
 
+/// The CID [`cid_of`] gives a file of at most one chunk ([`CHUNK_SIZE`] bytes) whose
+/// SHA-256 is `sha256`: with raw leaves such a file is one raw block, so its CID follows
+/// from its digest alone (how a model spec is named on chain and found on IPFS).
+pub fn one_chunk_cid(sha256: &[u8; 32]) -> String {
+    Cid::from_sha256(RAW, *sha256).to_string()
+}
+
 /// One node of the file tree under construction: its CID, the bytes of file it covers, and
 /// its cumulative size (its own encoding plus all blocks below, the `Tsize` of a link).
 struct TreeNode {
@@ -281,6 +288,16 @@ fn base58_decode(text: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_of_one_chunk_is_named_by_its_digest() {
+        for len in [0, 1, 1000, CHUNK_SIZE] {
+            let bytes = pattern(len, 3);
+            assert_eq!(one_chunk_cid(&Sha256::digest(&bytes).into()), cid_of(&bytes), "{len} bytes");
+        }
+        let two_chunks = pattern(CHUNK_SIZE + 1, 3);
+        assert_ne!(one_chunk_cid(&Sha256::digest(&two_chunks).into()), cid_of(&two_chunks));
+    }
 
     /// Deterministic test bytes (xorshift64*), regenerated identically by
     /// `tests/ipfs-node/reference-cids.mjs`, which computed the expected CIDs below.

@@ -239,7 +239,7 @@ impl Client {
     /// named by its SHA-256 alone: such a file is one raw block, so its CID follows from
     /// the digest (`add` writes it so); the bytes are checked against the digest.
     pub fn fetch_by_sha256(&self, sha256: &[u8; 32], max_bytes: u64) -> Result<Vec<u8>, Error> {
-        let cid = crate::cid::Cid::from_sha256(crate::cid::RAW, *sha256).to_string();
+        let cid = crate::cid::one_chunk_cid(sha256);
         self.fetch_verified(&cid, sha256, max_bytes.min(CHUNK_SIZE as u64))
     }
 
