@@ -111,6 +111,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
         client.chain_id(),
         format!("{:?}", registry.address()),
         format!("{}{}", config.recipe.rule, config.recipe.clip_norm.map(|c| format!(", clipped to {c}")).unwrap_or_default()),
+        eval.model.to_string(),
         mode,
         config.rounds,
     );

@@ -136,6 +136,9 @@ pub struct RoundRow {
     pub accuracy_source: Option<&'static str>,
     /// The inputs' reported mean, whether or not the aggregator evaluated the model too.
     pub reported_accuracy: Option<f64>,
+    /// Model groups: each group's model alone on the test set, in group order (empty for
+    /// one model, or without a test set).
+    pub group_accuracy: Vec<f64>,
     pub cid: String,
     pub inputs: Vec<u64>,
     pub left_out: Vec<u64>,
@@ -155,6 +158,9 @@ pub struct Status {
     pub chain_id: u64,
     pub registry: String,
     pub rule: String,
+    /// The federation's model as the chain declares it: the built-in CNN, a spec's name and
+    /// digest, or an ensemble's groups.
+    pub model: String,
     /// The registry's mode in words ("synchronous rounds", or "asynchronous rounds (...)").
     pub mode: String,
     /// Asynchronous rounds: the registry's buffer K and staleness bound S (0 and 0 when
@@ -188,13 +194,14 @@ pub struct Status {
 pub struct Monitor(Arc<Mutex<Status>>);
 
 impl Monitor {
-    pub fn new(chain_id: u64, registry: String, rule: String, mode: Mode, rounds: u64) -> Monitor {
+    pub fn new(chain_id: u64, registry: String, rule: String, model: String, mode: Mode, rounds: u64) -> Monitor {
         let (buffer, max_staleness) = mode.parameters();
         Monitor(Arc::new(Mutex::new(Status {
             version: env!("CARGO_PKG_VERSION"),
             chain_id,
             registry,
             rule,
+            model,
             mode: mode.to_string(),
             buffer,
             max_staleness,
@@ -273,6 +280,7 @@ impl Monitor {
             },
             accuracy_source: result.global.shown_accuracy().map(|(_, reported)| if reported { "reported" } else { "server" }),
             reported_accuracy: result.global.reported.map(|r| r.accuracy),
+            group_accuracy: result.group_accuracy.clone(),
             cid: result.global.cid.clone(),
             inputs: result.learners.iter().filter(|l| l.used).map(|l| l.node_id).collect(),
             left_out,
@@ -336,14 +344,15 @@ pub fn metrics(s: &Status) -> String {
     family(
         "info",
         "gauge",
-        "The aggregator's version, chain, registry, aggregation rule and the registry's round mode (value 1; buffer and max_staleness 0 when synchronous).",
+        "The aggregator's version, chain, registry, aggregation rule, the federation's model and the registry's round mode (value 1; buffer and max_staleness 0 when synchronous).",
         &[(
             format!(
-                "{{version=\"{}\",chain_id=\"{}\",registry=\"{}\",rule=\"{}\",mode=\"{}\",buffer=\"{}\",max_staleness=\"{}\"}}",
+                "{{version=\"{}\",chain_id=\"{}\",registry=\"{}\",rule=\"{}\",model=\"{}\",mode=\"{}\",buffer=\"{}\",max_staleness=\"{}\"}}",
                 label_value(s.version),
                 s.chain_id,
                 label_value(&s.registry),
                 label_value(&s.rule),
+                label_value(&s.model),
                 if s.buffer == 0 { "sync" } else { "async" },
                 s.buffer,
                 s.max_staleness
@@ -380,6 +389,17 @@ pub fn metrics(s: &Status) -> String {
     );
     if let Some(accuracy) = last.filter(|row| row.accuracy_source == Some("server")).and_then(|row| row.accuracy) {
         family("global_accuracy", "gauge", "Test accuracy of the last published global model, in [0, 1].", &one(accuracy));
+    }
+    let groups: Vec<(String, f64)> = last
+        .map(|row| row.group_accuracy.iter().enumerate().map(|(g, a)| (format!("{{group=\"{}\"}}", g + 1), *a)).collect())
+        .unwrap_or_default();
+    if !groups.is_empty() {
+        family(
+            "group_accuracy",
+            "gauge",
+            "Model groups: test accuracy of each group's model alone in the last published global model (an ensemble), in [0, 1].",
+            &groups,
+        );
     }
     if let Some(accuracy) = last.and_then(|row| row.reported_accuracy) {
         family(
@@ -509,8 +529,11 @@ mod tests {
 
     #[test]
     fn metrics_say_what_the_run_did_and_why_a_round_is_open() {
-        let monitor = Monitor::new(31337, "0xabc".into(), "krum:1".into(), Mode::Async { buffer: 5, max_staleness: 4 }, 5);
-        monitor.published(&published(1, 0.9, 60_000), vec![2]);
+        let model = "an ensemble of 2 model groups (1: \"cnn\", 2: \"dense\"; groups 0a)".to_string();
+        let monitor = Monitor::new(31337, "0xabc".into(), "krum:1".into(), model, Mode::Async { buffer: 5, max_staleness: 4 }, 5);
+        let mut first = published(1, 0.9, 60_000);
+        first.group_accuracy = vec![0.875, 0.5];
+        monitor.published(&first, vec![2]);
         monitor.left_out(LeftOut::DigestMismatch);
         monitor.verified(1, Ok(vec![]), 0.75);
         monitor.collecting(2, &[1, 2, 3], &[(1, "bafy-1b".into())], Some((Waiting::RuleNeedsMoreUpdates, "needs 5".into())));
@@ -525,6 +548,8 @@ mod tests {
             "fl_aggregator_last_round_phase_seconds{phase=\"verify\"} 0.75",
             "fl_aggregator_last_round_phase_seconds{phase=\"aggregate\"} 0.25",
             "fl_aggregator_global_accuracy 0.9",
+            "fl_aggregator_group_accuracy{group=\"1\"} 0.875",
+            "fl_aggregator_group_accuracy{group=\"2\"} 0.5",
             "fl_aggregator_last_round_verified 1",
             "fl_aggregator_gas_used_total 60000",
             "fl_aggregator_updates_left_out_total{reason=\"digest_mismatch\"} 1",
@@ -547,12 +572,13 @@ mod tests {
         let text_reported = metrics(&monitor.snapshot());
         assert!(text_reported.contains("\nfl_aggregator_global_reported_accuracy 0.8\n"), "{text_reported}");
         assert!(!text_reported.contains("\nfl_aggregator_global_accuracy "), "{text_reported}");
+        assert!(!text_reported.contains("\nfl_aggregator_group_accuracy"), "{text_reported}");
         assert!(!text.contains("reported_accuracy"), "{text}");
         let row = monitor.snapshot().published.back().cloned().unwrap();
         assert_eq!((row.accuracy, row.loss, row.accuracy_source), (Some(0.8), Some(0.5), Some("reported")));
         monitor.verified(1, Err("fetching the inputs: timed out".into()), 3.0);
         assert!(metrics(&monitor.snapshot()).contains("fl_aggregator_verify_failures_total 1\n"));
-        assert!(text.contains(",rule=\"krum:1\",mode=\"async\",buffer=\"5\",max_staleness=\"4\"} 1\n"), "{text}");
+        assert!(text.contains(",rule=\"krum:1\",model=\"an ensemble of 2 model groups (1: \\\"cnn\\\", 2: \\\"dense\\\"; groups 0a)\",mode=\"async\",buffer=\"5\",max_staleness=\"4\"} 1\n"), "{text}");
     }
 
     #[test]

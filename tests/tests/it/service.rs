@@ -166,6 +166,9 @@ fn service_serves_health_metrics_and_a_dashboard_while_rounds_run() -> Result<()
     for node in 1..=2 {
         ensure!(dom.contains(&format!("<tr data-node=\"{node}\">")), "learner {node} not listed:\n{dom}");
     }
+    let model = format!("model {}", fl_core::spec::ModelSpec::paper_cnn());
+    ensure!(dom.contains(&model), "the page does not name the federation's model ({model}):\n{dom}");
+    ensure!(!dom.contains("<body class=\"ensemble\""), "one model shown as an ensemble:\n{dom}");
     let out = test_output("service")?;
     let screenshot = out.join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
