@@ -46,7 +46,8 @@ fn cache() -> &'static Mutex<TrainingCache> {
 /// sample cap is the devnet's (MNIST's training set), which a hostile learner claims.
 fn simulation(rule: Rule, hostile: Option<Attack>) -> Result<(f64, ModelFile)> {
     let config = SimulateConfig {
-        spec: fl_core::spec::ModelSpec::paper_cnn(),
+        model: fl_core::ensemble::FederationModel::Single(fl_core::spec::ModelSpec::paper_cnn()),
+        groups: vec![0; LEARNERS],
         data: fl_core::flags::DataFlags { path: Some(workspace_root().join("data/mnist")), ..Default::default() },
         learners: LEARNERS,
         rounds: 1,
