@@ -78,6 +78,9 @@ pub struct LocalData {
     pub train: Dataset,
     /// The learner's test set.
     pub test: Dataset,
+    /// Where the data came from, for messages (`images data in /data/camera (0.2 held out
+    /// for testing)` and the like).
+    pub origin: String,
 }
 
 /// The learner's training and test data for model group `group` of `model`, after
@@ -108,7 +111,7 @@ pub fn load_data(config: &LearnerConfig, model: &FederationModel, group: usize) 
     if train_set.is_empty() {
         bail!("learner {}: no training data in {origin}", config.node_id);
     }
-    Ok(LocalData { model: model.clone(), group, spec: spec.clone(), train: train_set, test: test_set })
+    Ok(LocalData { model: model.clone(), group, spec: spec.clone(), train: train_set, test: test_set, origin })
 }
 
 fn log(message: &str) {
@@ -170,7 +173,7 @@ fn run_with_state(config: &LearnerConfig, client: &fl_contracts::Client, state: 
     let registry = Registry::at(client, config.registry);
     let ipfs = config.endpoints.ipfs_logging_retries(log);
     log(&format!(
-        "learner {} ({:?}) on chain {} registry {:?} ({} confirmations), IPFS {}, {} training / {} test examples",
+        "learner {} ({:?}) on chain {} registry {:?} ({} confirmations), IPFS {}, {} training / {} test examples from {}",
         config.node_id,
         client.address(),
         client.chain_id(),
@@ -178,7 +181,8 @@ fn run_with_state(config: &LearnerConfig, client: &fl_contracts::Client, state: 
         config.endpoints.confirmations,
         config.endpoints.ipfs_api,
         data.train.len(),
-        data.test.len()
+        data.test.len(),
+        data.origin
     ));
     match config.keep_rounds {
         0 => log("keep_rounds 0: every upload stays pinned on the IPFS node"),
