@@ -52,7 +52,7 @@ use fl_core::encoding;
 use fl_core::ensemble::FederationModel;
 use fl_core::record::{EncodedGlobal, RoundRecord};
 use fl_core::rounds;
-use fl_core::spec::{ModelSpec, MAX_SPEC_BYTES};
+use fl_core::spec::MAX_SPEC_BYTES;
 use fl_core::train;
 use fl_core::weights::{digest_from_hex, hex, ModelFile, MAX_MODEL_BYTES};
 use fl_ipfs::Backoff;
@@ -65,15 +65,11 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     run(&config)
 }
 
-/// The federation's model, this learner's model group and spec, and its data, checked to
-/// fit the spec.
+/// The federation's model and this board's data, checked to fit it (model groups share
+/// their input and classes, so the data fits every group or none).
 pub struct LocalData {
     /// What every model of the federation follows (read from the registry).
     pub model: FederationModel,
-    /// This learner's model group (0-based; 0 with one model).
-    pub group: usize,
-    /// The spec this learner trains: its group's.
-    pub spec: ModelSpec,
     /// The learner's training set, after sharding.
     pub train: Dataset,
     /// The learner's test set.
@@ -83,19 +79,19 @@ pub struct LocalData {
     pub origin: String,
 }
 
-/// The learner's training and test data for model group `group` of `model`, after
-/// sharding; a clear error if the data does not fit the group's spec (shape, class count).
-pub fn load_data(config: &LearnerConfig, model: &FederationModel, group: usize) -> Result<LocalData> {
-    let spec = model.group_spec(group)?;
-    let source = config.data.source(spec.input, config.seed, "set data_dir, FL_DATA_DIR or --data")?;
+/// The learner's training and test data for `model`, after sharding; a clear error if the
+/// data does not fit it (shape, class count).
+pub fn load_data(config: &LearnerConfig, model: &FederationModel) -> Result<LocalData> {
+    let (input, classes) = (model.input(), model.classes());
+    let source = config.data.source(input, config.seed, "set data_dir, FL_DATA_DIR or --data")?;
     let (train_set, test_set) = load_source(&source)?;
     let origin = source.to_string();
     train_set
-        .check_fits(spec.input, spec.classes, &origin)
-        .with_context(|| format!("learner {}: this board's data does not fit the federation's model {spec}", config.node_id))?;
+        .check_fits(input, classes, &origin)
+        .with_context(|| format!("learner {}: this board's data does not fit the federation's model {model}", config.node_id))?;
     test_set
-        .check_fits(spec.input, spec.classes, &origin)
-        .with_context(|| format!("learner {}: this board's test data does not fit the federation's model {spec}", config.node_id))?;
+        .check_fits(input, classes, &origin)
+        .with_context(|| format!("learner {}: this board's test data does not fit the federation's model {model}", config.node_id))?;
     let train_set = train_set.take(config.train_limit.unwrap_or(usize::MAX));
     let test_set = test_set.take(config.test_limit.unwrap_or(usize::MAX));
     let train_set = match &config.shard {
@@ -111,7 +107,7 @@ pub fn load_data(config: &LearnerConfig, model: &FederationModel, group: usize) 
     if train_set.is_empty() {
         bail!("learner {}: no training data in {origin}", config.node_id);
     }
-    Ok(LocalData { model: model.clone(), group, spec: spec.clone(), train: train_set, test: test_set, origin })
+    Ok(LocalData { model: model.clone(), train: train_set, test: test_set, origin })
 }
 
 fn log(message: &str) {
@@ -155,17 +151,8 @@ fn federation_data(config: &LearnerConfig, client: &fl_contracts::Client) -> Res
     registry.require_current_version()?;
     let ipfs = config.endpoints.ipfs_logging_retries(log);
     let model = FederationModel::resolve(registry.model_spec()?, |digest| Ok(ipfs.fetch_by_sha256(digest, MAX_SPEC_BYTES as u64)?))?;
-    let group = match model.groups() {
-        1 => 0,
-        _ => registry.learner_group(config.node_id)? as usize,
-    };
-    match &model {
-        FederationModel::Single(spec) => log(&format!("the federation trains {spec}")),
-        FederationModel::Groups(_) => {
-            log(&format!("the federation trains {model}; this learner trains group {}: {}", group + 1, model.group_spec(group)?))
-        }
-    }
-    load_data(config, &model, group)
+    log(&format!("the federation trains {model}"));
+    load_data(config, &model)
 }
 
 /// [`run`] once the model spec, the data, the key and the state folder are there.
@@ -266,7 +253,14 @@ fn step(
             return Ok(Flow::Continue);
         }
     };
-    submit_round(config, registry, max_staleness, ipfs, state, &global, me.max_samples, data)?;
+    // A learner's model group is the registry's, and the operator may set it until the
+    // learner's first update (registering first, then the group): read it for every round
+    // rather than once at start, or a board started early would train the wrong group.
+    let group = match data.model.groups() {
+        1 => 0,
+        _ => registry.learner_group(config.node_id)? as usize,
+    };
+    submit_round(config, registry, max_staleness, ipfs, state, &global, me.max_samples, data, group)?;
     release_old_uploads(config, ipfs, state, round);
     state.prune(round);
     Ok(Flow::Continue)
@@ -284,8 +278,13 @@ fn submit_round(
     global: &GlobalUpdate,
     max_samples: u64,
     data: &LocalData,
+    group: usize,
 ) -> Result<()> {
     let round = global.round + 1;
+    let spec = data.model.group_spec(group)?;
+    if data.model.groups() > 1 {
+        log(&format!("round {round}: this learner trains group {}: {spec}", group + 1));
+    }
     // The model this round starts from; fetched again after a restart too, since the update
     // is encoded as the difference from it.
     let start = fetch_start(registry, ipfs, global)?;
@@ -309,10 +308,10 @@ fn submit_round(
             let started = Instant::now();
             // A learner of a model group trains its group's part of the ensemble and sends
             // the whole, the other groups' parts unchanged.
-            let mine = data.model.member(&start, data.group)?;
-            let mut trained = train::train(&data.spec, &mine, &data.train, None, &train_config, &mut |_| {})?.model;
+            let mine = data.model.member(&start, group)?;
+            let mut trained = train::train(spec, &mine, &data.train, None, &train_config, &mut |_| {})?.model;
             trained.round = round;
-            let model = data.model.embed(&start, data.group, &trained)?;
+            let model = data.model.embed(&start, group, &trained)?;
             let took = started.elapsed();
             log(&format!("round {round}: trained {} epoch(s) in {:.1}s", config.local_epochs, took.as_secs_f64()));
             if config.slowdown > 1.0 {
@@ -337,7 +336,7 @@ fn submit_round(
     let bytes = encoding::encode(&model, Some(&start), config.update_encoding)?;
     // What the aggregator will decode: the model this learner's accuracy is reported for.
     let sent = encoding::decode(&bytes, Some(&start))?.model;
-    let evaluation = data.model.evaluate_group(&sent, data.group, &data.test)?;
+    let evaluation = data.model.evaluate_group(&sent, group, &data.test)?;
     // The figures travel in the file (recorded by the aggregator, never trusted); a
     // version-1 file (an f32 update of the built-in model) has no room for them, and
     // figures out of range (a diverged model's loss) are left out rather than sent.
