@@ -596,7 +596,6 @@ fn aggregate_round(
     // the other rules spill to disk, so memory does not grow with the fleet.
     let mut aggregations =
         (0..groups).map(|_| Aggregation::new(&config.recipe, config.recipe.clip_norm.map(|_| previous))).collect::<Result<Vec<_>>>()?;
-    let mut group_inputs: Vec<Vec<u64>> = vec![Vec::new(); groups];
     let mut encodings: Vec<(u64, Encoding)> = Vec::new();
     // What each input's file reported: recorded and shown, never used to aggregate.
     let mut reports: Vec<(u64, Report)> = Vec::new();
@@ -675,7 +674,6 @@ fn aggregate_round(
             // A file that does not fit the others (another architecture) is refused here.
             aggregations[group(update.node_id)].add(update.node_id, &model, &label).map_err(|e| (LeftOut::Incompatible, e))?;
             timings.average_s += started.elapsed().as_secs_f64();
-            group_inputs[group(update.node_id)].push(update.node_id);
             encodings.push((update.node_id, encoding));
             reports.extend(report.map(|r| (update.node_id, r)));
             Ok(())
@@ -705,12 +703,12 @@ fn aggregate_round(
         Mode::Async { buffer, .. } => (buffer as usize).max(rule.min_inputs()),
     };
     // A group's rule needs its minimum too (a group without inputs keeps its model).
-    let short_group = group_inputs.iter().position(|ids| !ids.is_empty() && ids.len() < rule.min_inputs());
+    let short_group = aggregations.iter().position(|a| !a.is_empty() && a.len() < rule.min_inputs());
     if let Some(g) = short_group {
         log(&format!(
             "round {round}: model group {} has {} usable updates, rule {rule} needs at least {}: not publishing yet",
             g + 1,
-            group_inputs[g].len(),
+            aggregations[g].len(),
             rule.min_inputs()
         ));
         return Ok(None);
@@ -734,6 +732,7 @@ fn aggregate_round(
     }
     monitor.phase("aggregating");
     let started = Instant::now();
+    let group_inputs: Vec<Vec<u64>> = aggregations.iter().map(|a| a.node_ids().to_vec()).collect();
     let Outcome { model: global, selected, clipped, .. } = eval.model.finish(aggregations, previous, round)?;
     timings.average_s += started.elapsed().as_secs_f64();
 

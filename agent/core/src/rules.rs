@@ -354,6 +354,11 @@ impl Aggregation {
         self.node_ids.len()
     }
 
+    /// Node ids of the updates added, ascending.
+    pub fn node_ids(&self) -> &[u64] {
+        &self.node_ids
+    }
+
     /// True if no update was added.
     pub fn is_empty(&self) -> bool {
         self.node_ids.is_empty()
