@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use fl_core::data::load_source;
-use fl_core::ensemble::{Ensemble, FederationModel};
+use fl_core::ensemble::FederationModel;
 use fl_core::flags::{number, positive, DataFlags, DATA_HELP};
 use fl_core::spec::ModelSpec;
 use fl_core::train::{self, TrainConfig};
@@ -42,14 +42,7 @@ fn load_spec(path: Option<&std::path::Path>) -> Result<ModelSpec> {
 /// model groups several `--spec FILE` give (in group order) for an ensemble; its digest
 /// must be the one the model names.
 fn model_of(model: &ModelFile, paths: &[PathBuf], model_path: &std::path::Path) -> Result<FederationModel> {
-    let declared = match paths {
-        [] => FederationModel::Single(ModelSpec::paper_cnn()),
-        [path] => FederationModel::Single(ModelSpec::load(path)?),
-        paths => {
-            let specs = paths.iter().map(|p| ModelSpec::load(p)).collect::<Result<Vec<_>>>()?;
-            FederationModel::Groups(Ensemble::new(specs).context("--spec given more than once: model groups")?)
-        }
-    };
+    let declared = FederationModel::load(paths, "--spec")?;
     if model.spec != declared.digest() {
         match (model.spec, paths.is_empty()) {
             (Some(digest), true) => bail!(

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use anyhow::{bail, ensure, Context, Result};
 use fl_contracts::endpoints::{parse_address, EndpointSettings, Endpoints, Missing, CHAIN_HELP};
 use fl_contracts::{Address, Mode, Registry};
-use fl_core::ensemble::{Ensemble, FederationModel};
+use fl_core::ensemble::FederationModel;
 use fl_core::flags::number;
 use fl_core::spec::ModelSpec;
 use fl_core::weights::{hex, sha256};
@@ -51,7 +51,7 @@ Keys are never taken from the command line.
 /// What to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Deploy { max_samples: u64, mode: Mode, model: Option<FederationModel> },
+    Deploy { max_samples: u64, mode: Mode, model: FederationModel },
     AddLearner { node_id: u64, account: Address, max_samples: Option<u64>, group: Option<u64> },
     RemoveLearner { node_id: u64 },
     ReplaceLearner { node_id: u64, account: Address },
@@ -110,12 +110,7 @@ pub fn parse(command: &str, args: Vec<OsString>) -> Result<Option<OperatorConfig
     match &mut action {
         Action::Deploy { mode: chosen, model, .. } => {
             *chosen = mode.finish()?;
-            let specs = models.iter().map(|path| ModelSpec::load(path)).collect::<Result<Vec<_>>>()?;
-            *model = match specs.len() {
-                0 => None,
-                1 => specs.into_iter().next().map(FederationModel::Single),
-                _ => Some(FederationModel::Groups(Ensemble::new(specs).context("--model (given more than once: model groups)")?)),
-            };
+            *model = FederationModel::load(&models, "--model")?;
         }
         _ if mode != ModeFlags::default() || !models.is_empty() => {
             bail!("--mode, --buffer, --max-staleness and --model go with `deploy` only")
@@ -145,7 +140,7 @@ fn parse_action(command: &str, positional: &[String], max_samples: Option<u64>) 
                 "deploy: --max-samples N is required: the federation-wide cap on the samples one update may claim (its weight in FedAvg)",
             )?,
             mode: Mode::Sync,
-            model: None,
+            model: FederationModel::Single(ModelSpec::paper_cnn()),
         },
         ("status", []) => Action::Status,
         ("learners", ["list"]) => Action::ListLearners,
@@ -216,8 +211,7 @@ pub fn run(config: &OperatorConfig) -> Result<()> {
     let needs_key = !matches!(config.action, Action::ListLearners | Action::Status);
     let client = if needs_key { config.endpoints.signing_client()? } else { config.endpoints.read_only_client()? };
     if let Action::Deploy { max_samples, mode, model } = &config.action {
-        let model = model.clone().unwrap_or(FederationModel::Single(ModelSpec::paper_cnn()));
-        let digest = publish_model(&model, &fl_ipfs::Client::new(&config.endpoints.ipfs_api))?;
+        let digest = publish_model(model, &fl_ipfs::Client::new(&config.endpoints.ipfs_api))?;
         let (registry, receipt) = Registry::deploy_federation(&client, *max_samples, *mode, digest, model.groups() as u64)?;
         eprintln!(
             "deployed registry from {:?} on chain {} (tx {:?}, gas {}), sample cap {max_samples}, {mode}, model {model}",
@@ -362,10 +356,12 @@ mod tests {
         let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
         let (a_arg, b_arg) = (a.to_str().unwrap(), b.to_str().unwrap());
         let parsed = parse("deploy", args(&["--max-samples", "9", "--model", a_arg, "--model", b_arg])).unwrap().unwrap();
-        let Action::Deploy { model: Some(FederationModel::Groups(ensemble)), .. } = parsed.action else { panic!("{:?}", parsed.action) };
+        let Action::Deploy { model: FederationModel::Groups(ensemble), .. } = parsed.action else { panic!("{:?}", parsed.action) };
         assert_eq!(ensemble.groups.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let none = parse("deploy", args(&["--max-samples", "9"])).unwrap().unwrap();
+        assert!(matches!(none.action, Action::Deploy { model: FederationModel::Single(spec), .. } if spec.is_builtin()));
         let one = parse("deploy", args(&["--max-samples", "9", "--model", a_arg])).unwrap().unwrap();
-        assert!(matches!(one.action, Action::Deploy { model: Some(FederationModel::Single(_)), .. }));
+        assert!(matches!(one.action, Action::Deploy { model: FederationModel::Single(spec), .. } if spec.name == "a"));
         let err = parse("deploy", args(&["--max-samples", "9", "--model", a_arg, "--model", a_arg])).unwrap_err();
         assert!(format!("{err:#}").contains("model groups 1 and 2 are the same spec"), "{err:#}");
         let account = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
@@ -385,7 +381,10 @@ mod tests {
         assert!(matches!(add, Action::AddLearner { node_id: 3, max_samples: None, .. }));
         assert!(parse_action("learners", &["add".into(), "x".into(), "0x00".into()], None).is_err());
         assert!(parse_action("deploy", &["extra".into()], Some(5)).is_err());
-        assert_eq!(parse_action("deploy", &[], Some(5)).unwrap(), Action::Deploy { max_samples: 5, mode: Mode::Sync, model: None });
+        assert_eq!(
+            parse_action("deploy", &[], Some(5)).unwrap(),
+            Action::Deploy { max_samples: 5, mode: Mode::Sync, model: FederationModel::Single(ModelSpec::paper_cnn()) }
+        );
         let flags = |mode: Option<&str>, buffer, max_staleness| ModeFlags { mode: mode.map(String::from), buffer, max_staleness };
         assert_eq!(flags(None, None, None).finish().unwrap(), Mode::Sync);
         assert_eq!(flags(Some("async"), Some(5), None).finish().unwrap(), Mode::Async { buffer: 5, max_staleness: 4 });

@@ -27,11 +27,10 @@ use anyhow::{bail, Context, Result};
 use fl_core::attacks::Attack;
 use fl_core::data::{load_source, Split};
 use fl_core::encoding::{self, Encoding};
-use fl_core::ensemble::{Ensemble, FederationModel};
+use fl_core::ensemble::FederationModel;
 use fl_core::flags::{number, positive, DataFlags, DATA_HELP};
 use fl_core::rounds;
 use fl_core::rules::{parse_clip_norm, Aggregation, Recipe, Rule};
-use fl_core::spec::ModelSpec;
 use fl_core::train::{train, Evaluation};
 use fl_core::weights::{hex, sha256, ModelFile};
 use lexopt::prelude::*;
@@ -163,14 +162,7 @@ impl SimulateConfig {
         if let Some((id, _)) = hostile.iter().find(|(id, _)| *id as usize > learners) {
             bail!("--hostile {id}: there are only {learners} learners (ids 1 to {learners})");
         }
-        let model = match specs.len() {
-            0 => FederationModel::Single(ModelSpec::paper_cnn()),
-            1 => FederationModel::Single(ModelSpec::load(&specs[0])?),
-            _ => FederationModel::Groups(
-                Ensemble::new(specs.iter().map(|path| ModelSpec::load(path)).collect::<Result<_>>()?)
-                    .context("--spec given several times")?,
-            ),
-        };
+        let model = FederationModel::load(&specs, "--spec")?;
         let n_groups = model.groups();
         let mut groups: Vec<usize> = (0..learners).map(|i| i % n_groups).collect();
         for (id, group) in chosen {
@@ -429,7 +421,7 @@ mod tests {
             data.display()
         );
         let config = SimulateConfig {
-            model: FederationModel::Single(ModelSpec::paper_cnn()),
+            model: FederationModel::Single(fl_core::spec::ModelSpec::paper_cnn()),
             groups: vec![0, 0],
             data: DataFlags { path: Some(data), ..DataFlags::default() },
             learners: 2,

@@ -27,6 +27,7 @@
 //! to 16 of them, all different.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -116,6 +117,18 @@ impl Ensemble {
 }
 
 impl FederationModel {
+    /// The model a command's spec flags declare (`deploy --model`, `--spec`, given 0 to N
+    /// times): none, the built-in paper CNN; one, that spec; several, model groups in that
+    /// order, checked as [`Ensemble::new`] checks them. `flag` names them in errors.
+    pub fn load(paths: &[PathBuf], flag: &str) -> Result<FederationModel> {
+        let mut specs = paths.iter().map(|path| ModelSpec::load(path)).collect::<Result<Vec<_>>>()?;
+        match specs.len() {
+            0 => Ok(FederationModel::Single(ModelSpec::paper_cnn())),
+            1 => Ok(FederationModel::Single(specs.remove(0))),
+            n => Ensemble::new(specs).map(FederationModel::Groups).with_context(|| format!("{flag} given {n} times: model groups")),
+        }
+    }
+
     /// Whether canonical bytes name model groups rather than one spec.
     pub fn names_groups(bytes: &[u8]) -> bool {
         bytes.starts_with(HEADER.as_bytes())

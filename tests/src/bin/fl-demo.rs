@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use fl_aggregator::report::Results;
 use fl_contracts::Mode;
 use fl_core::encoding::Encoding;
-use fl_core::ensemble::{Ensemble, FederationModel};
+use fl_core::ensemble::FederationModel;
 use fl_core::flags::number;
 use fl_core::spec::ModelSpec;
 use fl_tests::devnet::{Devnet, Running};
@@ -108,7 +108,7 @@ struct DemoConfig {
     data: PathBuf,
     out: PathBuf,
     bin_dir: PathBuf,
-    model: Option<FederationModel>,
+    model: FederationModel,
 }
 
 fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
@@ -132,7 +132,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
         data: PathBuf::from("data/mnist"),
         out: PathBuf::from("demo-out"),
         bin_dir: exe.parent().context("fl-demo has no folder")?.to_path_buf(),
-        model: None,
+        model: FederationModel::Single(ModelSpec::paper_cnn()),
     };
     let (mut mode, mut buffer, mut max_staleness) = (None, None, None);
     while let Some(arg) = parser.next()? {
@@ -153,7 +153,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
             Long("update-encoding") => config.update_encoding = Some(number(&mut parser, "--update-encoding")?),
             Long("global-encoding") => config.global_encoding = Some(number(&mut parser, "--global-encoding")?),
             Long("data") => config.data = PathBuf::from(parser.value()?),
-            Long("model") => specs.push(ModelSpec::load(&PathBuf::from(parser.value()?))?),
+            Long("model") => specs.push(PathBuf::from(parser.value()?)),
             Long("out") => config.out = PathBuf::from(parser.value()?),
             Long("bin-dir") => config.bin_dir = PathBuf::from(parser.value()?),
             Short('h') | Long("help") => {
@@ -182,11 +182,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<DemoConfig>> {
     if config.rounds == 0 || config.local_epochs == 0 {
         bail!("--rounds and --local-epochs must be at least 1");
     }
-    config.model = match specs.len() {
-        0 => None,
-        1 => specs.pop().map(FederationModel::Single),
-        _ => Some(FederationModel::Groups(Ensemble::new(specs).context("--model given more than once: model groups")?)),
-    };
+    config.model = FederationModel::load(&specs, "--model")?;
     Ok(Some(config))
 }
 
@@ -219,10 +215,8 @@ fn run(config: &DemoConfig) -> Result<()> {
         ipfs_nodes + 1,
         config.learners
     );
-    let devnet = Devnet::start_federation(config.learners, ipfs_nodes, &out, Default::default(), config.mode, config.model.as_ref())?;
-    if let Some(model) = &config.model {
-        eprintln!("fl-demo: the federation trains {model}");
-    }
+    let devnet = Devnet::start_federation(config.learners, ipfs_nodes, &out, Default::default(), config.mode, Some(&config.model))?;
+    eprintln!("fl-demo: the federation trains {}", config.model);
     eprintln!(
         "fl-demo: chain {} at {}, registry {:?} ({}), {} learners registered",
         devnet.anvil.chain_id(),
