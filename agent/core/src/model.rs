@@ -43,11 +43,6 @@ pub const HIDDEN: usize = 256;
 /// Dropout rate of the paper's model.
 pub const DROPOUT: f32 = 0.5;
 
-/// Total number of parameters (sum over [`PARAMS`]).
-pub fn param_count() -> usize {
-    PARAMS.iter().map(|(_, shape)| shape.iter().product::<usize>()).sum()
-}
-
 /// The network. Build it over a `VarMap` that already holds every parameter (from
 /// [`crate::weights::ModelFile::to_varmap`]): `VarBuilder` then only looks the names up.
 // The reference the tests (and the bench's profile mode) check `crate::network` against;
@@ -152,8 +147,8 @@ mod tests {
     #[test]
     fn has_the_papers_parameter_count() {
         // 619,786 is the count Keras prints for the paper's model (its Table 1 layers:
-        // 320 + 18,496 + 73,856 + 524,544 + 2,570).
-        assert_eq!(param_count(), 619_786);
+        // 320 + 18,496 + 73,856 + 524,544 + 2,570); the built-in spec's count is checked in
+        // spec.rs.
         let varmap = ModelFile::initial(1).to_varmap(&Device::Cpu).unwrap();
         let total: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
         assert_eq!(total, 619_786);
